@@ -1,0 +1,1 @@
+//! makenaide-core extension library.

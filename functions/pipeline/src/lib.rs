@@ -1,0 +1,1 @@
+//! Shared client and business logic.
