@@ -1,0 +1,647 @@
+//! Configuration: every environment variable the extension reads, as a documented `const`, parsed once at start
+//! into [`Config`]. A bad value is a [`ConfigError`] whose message names the variable and says how to fix it; the
+//! lifecycle reports it to Lambda through `/extension/init/error` (so it shows up in the function's Init report)
+//! instead of crashing later inside a request.
+//!
+//! Secrets (the token, the database password) never appear in `Debug` output or in error messages.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// PostgreSQL URL: `postgres://user:pass@host:port/db?sslmode=disable|prefer|require|verify-ca|verify-full`
+/// (plus optional `sslrootcert=/path/to/ca-bundle.pem`, e.g. the RDS global bundle). Unset: DB routes answer 503
+/// `db_not_configured`.
+pub const ENV_DATABASE_URL: &str = "MAKENAIDE_DATABASE_URL";
+/// Upbit REST base URL, without `/v1`. Default [`DEFAULT_UPBIT_BASE_URL`].
+pub const ENV_UPBIT_BASE_URL: &str = "MAKENAIDE_UPBIT_BASE_URL";
+/// Localhost port of the extension's API (bound on 127.0.0.1 only). Default [`DEFAULT_PORT`].
+pub const ENV_PORT: &str = "MAKENAIDE_CORE_PORT";
+/// Shared secret expected in header `X-Makenaide-Token`. Falls back to [`ENV_AWS_SESSION_TOKEN`].
+pub const ENV_TOKEN: &str = "MAKENAIDE_CORE_TOKEN";
+/// Lambda's session token: the token fallback (as AWS's Parameters and Secrets extension does).
+pub const ENV_AWS_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+/// Max PostgreSQL connections of this environment. Default 4.
+pub const ENV_DB_POOL_SIZE: &str = "MAKENAIDE_DB_POOL_SIZE";
+/// Connect + pool checkout bound in ms: a down database answers 503 within it. Default 2000.
+pub const ENV_DB_CONNECT_TIMEOUT_MS: &str = "MAKENAIDE_DB_CONNECT_TIMEOUT_MS";
+/// Default per-request statement timeout in ms (`SET LOCAL statement_timeout`; 0 = none). Default 10000.
+pub const ENV_DB_STATEMENT_TIMEOUT_MS: &str = "MAKENAIDE_DB_STATEMENT_TIMEOUT_MS";
+/// `true`: every transaction is `READ ONLY` (writes answer 403 `read_only`). Default false.
+pub const ENV_DB_READ_ONLY: &str = "MAKENAIDE_DB_READ_ONLY";
+/// `false`: do not keep prepared statements across requests (PgBouncer transaction pooling before 1.21, which
+/// cannot route named statements); each statement is then closed before its transaction commits. Default true.
+pub const ENV_DB_STATEMENT_CACHE: &str = "MAKENAIDE_DB_STATEMENT_CACHE";
+/// Upbit requests per second per rate-limit group, for the whole environment. Default 10 (Upbit's quotation limit).
+pub const ENV_UPBIT_RATE_PER_SEC: &str = "MAKENAIDE_UPBIT_RATE_PER_SEC";
+/// Deadline in ms of an Upbit call whose caller sent no `X-Makenaide-Deadline-Ms`. Default 10000.
+pub const ENV_UPBIT_TIMEOUT_MS: &str = "MAKENAIDE_UPBIT_TIMEOUT_MS";
+/// TTL in ms of the short cache of identical quotation GETs (0 = off). Default 1000.
+pub const ENV_UPBIT_CACHE_TTL_MS: &str = "MAKENAIDE_UPBIT_CACHE_TTL_MS";
+/// Request body limit in bytes (413 above it). Default 6 MiB, Lambda's own payload limit.
+pub const ENV_MAX_BODY_BYTES: &str = "MAKENAIDE_MAX_BODY_BYTES";
+/// Inbound connection cap (429 above it). Default 256.
+pub const ENV_MAX_CONNECTIONS: &str = "MAKENAIDE_MAX_CONNECTIONS";
+/// Set by Lambda: `lambda-managed-instances` means "register SHUTDOWN only" (INVOKE is refused there).
+pub const ENV_AWS_LAMBDA_INITIALIZATION_TYPE: &str = "AWS_LAMBDA_INITIALIZATION_TYPE";
+/// Set by Lambda: where the Runtime/Extensions API listens. May carry a scheme and a path prefix
+/// (`cargo lambda watch` gives `http://127.0.0.1:9000/.rt`); only `lambda_runtime_api_client` interprets it.
+pub const ENV_AWS_LAMBDA_RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
+
+/// Default localhost port: not used by any well-known layer (2772/2773 AWS agents, 4000 demos, 8124-8126 Datadog,
+/// 9001 Lambda, 9002/9003 lambda-extension listeners).
+pub const DEFAULT_PORT: u16 = 4571;
+/// Default Upbit base URL.
+pub const DEFAULT_UPBIT_BASE_URL: &str = "https://api.upbit.com";
+/// Value of [`ENV_AWS_LAMBDA_INITIALIZATION_TYPE`] on Lambda Managed Instances.
+pub const INIT_TYPE_MANAGED_INSTANCES: &str = "lambda-managed-instances";
+
+/// A secret string whose `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself: only for comparing or sending, never for logging.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// TLS policy for PostgreSQL, with libpq's meaning for each `sslmode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, without certificate checks (libpq's default).
+    Prefer,
+    /// TLS required; no certificate check unless `sslrootcert` is given (then like `verify-ca`, as libpq does).
+    Require,
+    /// TLS; the chain must lead to a trusted root, any host name.
+    VerifyCa,
+    /// TLS; trusted chain and the certificate must name the host.
+    VerifyFull,
+}
+
+/// Where PostgreSQL lives. `Debug` redacts the password.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// Connection parameters for tokio-postgres (host, port, user, password, dbname, ...). `sslmode` and
+    /// `sslrootcert` are removed from the URL first: tokio-postgres does not know `verify-ca`/`verify-full`.
+    pub pg: tokio_postgres::Config,
+    /// TLS policy.
+    pub ssl_mode: SslMode,
+    /// CA bundle (PEM) to trust instead of the built-in webpki roots (RDS certificates need the RDS bundle).
+    pub ssl_root_cert: Option<PathBuf>,
+    /// `user@host:port/db` for log lines: never includes the password.
+    pub display: String,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("target", &self.display)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything the extension needs to know, parsed and validated. Fields are public so tests can build one
+/// literally (`Config { port: 0, ..Config::default() }`) without touching the process environment.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Localhost port ([`ENV_PORT`]); 0 only in tests (the listener is bound by the caller anyway).
+    pub port: u16,
+    /// Token expected in `X-Makenaide-Token`.
+    pub token: Secret,
+    /// PostgreSQL, when configured.
+    pub database: Option<DatabaseConfig>,
+    /// Max pool size.
+    pub db_pool_size: u32,
+    /// Connect + checkout bound.
+    pub db_connect_timeout: Duration,
+    /// Default statement timeout (zero = none).
+    pub db_statement_timeout: Duration,
+    /// Every transaction READ ONLY.
+    pub db_read_only: bool,
+    /// Keep prepared statements per connection across requests.
+    pub db_statement_cache: bool,
+    /// Upbit base URL without trailing slash.
+    pub upbit_base_url: String,
+    /// Requests per second per Upbit group.
+    pub upbit_rate_per_sec: u32,
+    /// Default Upbit deadline.
+    pub upbit_timeout: Duration,
+    /// Cache TTL (zero = off).
+    pub upbit_cache_ttl: Duration,
+    /// Body limit in bytes.
+    pub max_body_bytes: usize,
+    /// Inbound connection cap.
+    pub max_connections: usize,
+    /// Lambda Managed Instances mode.
+    pub managed_instances: bool,
+}
+
+impl Default for Config {
+    /// The documented defaults, with an empty-string token placeholder and no database.
+    fn default() -> Self {
+        Self {
+            port: DEFAULT_PORT,
+            token: Secret::new(""),
+            database: None,
+            db_pool_size: 4,
+            db_connect_timeout: Duration::from_millis(2000),
+            db_statement_timeout: Duration::from_millis(10_000),
+            db_read_only: false,
+            db_statement_cache: true,
+            upbit_base_url: DEFAULT_UPBIT_BASE_URL.to_owned(),
+            upbit_rate_per_sec: 10,
+            upbit_timeout: Duration::from_millis(10_000),
+            upbit_cache_ttl: Duration::from_millis(1000),
+            max_body_bytes: 6 * 1024 * 1024,
+            max_connections: 256,
+            managed_instances: false,
+        }
+    }
+}
+
+/// An invalid configuration value: says which variable and what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The variable at fault.
+    pub var: &'static str,
+    /// What is wrong and how to fix it (never contains a secret).
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.var, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// The first invalid variable, with a message that says how to fix it.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup` (tests pass a map instead of the process environment).
+    /// Empty values count as unset.
+    ///
+    /// # Errors
+    /// The first invalid variable, with a message that says how to fix it.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let d = Self::default();
+
+        let port = match get(ENV_PORT) {
+            None => DEFAULT_PORT,
+            Some(v) => parse_port(&v)?,
+        };
+        let token = get(ENV_TOKEN).or_else(|| get(ENV_AWS_SESSION_TOKEN)).ok_or_else(|| {
+            invalid(
+                ENV_TOKEN,
+                format!(
+                    "no token: set {ENV_TOKEN} to a shared secret (the functions send it as X-Makenaide-Token); \
+                     {ENV_AWS_SESSION_TOKEN}, the fallback, is not set either (e.g. under SnapStart)"
+                ),
+            )
+        })?;
+        let database = get(ENV_DATABASE_URL)
+            .map(|url| parse_database_url(&url))
+            .transpose()?;
+        let upbit_base_url = parse_upbit_base_url(get(ENV_UPBIT_BASE_URL).as_deref())?;
+
+        Ok(Self {
+            port,
+            token: Secret::new(token),
+            database,
+            db_pool_size: num(&get, ENV_DB_POOL_SIZE, u64::from(d.db_pool_size), 1, 100)? as u32,
+            db_connect_timeout: millis(
+                &get,
+                ENV_DB_CONNECT_TIMEOUT_MS,
+                d.db_connect_timeout,
+                1,
+                60_000,
+            )?,
+            db_statement_timeout: millis(
+                &get,
+                ENV_DB_STATEMENT_TIMEOUT_MS,
+                d.db_statement_timeout,
+                0,
+                3_600_000,
+            )?,
+            db_read_only: flag(&get, ENV_DB_READ_ONLY, d.db_read_only)?,
+            db_statement_cache: flag(&get, ENV_DB_STATEMENT_CACHE, d.db_statement_cache)?,
+            upbit_base_url,
+            upbit_rate_per_sec: num(
+                &get,
+                ENV_UPBIT_RATE_PER_SEC,
+                u64::from(d.upbit_rate_per_sec),
+                1,
+                1000,
+            )? as u32,
+            upbit_timeout: millis(&get, ENV_UPBIT_TIMEOUT_MS, d.upbit_timeout, 1, 900_000)?,
+            upbit_cache_ttl: millis(&get, ENV_UPBIT_CACHE_TTL_MS, d.upbit_cache_ttl, 0, 60_000)?,
+            max_body_bytes: num(
+                &get,
+                ENV_MAX_BODY_BYTES,
+                d.max_body_bytes as u64,
+                1024,
+                1 << 30,
+            )? as usize,
+            max_connections: num(
+                &get,
+                ENV_MAX_CONNECTIONS,
+                d.max_connections as u64,
+                1,
+                65_535,
+            )? as usize,
+            managed_instances: get(ENV_AWS_LAMBDA_INITIALIZATION_TYPE).as_deref()
+                == Some(INIT_TYPE_MANAGED_INSTANCES),
+        })
+    }
+
+    /// The Extensions API events to subscribe to: SHUTDOWN only on Managed Instances (INVOKE is refused there
+    /// with `Extension.InvalidEventType`), INVOKE + SHUTDOWN otherwise.
+    #[must_use]
+    pub fn lambda_events(&self) -> &'static [&'static str] {
+        if self.managed_instances {
+            &["SHUTDOWN"]
+        } else {
+            &["INVOKE", "SHUTDOWN"]
+        }
+    }
+}
+
+fn parse_port(v: &str) -> Result<u16, ConfigError> {
+    let port: u16 = v.parse().map_err(|_| {
+        invalid(
+            ENV_PORT,
+            format!("{v:?} is not a port number: use 1024-65535 (default {DEFAULT_PORT})"),
+        )
+    })?;
+    if port == 0 {
+        return Err(invalid(
+            ENV_PORT,
+            format!("0 is not a usable port: use 1024-65535 (default {DEFAULT_PORT})"),
+        ));
+    }
+    if port == 9001 {
+        return Err(invalid(
+            ENV_PORT,
+            format!("9001 is reserved by the Lambda Runtime API: pick another port (default {DEFAULT_PORT})"),
+        ));
+    }
+    Ok(port)
+}
+
+fn num(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let Some(v) = get(var) else {
+        return Ok(default);
+    };
+    match v.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(invalid(
+            var,
+            format!("{v:?} is invalid: use a whole number from {min} to {max} (default {default})"),
+        )),
+    }
+}
+
+fn millis(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Duration,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    let default_ms = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+    num(get, var, default_ms, min, max).map(Duration::from_millis)
+}
+
+fn flag(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    let Some(v) = get(var) else {
+        return Ok(default);
+    };
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(
+            var,
+            format!("{v:?} is invalid: use true or false (default {default})"),
+        )),
+    }
+}
+
+fn parse_upbit_base_url(v: Option<&str>) -> Result<String, ConfigError> {
+    let Some(v) = v else {
+        return Ok(DEFAULT_UPBIT_BASE_URL.to_owned());
+    };
+    let url = url::Url::parse(v).map_err(|e| {
+        invalid(
+            ENV_UPBIT_BASE_URL,
+            format!("{v:?} is not a URL ({e}): use e.g. {DEFAULT_UPBIT_BASE_URL}"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid(
+            ENV_UPBIT_BASE_URL,
+            format!("{v:?} must be an http(s) URL with a host, e.g. {DEFAULT_UPBIT_BASE_URL}"),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            ENV_UPBIT_BASE_URL,
+            format!("{v:?} must not have a query or fragment"),
+        ));
+    }
+    let trimmed = v.trim_end_matches('/');
+    if trimmed.ends_with("/v1") {
+        return Err(invalid(
+            ENV_UPBIT_BASE_URL,
+            format!("{v:?} ends in /v1: give the base without it (the extension appends /v1/...), e.g. {DEFAULT_UPBIT_BASE_URL}"),
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+const DB_URL_HINT: &str = "expected postgres://user:password@host:5432/dbname?sslmode=require";
+
+/// Parses the database URL. Messages never repeat the URL (it carries the password).
+///
+/// # Errors
+/// What is wrong with the URL.
+pub fn parse_database_url(raw: &str) -> Result<DatabaseConfig, ConfigError> {
+    let var = ENV_DATABASE_URL;
+    let mut url = url::Url::parse(raw)
+        .map_err(|e| invalid(var, format!("not a valid URL ({e}); {DB_URL_HINT}")))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(invalid(
+            var,
+            format!(
+                "scheme {:?} is not postgres:// or postgresql://; {DB_URL_HINT}",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(var, format!("the URL has no host; {DB_URL_HINT}")));
+    }
+
+    let mut ssl_mode = SslMode::Prefer;
+    let mut ssl_root_cert = None;
+    let mut kept: Vec<(String, String)> = Vec::new();
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "sslmode" => {
+                ssl_mode = match v.as_ref() {
+                    "disable" => SslMode::Disable,
+                    "allow" | "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return Err(invalid(
+                            var,
+                            format!("sslmode={other:?} is unknown: use disable, prefer, require, verify-ca or verify-full"),
+                        ))
+                    }
+                }
+            }
+            // "system" (libpq 16) means the default trust store: our built-in webpki roots.
+            "sslrootcert" if v != "system" => ssl_root_cert = Some(PathBuf::from(v.as_ref())),
+            "sslrootcert" => {}
+            _ => kept.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept.iter());
+    }
+    if let Some(path) = &ssl_root_cert {
+        if ssl_mode == SslMode::Disable {
+            return Err(invalid(
+                var,
+                "sslrootcert is set but sslmode=disable: use sslmode=verify-full",
+            ));
+        }
+        if !path.is_file() {
+            return Err(invalid(
+                var,
+                format!("sslrootcert file {} does not exist", path.display()),
+            ));
+        }
+    }
+
+    let mut pg: tokio_postgres::Config =
+        url.as_str().parse().map_err(|e: tokio_postgres::Error| {
+            invalid(
+                var,
+                format!("rejected by the PostgreSQL driver ({e}); {DB_URL_HINT}"),
+            )
+        })?;
+    pg.ssl_mode(match ssl_mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            tokio_postgres::config::SslMode::Require
+        }
+    });
+    if pg.get_user().is_none() {
+        return Err(invalid(
+            var,
+            format!("the URL has no user name; {DB_URL_HINT}"),
+        ));
+    }
+    let display = format!(
+        "{}@{}:{}/{}",
+        pg.get_user().unwrap_or_default(),
+        url.host_str().unwrap_or_default(),
+        url.port().unwrap_or(5432),
+        pg.get_dbname().or(pg.get_user()).unwrap_or_default(),
+    );
+    Ok(DatabaseConfig {
+        pg,
+        ssl_mode,
+        ssl_root_cert,
+        display,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_with_session_token_fallback() {
+        let c = cfg(&[(ENV_AWS_SESSION_TOKEN, "sess")]).unwrap();
+        assert_eq!(c.port, DEFAULT_PORT);
+        assert_eq!(c.token.expose(), "sess");
+        assert!(c.database.is_none());
+        assert_eq!(c.db_pool_size, 4);
+        assert_eq!(c.db_connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.upbit_base_url, "https://api.upbit.com");
+        assert_eq!(c.upbit_rate_per_sec, 10);
+        assert_eq!(c.upbit_cache_ttl, Duration::from_secs(1));
+        assert_eq!(c.max_body_bytes, 6_291_456);
+        assert_eq!(c.max_connections, 256);
+        assert!(c.db_statement_cache);
+        assert_eq!(c.lambda_events(), &["INVOKE", "SHUTDOWN"]);
+    }
+
+    #[test]
+    fn explicit_token_wins_and_is_redacted() {
+        let c = cfg(&[(ENV_TOKEN, "tok-123"), (ENV_AWS_SESSION_TOKEN, "sess")]).unwrap();
+        assert_eq!(c.token.expose(), "tok-123");
+        assert!(!format!("{c:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn missing_token_is_an_error_naming_the_variable() {
+        let e = cfg(&[]).unwrap_err();
+        assert_eq!(e.var, ENV_TOKEN);
+        assert!(e.message.contains("MAKENAIDE_CORE_TOKEN"));
+    }
+
+    #[test]
+    fn bad_numbers_say_what_to_use() {
+        let e = cfg(&[(ENV_TOKEN, "t"), (ENV_PORT, "abc")]).unwrap_err();
+        assert_eq!(e.var, ENV_PORT);
+        assert!(e.message.contains("1024-65535"), "{e}");
+        let e = cfg(&[(ENV_TOKEN, "t"), (ENV_PORT, "9001")]).unwrap_err();
+        assert!(e.message.contains("reserved"), "{e}");
+        let e = cfg(&[(ENV_TOKEN, "t"), (ENV_DB_POOL_SIZE, "0")]).unwrap_err();
+        assert_eq!(e.var, ENV_DB_POOL_SIZE);
+        assert!(e.message.contains("from 1 to 100"), "{e}");
+        let e = cfg(&[(ENV_TOKEN, "t"), (ENV_DB_READ_ONLY, "maybe")]).unwrap_err();
+        assert!(e.message.contains("true or false"), "{e}");
+    }
+
+    #[test]
+    fn flags_and_managed_instances() {
+        let c = cfg(&[
+            (ENV_TOKEN, "t"),
+            (ENV_DB_READ_ONLY, "TRUE"),
+            (ENV_DB_STATEMENT_CACHE, "false"),
+            (
+                ENV_AWS_LAMBDA_INITIALIZATION_TYPE,
+                "lambda-managed-instances",
+            ),
+            (ENV_UPBIT_CACHE_TTL_MS, "0"),
+        ])
+        .unwrap();
+        assert!(c.db_read_only);
+        assert!(!c.db_statement_cache);
+        assert!(c.managed_instances);
+        assert_eq!(c.lambda_events(), &["SHUTDOWN"]);
+        assert_eq!(c.upbit_cache_ttl, Duration::ZERO);
+    }
+
+    #[test]
+    fn upbit_base_url_rules() {
+        let c = cfg(&[
+            (ENV_TOKEN, "t"),
+            (ENV_UPBIT_BASE_URL, "http://127.0.0.1:8080/"),
+        ])
+        .unwrap();
+        assert_eq!(c.upbit_base_url, "http://127.0.0.1:8080");
+        let e = cfg(&[
+            (ENV_TOKEN, "t"),
+            (ENV_UPBIT_BASE_URL, "https://api.upbit.com/v1"),
+        ])
+        .unwrap_err();
+        assert!(e.message.contains("/v1"), "{e}");
+        let e = cfg(&[(ENV_TOKEN, "t"), (ENV_UPBIT_BASE_URL, "api.upbit.com")]).unwrap_err();
+        assert_eq!(e.var, ENV_UPBIT_BASE_URL);
+    }
+
+    #[test]
+    fn database_url_parsing_never_leaks_the_password() {
+        let c = cfg(&[(ENV_TOKEN, "t"), (ENV_DATABASE_URL, "postgres://bob:s3cr3t@db.example:6543/market?sslmode=verify-full&application_name=x")])
+            .unwrap();
+        let db = c.database.unwrap();
+        assert_eq!(db.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(db.display, "bob@db.example:6543/market");
+        assert_eq!(db.pg.get_dbname(), Some("market"));
+        assert_eq!(db.pg.get_application_name(), Some("x"));
+        assert!(!format!("{db:?}").contains("s3cr3t"));
+
+        for (url, needle) in [
+            ("mysql://bob:s3cr3t@h/db", "scheme"),
+            ("postgres://bob:s3cr3t@h/db?sslmode=sometimes", "sslmode"),
+            ("postgres://bob:s3cr3t@h:99999/db", "valid URL"),
+            (
+                "postgres://bob:s3cr3t@h/db?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+                "does not exist",
+            ),
+        ] {
+            let e = cfg(&[(ENV_TOKEN, "t"), (ENV_DATABASE_URL, url)]).unwrap_err();
+            assert_eq!(e.var, ENV_DATABASE_URL);
+            assert!(e.message.contains(needle), "{url}: {e}");
+            assert!(!e.message.contains("s3cr3t"), "{e}");
+        }
+    }
+
+    #[test]
+    fn sslmode_defaults_to_prefer_and_disable_is_plain() {
+        let db = parse_database_url("postgresql://u@localhost/db").unwrap();
+        assert_eq!(db.ssl_mode, SslMode::Prefer);
+        let db = parse_database_url("postgresql://u@localhost/db?sslmode=disable").unwrap();
+        assert_eq!(db.ssl_mode, SslMode::Disable);
+        assert_eq!(
+            db.pg.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+    }
+}

@@ -1,0 +1,411 @@
+//! PostgreSQL: the warm pool and the two database operations of the localhost API (`/db/query`,
+//! `/db/transaction`). No HTTP types here: the server module parses requests into [`StatementRequest`]s and renders
+//! [`QueryResult`]s.
+//!
+//! - `pool`: connection manager (TLS, keepalives, zero-round-trip stale detection, statement cache).
+//! - `exec`: one transaction per request, pipelined to few round trips, retried once on a fresh connection when a
+//!   stale connection fails before anything could have been committed.
+//! - `convert`: JSON <-> PostgreSQL binary values, driven by the types PostgreSQL infers.
+//!
+//! Availability is tracked for `/ping` (`connecting` → `ready` | `unavailable`). When the database is unreachable a
+//! background task keeps trying (with backoff) so the pool is warm again as soon as it comes back; requests
+//! meanwhile get a JSON 503 `db_unavailable` within the connect timeout. Nothing here ever makes the process exit.
+
+pub mod convert;
+mod exec;
+pub mod pool;
+#[cfg(test)]
+mod tests;
+
+use crate::config::Config;
+use crate::error::Error;
+use bb8::{ErrorSink, Pool, RunError};
+use pool::{ConnectError, LiveConnections, Manager};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Idle pooled connections older than this are closed by bb8's reaper: below the 350 s idle timeout of AWS NAT
+/// gateways / Network Firewall, so we rarely hold a connection a middlebox has already forgotten.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Connections are recycled after this, so server-side memory (plan caches, prepared statements) stays bounded.
+const POOL_MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// Background reconnection backoff bounds while the database is down.
+const RECONNECT_MIN: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// One statement of a request.
+#[derive(Clone, Debug)]
+pub struct StatementRequest {
+    /// SQL text with `$n` placeholders.
+    pub sql: String,
+    /// JSON parameters, bound (never interpolated).
+    pub params: Vec<Value>,
+}
+
+/// Result of one statement: the `/db/query` response shape.
+#[derive(Clone, Debug, Default)]
+pub struct QueryResult {
+    /// (name, type) per column.
+    pub columns: Vec<(String, String)>,
+    /// Rows as JSON values.
+    pub rows: Vec<Vec<Value>>,
+    /// Rows returned, or rows affected for statements that return none.
+    pub row_count: u64,
+}
+
+impl QueryResult {
+    /// `{"columns":[{"name","type"}],"rows":[[...]],"row_count":n}`.
+    #[must_use]
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "columns": self.columns.iter().map(|(n, t)| serde_json::json!({"name": n, "type": t})).collect::<Vec<_>>(),
+            "rows": self.rows,
+            "row_count": self.row_count,
+        })
+    }
+}
+
+/// Availability as shown by `/ping`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbStatus {
+    /// No `MAKENAIDE_DATABASE_URL`.
+    NotConfigured,
+    /// Started, no connection yet.
+    Connecting,
+    /// Last attempt succeeded.
+    Ready,
+    /// Last attempt failed; reconnecting in the background.
+    Unavailable,
+}
+
+impl DbStatus {
+    /// The `/ping` string.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotConfigured => "not_configured",
+            Self::Connecting => "connecting",
+            Self::Ready => "ready",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Handle to the database side (cheap to clone).
+#[derive(Clone)]
+pub struct Db {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    /// Taken out at shutdown, which drops every idle connection (each sends Terminate).
+    pool: RwLock<Option<Pool<Manager>>>,
+    status: AtomicU8,
+    /// Last connect failure seen by bb8 (it retries connects internally and would otherwise only say "timed out").
+    last_error: Arc<Mutex<Option<(Instant, ConnectError)>>>,
+    reconnecting: AtomicBool,
+    live: Arc<LiveConnections>,
+    kill: watch::Sender<bool>,
+    opts: exec::Options,
+    pool_size: u32,
+    target: String,
+}
+
+#[derive(Clone)]
+struct LastErrorSink(Arc<Mutex<Option<(Instant, ConnectError)>>>);
+
+impl std::fmt::Debug for LastErrorSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LastErrorSink")
+    }
+}
+
+impl ErrorSink<ConnectError> for LastErrorSink {
+    fn sink(&self, e: ConnectError) {
+        if e.message == pool::DISCARDED {
+            tracing::debug!(
+                "stale postgres connection discarded at checkout (closed while idle or frozen)"
+            );
+            return;
+        }
+        tracing::debug!(error = %e, "postgres connect failed");
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some((Instant::now(), e));
+        }
+    }
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<ConnectError>> {
+        Box::new(self.clone())
+    }
+}
+
+const ST_CONNECTING: u8 = 1;
+const ST_READY: u8 = 2;
+const ST_UNAVAILABLE: u8 = 3;
+
+impl Db {
+    /// Builds the pool without connecting (warm-up does that in the background).
+    ///
+    /// # Errors
+    /// TLS setup failed (e.g. an unreadable `sslrootcert`).
+    pub fn new(config: &Config) -> Result<Self, Error> {
+        let Some(db) = &config.database else {
+            return Ok(Self { inner: None });
+        };
+        let live = Arc::new(LiveConnections::default());
+        let (kill, kill_rx) = watch::channel(false);
+        let manager =
+            Manager::new(db, config.db_connect_timeout, live.clone(), kill_rx).map_err(|m| {
+                Error::Config(crate::config::ConfigError {
+                    var: crate::config::ENV_DATABASE_URL,
+                    message: m,
+                })
+            })?;
+        let last_error = Arc::new(Mutex::new(None));
+        let pool = Pool::builder()
+            .max_size(config.db_pool_size)
+            .min_idle(None)
+            // Our is_valid costs no round trip (see pool.rs), so testing on checkout is free.
+            .test_on_check_out(true)
+            // Bounds checkout too: with the database down, a request fails within this, not bb8's 30 s default.
+            .connection_timeout(config.db_connect_timeout)
+            .retry_connection(true)
+            .idle_timeout(Some(POOL_IDLE_TIMEOUT))
+            .max_lifetime(Some(POOL_MAX_LIFETIME))
+            .error_sink(Box::new(LastErrorSink(last_error.clone())))
+            .build_unchecked(manager);
+        Ok(Self {
+            inner: Some(Arc::new(Inner {
+                pool: RwLock::new(Some(pool)),
+                status: AtomicU8::new(ST_CONNECTING),
+                last_error,
+                reconnecting: AtomicBool::new(false),
+                live,
+                kill,
+                opts: exec::Options {
+                    read_only: config.db_read_only,
+                    cache: config.db_statement_cache,
+                    connect_timeout: config.db_connect_timeout,
+                    default_timeout: config.db_statement_timeout,
+                },
+                pool_size: config.db_pool_size,
+                target: db.display.clone(),
+            })),
+        })
+    }
+
+    /// `/ping`'s view.
+    #[must_use]
+    pub fn status(&self) -> DbStatus {
+        let Some(inner) = &self.inner else {
+            return DbStatus::NotConfigured;
+        };
+        match inner.status.load(Ordering::SeqCst) {
+            ST_READY => DbStatus::Ready,
+            ST_UNAVAILABLE => DbStatus::Unavailable,
+            _ => DbStatus::Connecting,
+        }
+    }
+
+    /// Opens one connection so the first request finds it warm. Never fails: the outcome shows in [`Db::status`].
+    pub async fn warm_up(&self) {
+        let Some(inner) = &self.inner else { return };
+        let Some(pool) = inner.pool() else { return };
+        let started = Instant::now();
+        let outcome = inner.checkout(&pool, started).await.map(drop);
+        match outcome {
+            Ok(()) => {
+                tracing::info!(target_db = %inner.target, elapsed_us = started.elapsed().as_micros() as u64, "postgres connection warm")
+            }
+            Err(e) => {
+                tracing::warn!(target_db = %inner.target, error = %e, "postgres warm-up failed")
+            }
+        }
+    }
+
+    /// Runs `/db/query` (one statement in its own transaction).
+    ///
+    /// # Errors
+    /// Any contract error (`sql_error`, `invalid_param`, `db_unavailable`, `db_timeout`, ...).
+    pub async fn query(
+        &self,
+        stmt: StatementRequest,
+        timeout: Option<Duration>,
+        deadline: Option<Instant>,
+    ) -> Result<QueryResult, Error> {
+        let mut results = self
+            .transaction(vec![stmt], timeout, deadline)
+            .await
+            .map_err(strip_index)?;
+        Ok(results.pop().unwrap_or_default())
+    }
+
+    /// Runs `/db/transaction`: all statements in one transaction; the first failure rolls everything back and the
+    /// error carries `statement_index`.
+    ///
+    /// # Errors
+    /// Any contract error.
+    pub async fn transaction(
+        &self,
+        stmts: Vec<StatementRequest>,
+        timeout: Option<Duration>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<QueryResult>, Error> {
+        let Some(inner) = &self.inner else {
+            return Err(Error::DbNotConfigured);
+        };
+        let Some(pool) = inner.pool() else {
+            return Err(Error::ShuttingDown);
+        };
+        let mut timeout = timeout.unwrap_or(inner.opts.default_timeout);
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::DbTimeout {
+                    message: "the caller's deadline (X-Makenaide-Deadline-Ms) has already passed"
+                        .into(),
+                    statement_index: None,
+                });
+            }
+            if timeout.is_zero() || left < timeout {
+                timeout = left;
+            }
+        }
+        let result = exec::execute(inner, &pool, &stmts, timeout).await;
+        match &result {
+            Ok(_) => inner.status.store(ST_READY, Ordering::SeqCst),
+            Err(Error::DbUnavailable { .. }) => inner.mark_unavailable(),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Closes the pool at shutdown: idle connections are dropped (each sends Terminate, so the server-side sessions
+    /// end at once), then we wait up to `budget` for their sockets to close; stragglers are cut.
+    pub async fn close(&self, budget: Duration) {
+        let Some(inner) = &self.inner else { return };
+        let pool = inner.pool.write().ok().and_then(|mut p| p.take());
+        drop(pool);
+        if !inner.live.wait_all_closed(budget).await {
+            let _ = inner.kill.send(true);
+            inner.live.wait_all_closed(Duration::from_millis(50)).await;
+        }
+        tracing::debug!(left = inner.live.count(), "postgres pool closed");
+    }
+}
+
+fn strip_index(e: Error) -> Error {
+    match e {
+        Error::InvalidRequest { message, .. } => Error::InvalidRequest {
+            message,
+            statement_index: None,
+        },
+        Error::InvalidParam { message, .. } => Error::InvalidParam {
+            message,
+            statement_index: None,
+        },
+        Error::Sql {
+            message, sqlstate, ..
+        } => Error::Sql {
+            message,
+            sqlstate,
+            statement_index: None,
+        },
+        Error::ReadOnly { message, .. } => Error::ReadOnly {
+            message,
+            statement_index: None,
+        },
+        Error::DbTimeout { message, .. } => Error::DbTimeout {
+            message,
+            statement_index: None,
+        },
+        other => other,
+    }
+}
+
+impl Inner {
+    fn pool(&self) -> Option<Pool<Manager>> {
+        self.pool.read().ok().and_then(|p| p.clone())
+    }
+
+    /// Checks a connection out, bounded by the connect timeout; failures become `db_unavailable` with the real
+    /// cause (bb8 itself would only say "timed out").
+    async fn checkout<'a>(
+        self: &Arc<Self>,
+        pool: &'a Pool<Manager>,
+        started: Instant,
+    ) -> Result<bb8::PooledConnection<'a, Manager>, Error> {
+        match pool.get().await {
+            Ok(conn) => {
+                self.status.store(ST_READY, Ordering::SeqCst);
+                Ok(conn)
+            }
+            Err(RunError::User(e)) => {
+                self.mark_unavailable();
+                Err(unreachable(&e))
+            }
+            Err(RunError::TimedOut) => {
+                let recent = self
+                    .last_error
+                    .lock()
+                    .ok()
+                    .and_then(|l| l.clone())
+                    .filter(|(at, _)| *at >= started);
+                match recent {
+                    Some((_, e)) => {
+                        self.mark_unavailable();
+                        Err(unreachable(&e))
+                    }
+                    None => Err(Error::DbUnavailable {
+                        message: format!(
+                            "all {} PostgreSQL connections stayed busy for {} ms (raise MAKENAIDE_DB_POOL_SIZE or send fewer concurrent requests)",
+                            self.pool_size,
+                            self.opts.connect_timeout.as_millis()
+                        ),
+                        sqlstate: None,
+                    }),
+                }
+            }
+        }
+    }
+
+    fn mark_unavailable(self: &Arc<Self>) {
+        self.status.store(ST_UNAVAILABLE, Ordering::SeqCst);
+        if self.reconnecting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Keep trying in the background so the pool is warm again as soon as the database is back. While Lambda has
+        // the environment frozen this task is frozen too, which is fine.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut delay = RECONNECT_MIN;
+            loop {
+                tokio::time::sleep(delay).await;
+                let Some(pool) = this.pool() else { break };
+                let started = Instant::now();
+                if this.checkout(&pool, started).await.is_ok() {
+                    tracing::info!(target_db = %this.target, "postgres reachable again");
+                    break;
+                }
+                if this.status.load(Ordering::SeqCst) == ST_READY {
+                    break;
+                }
+                delay = (delay * 2).min(RECONNECT_MAX);
+            }
+            this.reconnecting.store(false, Ordering::SeqCst);
+        });
+    }
+}
+
+fn unreachable(e: &ConnectError) -> Error {
+    Error::DbUnavailable {
+        message: format!(
+            "PostgreSQL is unreachable: {} (retrying in the background)",
+            e.message
+        ),
+        sqlstate: e.sqlstate.clone(),
+    }
+}

@@ -1,0 +1,399 @@
+//! The PostgreSQL connection manager under bb8: connecting (TLS per `sslmode`, keepalives, `tcp_user_timeout`,
+//! a hard connect bound), the per-connection prepared-statement cache, stale-connection detection without a
+//! round trip, and the bookkeeping that lets SHUTDOWN close every session cleanly.
+//!
+//! Why a custom `ManageConnection` rather than `bb8_postgres::PostgresConnectionManager`:
+//! - its `is_valid` is `simple_query("")`, one round trip on every checkout. After a Lambda thaw a dead socket is
+//!   usually already *known* dead (the server's FIN/FATAL sits in the receive buffer and the connection task sees it
+//!   as soon as it runs), so our `is_valid` only checks `Client::is_closed()` and a `broken` flag: zero round trips.
+//!   The one case it cannot see (the request races the connection task) is handled by the caller retrying once on a
+//!   fresh connection when the first round trip fails at the connection level (see `db::exec`).
+//! - the connection type carries the statement cache (`PgConn::statements`), keyed by SQL text, so a repeated
+//!   statement costs no Parse/Describe round trip.
+//! - connection tasks are counted, so shutdown can wait for every `Terminate` to be sent.
+
+use crate::config::{DatabaseConfig, SslMode};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// Prepared statements kept per connection before the cache is flushed (bounded memory on the server too).
+const STATEMENT_CACHE_CAPACITY: usize = 256;
+/// TCP keepalive: idle time before the first probe. Short, because Lambda NATs/firewalls drop idle flows at 350 s
+/// and a silently dropped connection should be found before a request needs it.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Linux `TCP_USER_TIMEOUT`: unacknowledged data older than this kills the socket. Bounds a write into a black
+/// hole (peer vanished without RST, e.g. after a failover) instead of hanging for the kernel's ~15 minutes.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `is_valid` failure: a pooled connection found dead at checkout (bb8 then opens or picks another one).
+pub const DISCARDED: &str = "stale connection discarded at checkout";
+
+/// Error type of the manager: a message safe to show and the SQLSTATE when the server sent one.
+#[derive(Clone, Debug)]
+pub struct ConnectError {
+    /// Human message (never contains the password: tokio-postgres does not echo it).
+    pub message: String,
+    /// SQLSTATE, e.g. `53300` (too many connections), `28P01` (bad password), `57P03` (starting up).
+    pub sqlstate: Option<String>,
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<tokio_postgres::Error> for ConnectError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let sqlstate = e.code().map(|c| c.code().to_owned());
+        let message = match e.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => {
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| format!("{e}: {s}"))
+            }
+        };
+        Self { message, sqlstate }
+    }
+}
+
+/// A pooled connection plus what we remember about it.
+pub struct PgConn {
+    /// The tokio-postgres client (its connection task runs separately).
+    pub client: Client,
+    /// Prepared statements by SQL text (only when the statement cache is enabled).
+    pub statements: HashMap<String, Statement>,
+    /// Set when a request saw a connection-level failure: bb8 then discards the connection.
+    pub broken: bool,
+}
+
+impl PgConn {
+    /// Remembers a prepared statement, flushing the cache when full (dropping a `Statement` sends `Close`).
+    pub fn cache_statement(&mut self, sql: &str, statement: Statement) {
+        if self.statements.len() >= STATEMENT_CACHE_CAPACITY {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), statement);
+    }
+}
+
+/// Counts live connection tasks and lets shutdown wait for them.
+#[derive(Default)]
+pub struct LiveConnections {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+impl LiveConnections {
+    /// Live connection tasks right now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no connection task is left, or `timeout` passes. Returns whether all are gone.
+    pub async fn wait_all_closed(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.count() == 0;
+            }
+        }
+    }
+}
+
+struct LiveGuard(Arc<LiveConnections>);
+
+impl LiveGuard {
+    fn new(live: Arc<LiveConnections>) -> Self {
+        live.count.fetch_add(1, Ordering::SeqCst);
+        Self(live)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+}
+
+enum Tls {
+    Disabled,
+    Rustls(MakeRustlsConnect),
+}
+
+/// bb8 connection manager for PostgreSQL.
+pub struct Manager {
+    pg: tokio_postgres::Config,
+    tls: Tls,
+    connect_timeout: Duration,
+    live: Arc<LiveConnections>,
+    /// Flipped to `true` at shutdown: connection tasks still alive after the grace period drop their sockets.
+    kill: watch::Receiver<bool>,
+}
+
+impl Manager {
+    /// Builds the manager: TLS configuration is prepared once here (webpki roots parsed once, not per connect).
+    ///
+    /// # Errors
+    /// The `sslrootcert` bundle cannot be read.
+    pub fn new(
+        db: &DatabaseConfig,
+        connect_timeout: Duration,
+        live: Arc<LiveConnections>,
+        kill: watch::Receiver<bool>,
+    ) -> Result<Self, String> {
+        let mut pg = db.pg.clone();
+        pg.connect_timeout(connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES)
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
+        if pg.get_application_name().is_none() {
+            // Lets operators (and tests) find this extension's sessions in pg_stat_activity.
+            pg.application_name("makenaide-core");
+        }
+        let tls = match db.ssl_mode {
+            SslMode::Disable => Tls::Disabled,
+            mode => Tls::Rustls(MakeRustlsConnect::new(tls_config(
+                mode,
+                db.ssl_root_cert.as_deref(),
+            )?)),
+        };
+        Ok(Self {
+            pg,
+            tls,
+            connect_timeout,
+            live,
+            kill,
+        })
+    }
+
+    fn spawn_connection<S, T>(&self, connection: tokio_postgres::Connection<S, T>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let guard = LiveGuard::new(self.live.clone());
+        let mut kill = self.kill.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            // The connection future ends when the client is dropped (after sending Terminate) or the socket dies.
+            tokio::select! {
+                res = connection => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %ConnectError::from(e), "postgres connection closed");
+                    }
+                }
+                _ = kill.wait_for(|k| *k) => {}
+            }
+        });
+    }
+}
+
+impl bb8::ManageConnection for Manager {
+    type Connection = PgConn;
+    type Error = ConnectError;
+
+    async fn connect(&self) -> Result<PgConn, ConnectError> {
+        // tokio-postgres' connect_timeout covers the TCP connect only; this bounds TLS + auth too.
+        let attempt = async {
+            match &self.tls {
+                Tls::Disabled => {
+                    let (client, connection) = self.pg.connect(NoTls).await?;
+                    self.spawn_connection(connection);
+                    Ok::<_, tokio_postgres::Error>(client)
+                }
+                Tls::Rustls(make) => {
+                    let (client, connection) = self.pg.connect(make.clone()).await?;
+                    self.spawn_connection(connection);
+                    Ok(client)
+                }
+            }
+        };
+        let client = tokio::time::timeout(self.connect_timeout, attempt)
+            .await
+            .map_err(|_| ConnectError {
+                message: format!(
+                    "no answer within {} ms (MAKENAIDE_DB_CONNECT_TIMEOUT_MS)",
+                    self.connect_timeout.as_millis()
+                ),
+                sqlstate: None,
+            })??;
+        Ok(PgConn {
+            client,
+            statements: HashMap::new(),
+            broken: false,
+        })
+    }
+
+    /// Zero round trips: see the module docs for why this is enough.
+    async fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
+        if conn.broken || conn.client.is_closed() {
+            return Err(ConnectError {
+                message: DISCARDED.into(),
+                sqlstate: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        conn.broken || conn.client.is_closed()
+    }
+}
+
+/// rustls client configuration for an `sslmode`, with libpq's semantics.
+fn tls_config(mode: SslMode, root_cert: Option<&std::path::Path>) -> Result<ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let roots = || -> Result<Arc<RootCertStore>, String> {
+        let mut store = RootCertStore::empty();
+        match root_cert {
+            Some(path) => {
+                use rustls::pki_types::pem::PemObject;
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
+                for cert in certs {
+                    let cert =
+                        cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+                    store
+                        .add(cert)
+                        .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+                }
+            }
+            None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        Ok(Arc::new(store))
+    };
+    let webpki = |roots: Arc<RootCertStore>| {
+        WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| format!("TLS setup: {e}"))
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match (mode, root_cert) {
+        (SslMode::VerifyFull, _) => webpki(roots()?)?,
+        (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => {
+            Arc::new(AnyNameVerifier(webpki(roots()?)?))
+        }
+        _ => Arc::new(NoVerifier(provider)),
+    };
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// `verify-ca`: the chain must verify, the host name may differ (rustls checks the chain before the name, so a
+/// name error implies a good chain).
+#[derive(Debug)]
+struct AnyNameVerifier(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `prefer`/`require` without a root: encryption without authentication, exactly libpq's behaviour. The
+/// handshake signature is still checked, so the session is bound to whoever holds the certificate's key.
+#[derive(Debug)]
+struct NoVerifier(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

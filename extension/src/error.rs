@@ -1,0 +1,367 @@
+//! The crate's one error enum. Each variant is one stable `code` of the localhost API (docs/contracts.md) and
+//! knows its HTTP status; [`Error::to_json`] renders the contract's body
+//! `{"error":{"code","message","sqlstate"?,"statement_index"?}}`. Startup failures (configuration, Lambda API)
+//! are variants too, so `run` and `main` speak the same type.
+
+use http::StatusCode;
+use serde_json::{json, Map, Value};
+
+/// Every failure the extension reports. `Clone` so one upstream result can be shared by coalesced callers.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    /// 400 `invalid_json`: the body is not JSON.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// 400 `invalid_request`: wrong shape or types; the message names the field.
+    #[error("{message}")]
+    InvalidRequest {
+        /// What is wrong.
+        message: String,
+        /// Index in `statements` for transactions.
+        statement_index: Option<usize>,
+    },
+    /// 400 `invalid_param`: a parameter cannot be bound to the type PostgreSQL inferred.
+    #[error("{message}")]
+    InvalidParam {
+        /// Names `$n` and the type.
+        message: String,
+        /// Index in `statements` for transactions.
+        statement_index: Option<usize>,
+    },
+    /// 400 `sql_error`: PostgreSQL rejected the statement.
+    #[error("{message}")]
+    Sql {
+        /// PostgreSQL's message (plus detail and hint).
+        message: String,
+        /// SQLSTATE.
+        sqlstate: Option<String>,
+        /// Index in `statements` for transactions.
+        statement_index: Option<usize>,
+    },
+    /// 400 `forwarded_request`: `X-Forwarded-For` present.
+    #[error("requests carrying X-Forwarded-For are refused: the extension only serves the local function")]
+    Forwarded,
+    /// 401 `missing_token`.
+    #[error("header X-Makenaide-Token is required (MAKENAIDE_CORE_TOKEN, else AWS_SESSION_TOKEN)")]
+    MissingToken,
+    /// 403 `invalid_token`.
+    #[error("header X-Makenaide-Token does not match")]
+    InvalidToken,
+    /// 403 `read_only`: write attempted while `MAKENAIDE_DB_READ_ONLY=true`.
+    #[error("{message}")]
+    ReadOnly {
+        /// PostgreSQL's message.
+        message: String,
+        /// Index in `statements` for transactions.
+        statement_index: Option<usize>,
+    },
+    /// 404 `not_found`.
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// 405 `method_not_allowed`.
+    #[error("method {method} is not allowed on {path}; use {allow}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The path.
+        path: String,
+        /// The method to use (also sent as `Allow`).
+        allow: &'static str,
+    },
+    /// 413 `body_too_large`.
+    #[error("request body is larger than {limit} bytes (MAKENAIDE_MAX_BODY_BYTES)")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// 429 `too_many_connections`.
+    #[error("too many connections to the extension (limit {limit}, MAKENAIDE_MAX_CONNECTIONS)")]
+    TooManyConnections {
+        /// The cap.
+        limit: usize,
+    },
+    /// 503 `db_not_configured`.
+    #[error("no database configured: set MAKENAIDE_DATABASE_URL")]
+    DbNotConfigured,
+    /// 503 `db_unavailable`.
+    #[error("{message}")]
+    DbUnavailable {
+        /// Why, e.g. "PostgreSQL is unreachable: connection refused (retrying in the background)".
+        message: String,
+        /// SQLSTATE when the server gave one (e.g. 53300 too_many_connections, 57P01).
+        sqlstate: Option<String>,
+    },
+    /// 504 `db_timeout`.
+    #[error("{message}")]
+    DbTimeout {
+        /// Which timeout fired.
+        message: String,
+        /// Index in `statements` for transactions.
+        statement_index: Option<usize>,
+    },
+    /// 502 `upstream_error`.
+    #[error("{0}")]
+    Upstream(String),
+    /// 504 `upstream_deadline`.
+    #[error("{0}")]
+    UpstreamDeadline(String),
+    /// 503 `shutting_down`.
+    #[error("the extension is shutting down (Lambda SHUTDOWN)")]
+    ShuttingDown,
+    /// Invalid configuration at start (reported through `/extension/init/error`).
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The Lambda Extensions API failed (register / next): not recoverable, the process exits.
+    #[error("Lambda Extensions API: {0}")]
+    Lambda(String),
+    /// Anything else (500 `internal`): a bug, never expected.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable machine-readable code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::InvalidParam { .. } => "invalid_param",
+            Self::Sql { .. } => "sql_error",
+            Self::Forwarded => "forwarded_request",
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::ReadOnly { .. } => "read_only",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::TooManyConnections { .. } => "too_many_connections",
+            Self::DbNotConfigured => "db_not_configured",
+            Self::DbUnavailable { .. } => "db_unavailable",
+            Self::DbTimeout { .. } => "db_timeout",
+            Self::Upstream(_) => "upstream_error",
+            Self::UpstreamDeadline(_) => "upstream_deadline",
+            Self::ShuttingDown => "shutting_down",
+            Self::Config(_) => "config_invalid",
+            Self::Lambda(_) | Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status of the error reply.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_)
+            | Self::InvalidRequest { .. }
+            | Self::InvalidParam { .. }
+            | Self::Sql { .. }
+            | Self::Forwarded => StatusCode::BAD_REQUEST,
+            Self::MissingToken => StatusCode::UNAUTHORIZED,
+            Self::InvalidToken | Self::ReadOnly { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::DbNotConfigured | Self::DbUnavailable { .. } | Self::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::DbTimeout { .. } | Self::UpstreamDeadline(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Config(_) | Self::Lambda(_) | Self::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Self::Sql { sqlstate, .. } | Self::DbUnavailable { sqlstate, .. } => {
+                sqlstate.as_deref()
+            }
+            Self::ReadOnly { .. } => Some("25006"),
+            Self::DbTimeout { .. } => Some("57014"),
+            _ => None,
+        }
+    }
+
+    /// The statement that failed, for `/db/transaction`.
+    #[must_use]
+    pub fn statement_index(&self) -> Option<usize> {
+        match self {
+            Self::InvalidRequest {
+                statement_index, ..
+            }
+            | Self::InvalidParam {
+                statement_index, ..
+            }
+            | Self::Sql {
+                statement_index, ..
+            }
+            | Self::ReadOnly {
+                statement_index, ..
+            }
+            | Self::DbTimeout {
+                statement_index, ..
+            } => *statement_index,
+            _ => None,
+        }
+    }
+
+    /// Sets the failing statement's index (transactions).
+    #[must_use]
+    pub fn at_statement(mut self, index: usize) -> Self {
+        match &mut self {
+            Self::InvalidRequest {
+                statement_index, ..
+            }
+            | Self::InvalidParam {
+                statement_index, ..
+            }
+            | Self::Sql {
+                statement_index, ..
+            }
+            | Self::ReadOnly {
+                statement_index, ..
+            }
+            | Self::DbTimeout {
+                statement_index, ..
+            } => *statement_index = Some(index),
+            _ => {}
+        }
+        self
+    }
+
+    /// Shorthand for an `invalid_request` without a statement index.
+    pub(crate) fn invalid_request(message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            statement_index: None,
+        }
+    }
+
+    /// The contract's JSON body.
+    #[must_use]
+    pub fn to_json(&self) -> Value {
+        let mut inner = Map::new();
+        inner.insert("code".into(), Value::from(self.code()));
+        inner.insert("message".into(), Value::from(self.to_string()));
+        if let Some(s) = self.sqlstate() {
+            inner.insert("sqlstate".into(), Value::from(s));
+        }
+        if let Some(i) = self.statement_index() {
+            inner.insert("statement_index".into(), Value::from(i));
+        }
+        json!({ "error": inner })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_stable() {
+        let e = Error::DbUnavailable {
+            message: "PostgreSQL is unreachable: connection refused (retrying in the background)"
+                .into(),
+            sqlstate: Some("08006".into()),
+        };
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            e.to_json(),
+            json!({"error": {"code": "db_unavailable",
+                "message": "PostgreSQL is unreachable: connection refused (retrying in the background)",
+                "sqlstate": "08006"}})
+        );
+
+        let e = Error::Sql {
+            message: "syntax error".into(),
+            sqlstate: Some("42601".into()),
+            statement_index: None,
+        }
+        .at_statement(2);
+        assert_eq!(
+            e.to_json(),
+            json!({"error": {"code": "sql_error", "message": "syntax error", "sqlstate": "42601", "statement_index": 2}})
+        );
+        assert_eq!(
+            Error::MissingToken.to_json()["error"]["code"],
+            "missing_token"
+        );
+        assert!(Error::MissingToken.to_json()["error"]
+            .get("sqlstate")
+            .is_none());
+        assert_eq!(
+            Error::ReadOnly {
+                message: "x".into(),
+                statement_index: None
+            }
+            .to_json()["error"]["sqlstate"],
+            "25006"
+        );
+    }
+
+    #[test]
+    fn statuses_match_the_contract() {
+        let cases: Vec<(Error, u16, &str)> = vec![
+            (Error::InvalidJson("x".into()), 400, "invalid_json"),
+            (Error::invalid_request("x"), 400, "invalid_request"),
+            (
+                Error::InvalidParam {
+                    message: "x".into(),
+                    statement_index: None,
+                },
+                400,
+                "invalid_param",
+            ),
+            (Error::Forwarded, 400, "forwarded_request"),
+            (Error::MissingToken, 401, "missing_token"),
+            (Error::InvalidToken, 403, "invalid_token"),
+            (
+                Error::ReadOnly {
+                    message: "x".into(),
+                    statement_index: None,
+                },
+                403,
+                "read_only",
+            ),
+            (Error::NotFound("/x".into()), 404, "not_found"),
+            (
+                Error::MethodNotAllowed {
+                    method: "GET".into(),
+                    path: "/db/query".into(),
+                    allow: "POST",
+                },
+                405,
+                "method_not_allowed",
+            ),
+            (Error::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
+            (
+                Error::TooManyConnections { limit: 1 },
+                429,
+                "too_many_connections",
+            ),
+            (Error::DbNotConfigured, 503, "db_not_configured"),
+            (
+                Error::DbTimeout {
+                    message: "x".into(),
+                    statement_index: None,
+                },
+                504,
+                "db_timeout",
+            ),
+            (Error::Upstream("x".into()), 502, "upstream_error"),
+            (
+                Error::UpstreamDeadline("x".into()),
+                504,
+                "upstream_deadline",
+            ),
+            (Error::ShuttingDown, 503, "shutting_down"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!(e.status().as_u16(), status, "{code}");
+            assert_eq!(e.code(), code);
+        }
+    }
+}

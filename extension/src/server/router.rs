@@ -1,0 +1,442 @@
+//! Request handling: refusal rules (shutdown, `X-Forwarded-For`, token), routing, body limit, request parsing
+//! (hand-written so every message names the field at fault), and rendering of replies and errors.
+
+use super::Body;
+use crate::db::StatementRequest;
+use crate::error::Error;
+use crate::state::AppState;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Map, Value};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// Token header (value: `MAKENAIDE_CORE_TOKEN`, else `AWS_SESSION_TOKEN`).
+pub const HEADER_TOKEN: &str = "x-makenaide-token";
+/// Absolute Unix epoch ms after which the extension must not work on the request.
+pub const HEADER_DEADLINE: &str = "x-makenaide-deadline-ms";
+/// Who produced the reply: `upbit`, `cache` or `core`.
+pub const HEADER_SOURCE: &str = "x-makenaide-source";
+/// Refused: this API is for the local function only, never behind a proxy.
+pub const HEADER_FORWARDED_FOR: &str = "x-forwarded-for";
+
+const MAX_STATEMENTS: usize = 1000;
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+pub(crate) async fn handle(state: AppState, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let response = match route(&state, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::warn!(%method, %path, code = e.code(), error = %e, "request failed");
+            } else {
+                tracing::debug!(%method, %path, code = e.code(), "request refused");
+            }
+            error_response(&e)
+        }
+    };
+    tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    response
+}
+
+async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    if state.is_shutting_down() {
+        return Err(Error::ShuttingDown);
+    }
+    if req.headers().contains_key(HEADER_FORWARDED_FOR) {
+        return Err(Error::Forwarded);
+    }
+    let path = req.uri().path();
+    if path == "/ping" {
+        return if matches!(*req.method(), Method::GET | Method::HEAD) {
+            Ok(ping(state))
+        } else {
+            Err(not_allowed(&req, "GET"))
+        };
+    }
+    check_token(state, req.headers())?;
+    let deadline = deadline(req.headers())?;
+
+    match path {
+        "/db/query" => {
+            if req.method() != Method::POST {
+                return Err(not_allowed(&req, "POST"));
+            }
+            let body = read_body(req, state.config().max_body_bytes).await?;
+            let (stmt, timeout) = parse_query(&body)?;
+            let result = state.db().query(stmt, timeout, deadline).await?;
+            Ok(json_response(StatusCode::OK, &result.to_json()))
+        }
+        "/db/transaction" => {
+            if req.method() != Method::POST {
+                return Err(not_allowed(&req, "POST"));
+            }
+            let body = read_body(req, state.config().max_body_bytes).await?;
+            let (stmts, timeout) = parse_transaction(&body)?;
+            let results = state.db().transaction(stmts, timeout, deadline).await?;
+            let results: Vec<Value> = results
+                .iter()
+                .map(crate::db::QueryResult::to_json)
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({ "results": results }),
+            ))
+        }
+        p => {
+            let Some(group) = crate::upbit::route(p) else {
+                return Err(Error::NotFound(p.to_owned()));
+            };
+            if req.method() != Method::GET {
+                return Err(not_allowed(&req, "GET"));
+            }
+            let path_and_query = req
+                .uri()
+                .path_and_query()
+                .map_or(p, http::uri::PathAndQuery::as_str);
+            let upbit = state.upbit();
+            let deadline = deadline.unwrap_or_else(|| Instant::now() + upbit.default_timeout());
+            let reply = upbit.get(group, path_and_query, deadline).await?;
+            Ok(upbit_response(reply))
+        }
+    }
+}
+
+fn not_allowed(req: &Request<Incoming>, allow: &'static str) -> Error {
+    Error::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        allow,
+    }
+}
+
+fn ping(state: &AppState) -> Response<Body> {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": "ok",
+            "db": state.db().status().as_str(),
+            "upbit": if state.upbit().is_warm() { "ready" } else { "cold" },
+        }),
+    )
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from response times.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
+    let Some(given) = headers.get(HEADER_TOKEN) else {
+        return Err(Error::MissingToken);
+    };
+    if same_secret(given.as_bytes(), state.config().token.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(Error::InvalidToken)
+    }
+}
+
+/// `X-Makenaide-Deadline-Ms` (absolute epoch ms) as a monotonic instant.
+fn deadline(headers: &HeaderMap) -> Result<Option<Instant>, Error> {
+    let Some(v) = headers.get(HEADER_DEADLINE) else {
+        return Ok(None);
+    };
+    let ms: u64 = v.to_str().ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
+        Error::invalid_request("header X-Makenaide-Deadline-Ms must be an absolute Unix epoch time in milliseconds")
+    })?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let left = Duration::from_millis(ms.saturating_sub(now_ms).min(24 * 3_600_000));
+    Ok(Some(Instant::now() + left))
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Error> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Error::BodyTooLarge { limit })
+        }
+        Err(e) => Err(Error::invalid_request(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Map<String, Value>, Error> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::InvalidJson(format!("the body is not valid JSON: {e}")))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(Error::invalid_request("the body must be a JSON object")),
+    }
+}
+
+fn check_fields(map: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), String> {
+    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "unknown field {at}{k:?}: expected {}",
+            allowed.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+fn parse_statement(map: &Map<String, Value>, at: &str) -> Result<StatementRequest, String> {
+    let sql = match map.get("sql") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(_)) => return Err(format!("{at}sql is empty")),
+        Some(other) => {
+            return Err(format!(
+                "{at}sql must be a string, not {}",
+                json_kind(other)
+            ))
+        }
+        None => return Err(format!("{at}sql is required")),
+    };
+    let params = match map.get("params") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items.clone(),
+        Some(other) => {
+            return Err(format!(
+                "{at}params must be an array, not {}",
+                json_kind(other)
+            ))
+        }
+    };
+    Ok(StatementRequest { sql, params })
+}
+
+fn parse_timeout(map: &Map<String, Value>) -> Result<Option<Duration>, Error> {
+    match map.get("timeout_ms") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(ms) if ms <= MAX_TIMEOUT_MS => Ok(Some(Duration::from_millis(ms))),
+            _ => Err(Error::invalid_request(format!(
+                "timeout_ms must be a whole number of milliseconds from 0 to {MAX_TIMEOUT_MS}"
+            ))),
+        },
+        Some(other) => Err(Error::invalid_request(format!(
+            "timeout_ms must be a number, not {}",
+            json_kind(other)
+        ))),
+    }
+}
+
+/// `{"sql": "...", "params": [...], "timeout_ms": 5000}`.
+pub(crate) fn parse_query(body: &[u8]) -> Result<(StatementRequest, Option<Duration>), Error> {
+    let map = parse_json(body)?;
+    check_fields(&map, &["sql", "params", "timeout_ms"], "").map_err(Error::invalid_request)?;
+    let stmt = parse_statement(&map, "").map_err(Error::invalid_request)?;
+    Ok((stmt, parse_timeout(&map)?))
+}
+
+/// `{"statements": [{"sql", "params"}, ...], "timeout_ms": 5000}`.
+pub(crate) fn parse_transaction(
+    body: &[u8],
+) -> Result<(Vec<StatementRequest>, Option<Duration>), Error> {
+    let map = parse_json(body)?;
+    check_fields(&map, &["statements", "timeout_ms"], "").map_err(Error::invalid_request)?;
+    let items = match map.get("statements") {
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(Error::invalid_request("statements is empty"))
+        }
+        Some(Value::Array(items)) if items.len() > MAX_STATEMENTS => {
+            return Err(Error::invalid_request(format!(
+                "statements has more than {MAX_STATEMENTS} entries"
+            )))
+        }
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(Error::invalid_request(format!(
+                "statements must be an array, not {}",
+                json_kind(other)
+            )))
+        }
+        None => return Err(Error::invalid_request("statements is required")),
+    };
+    let mut stmts = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("statements[{i}].");
+        let fail = |message: String| Error::InvalidRequest {
+            message,
+            statement_index: Some(i),
+        };
+        let Value::Object(m) = item else {
+            return Err(fail(format!(
+                "statements[{i}] must be an object like {{\"sql\": ..., \"params\": [...]}}"
+            )));
+        };
+        check_fields(m, &["sql", "params"], &at).map_err(fail)?;
+        stmts.push(parse_statement(m, &at).map_err(fail)?);
+    }
+    Ok((stmts, parse_timeout(&map)?))
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(HEADER_SOURCE, HeaderValue::from_static("core"));
+    resp
+}
+
+/// The contract's error body, with `Allow` on 405.
+pub(crate) fn error_response(e: &Error) -> Response<Body> {
+    let mut resp = json_response(e.status(), &e.to_json());
+    if let Error::MethodNotAllowed { allow, .. } = e {
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    resp
+}
+
+/// Upbit's reply, unchanged: status, body, content type and `Remaining-Req`.
+fn upbit_response(reply: crate::upbit::Reply) -> Response<Body> {
+    let Ok(status) = StatusCode::from_u16(reply.status) else {
+        return error_response(&Error::Upstream(format!(
+            "Upbit answered an invalid HTTP status {}",
+            reply.status
+        )));
+    };
+    let mut resp = Response::new(Full::new(reply.body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if let Some(ct) = reply.content_type {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(rr) = reply.remaining_req {
+        h.insert(crate::upbit::REMAINING_REQ, rr);
+    }
+    h.insert(
+        HEADER_SOURCE,
+        HeaderValue::from_static(reply.source.as_str()),
+    );
+    resp
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing_names_the_field() {
+        let (s, t) = parse_query(br#"{"sql":"select $1","params":[1],"timeout_ms":50}"#).unwrap();
+        assert_eq!(s.sql, "select $1");
+        assert_eq!(s.params, vec![json!(1)]);
+        assert_eq!(t, Some(Duration::from_millis(50)));
+        let (s, t) = parse_query(br#"{"sql":"select 1"}"#).unwrap();
+        assert!(s.params.is_empty() && t.is_none());
+
+        for (body, code, needle) in [
+            (&b"{not json"[..], "invalid_json", "not valid JSON"),
+            (b"[1]", "invalid_request", "JSON object"),
+            (br#"{"params":[]}"#, "invalid_request", "sql is required"),
+            (br#"{"sql":5}"#, "invalid_request", "sql must be a string"),
+            (br#"{"sql":"  "}"#, "invalid_request", "sql is empty"),
+            (
+                br#"{"sql":"x","params":{}}"#,
+                "invalid_request",
+                "params must be an array",
+            ),
+            (
+                br#"{"sql":"x","timeout_ms":-1}"#,
+                "invalid_request",
+                "timeout_ms",
+            ),
+            (
+                br#"{"sql":"x","param":[]}"#,
+                "invalid_request",
+                "unknown field \"param\"",
+            ),
+        ] {
+            let e = parse_query(body).unwrap_err();
+            assert_eq!(e.code(), code, "{}", String::from_utf8_lossy(body));
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn transaction_parsing_carries_the_index() {
+        let (s, _) =
+            parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":"b","params":[1]}]}"#).unwrap();
+        assert_eq!(s.len(), 2);
+        let e = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":7}]}"#).unwrap_err();
+        assert_eq!(e.statement_index(), Some(1));
+        assert!(e.to_string().contains("statements[1].sql"), "{e}");
+        let e = parse_transaction(br#"{"statements":[]}"#).unwrap_err();
+        assert!(e.to_string().contains("empty"));
+        let e = parse_transaction(br#"{"statements":["select 1"]}"#).unwrap_err();
+        assert_eq!(e.statement_index(), Some(0));
+    }
+
+    #[test]
+    fn secret_comparison() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn request_parsers_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = parse_query(&body);
+            let _ = parse_transaction(&body);
+        }
+
+        #[test]
+        fn json_shaped_bodies_never_panic(
+            sql in proptest::option::of(".{0,20}"),
+            params in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<i32>(), 0..3)),
+            timeout in proptest::option::of(proptest::prelude::any::<i64>()),
+            wrap in proptest::prelude::any::<bool>(),
+        ) {
+            let mut stmt = serde_json::Map::new();
+            if let Some(sql) = sql { stmt.insert("sql".into(), json!(sql)); }
+            if let Some(p) = params { stmt.insert("params".into(), json!(p)); }
+            let body = if wrap {
+                json!({"statements": [Value::Object(stmt)], "timeout_ms": timeout})
+            } else {
+                let mut m = stmt;
+                m.insert("timeout_ms".into(), json!(timeout));
+                Value::Object(m)
+            };
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let _ = parse_query(&bytes);
+            let _ = parse_transaction(&bytes);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need, only what is missing (idempotent; safe to run on every test run).
+# Grows with the project: add a line per need, each guarded by a check.
+set -euo pipefail
+
+log() { echo "setup: $*" >&2; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+APT_UPDATED=0
+apt_install() {
+  # apt_install <command-or-path-to-check> <package>...
+  local check="$1"; shift
+  if have "$check" || [ -e "$check" ]; then return 0; fi
+  if ! have apt-get; then log "missing $check and no apt-get: install $* yourself"; return 1; fi
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  if [ "$APT_UPDATED" = 0 ]; then $sudo apt-get update -qq; APT_UPDATED=1; fi
+  log "installing $*"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+pip_install() {
+  # pip_install <command-to-check> <pip spec>...
+  local check="$1"; shift
+  if have "$check"; then return 0; fi
+  log "installing $* (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check "$@"
+}
+
+rust_target() {
+  # rust_target <triple>
+  if rustup target list --installed 2>/dev/null | grep -qx "$1"; then return 0; fi
+  log "adding rust target $1"
+  rustup target add "$1"
+}
+
+# --- toolchain ---------------------------------------------------------------------------------------------
+have cargo || { log "cargo not found: install Rust (rustup) first"; exit 1; }
+
+# --- harness and end-to-end tests ----------------------------------------------------------------------------
+apt_install curl curl                                   # bash fixtures of the harness self-tests
+apt_install openssl openssl                             # TLS certificates of throwaway PostgreSQL clusters
+apt_install psql postgresql-client                      # TLS check of the throwaway cluster
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install /usr/lib/postgresql/15/bin/initdb postgresql
+
+# The machine's PostgreSQL on 127.0.0.1:5432 (trust auth) is where test databases are made: start it if down.
+if [ -z "${MAKENAIDE_TEST_PG:-}" ] && have pg_isready && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if have pg_ctlcluster && [ -d /etc/postgresql ]; then
+    log "starting the local PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start || true
+  fi
+  pg_isready -q -h 127.0.0.1 -p 5432 || log "warning: no PostgreSQL on 127.0.0.1:5432 (set MAKENAIDE_TEST_PG)"
+fi
+
+# --- packaging / deployment (layer-build, deploy.sh) ----------------------------------------------------------
+# Added by the packaging work, e.g.:
+#   rust_target x86_64-unknown-linux-musl
+#   rust_target aarch64-unknown-linux-musl
+#   pip_install moto_server "moto[server]==5.*"
+: "${SETUP_EXTRA:=}"   # hook: SETUP_EXTRA="rust_target x; pip_install y z" for one-off needs
+if [ -n "$SETUP_EXTRA" ]; then eval "$SETUP_EXTRA"; fi
+
+log "ok"
