@@ -29,6 +29,9 @@ async fn sim_free() -> SimHandle {
 }
 
 fn client() -> reqwest::Client {
+    // Workspace builds unify reqwest's `rustls-no-provider` feature (the extension picks ring itself), so a
+    // test-side client must install a crypto provider before it is built.
+    lambda_simulator::ensure_default_crypto_provider();
     reqwest::Client::builder().build().expect("client")
 }
 
