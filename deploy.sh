@@ -410,17 +410,20 @@ wait_function() {
 
 # --- functions -----------------------------------------------------------------------------------------------
 # Read phase of one function: sets FN_EXISTS (0/1), FN_SHA, FN_ARCH, FN_LAYERS (array).
-FN_EXISTS=0; FN_SHA=""; FN_ARCH=""; FN_LAYERS=()
+# FN_SETTLED=1 when no update is in progress (another one would be refused with ResourceConflictException).
+FN_EXISTS=0; FN_SHA=""; FN_ARCH=""; FN_LAYERS=(); FN_SETTLED=1
 read_function() {
   local fn="$1" layers
-  FN_EXISTS=0; FN_SHA=""; FN_ARCH=""; FN_LAYERS=()
+  FN_EXISTS=0; FN_SHA=""; FN_ARCH=""; FN_LAYERS=(); FN_SETTLED=1
   if run_aws lambda get-function-configuration --function-name "$fn" \
-      --query '[CodeSha256, Architectures[0], PackageType, join(`" "`, Layers[].Arn || `[]`)]' --output text; then
+      --query '[CodeSha256, Architectures[0], PackageType, State, LastUpdateStatus, join(`" "`, Layers[].Arn || `[]`)]' \
+      --output text; then
     [ "$DRY_RUN" = 1 ] && return 0
-    local ptype
-    IFS=$'\t' read -r FN_SHA FN_ARCH ptype layers <<<"$AWS_OUT" || true
+    local ptype state update
+    IFS=$'\t' read -r FN_SHA FN_ARCH ptype state update layers <<<"$AWS_OUT" || true
     [ "$ptype" != Image ] || die "$fn is a container-image function: layers cannot be attached (bake /opt/extensions into the image)"
     FN_EXISTS=1
+    if [ "$state" != Active ] || [ "$update" = InProgress ]; then FN_SETTLED=0; fi
     # shellcheck disable=SC2206  # layer ARNs hold no spaces or globs
     [ -z "$layers" ] || FN_LAYERS=($layers)
   else
@@ -433,12 +436,12 @@ read_function() {
 
 # Plan phase (reads only, before any change): the current state of every function, one entry per FUNCTIONS index;
 # a container-image function or one that would end up with too many layers stops the deploy here.
-PLAN_EXISTS=(); PLAN_SHA=(); PLAN_ARCH=(); PLAN_LAYERS=()
+PLAN_EXISTS=(); PLAN_SHA=(); PLAN_ARCH=(); PLAN_LAYERS=(); PLAN_SETTLED=()
 plan_functions() {
   local i
   for i in "${!FUNCTIONS[@]}"; do
     read_function "$(fn_name "${FUNCTIONS[$i]}")"
-    PLAN_EXISTS[i]="$FN_EXISTS"; PLAN_SHA[i]="$FN_SHA"; PLAN_ARCH[i]="$FN_ARCH"
+    PLAN_EXISTS[i]="$FN_EXISTS"; PLAN_SHA[i]="$FN_SHA"; PLAN_ARCH[i]="$FN_ARCH"; PLAN_SETTLED[i]="$FN_SETTLED"
     PLAN_LAYERS[i]="${FN_LAYERS[*]:-}"
     # shellcheck disable=SC2086  # layer ARNs hold no spaces or globs
     merge_layers "<makenaide-core>" ${PLAN_LAYERS[i]}
@@ -452,7 +455,7 @@ deploy_function() {
   local i="$1" layer_arn="$2" base fn zip sha
   base="${FUNCTIONS[$i]}"
   fn="$(fn_name "$base")"; zip="$DIST/$base-$ARCH.zip"; sha="$(code_sha256 "$zip")"
-  FN_EXISTS="${PLAN_EXISTS[i]}"; FN_SHA="${PLAN_SHA[i]}"; FN_ARCH="${PLAN_ARCH[i]}"
+  FN_EXISTS="${PLAN_EXISTS[i]}"; FN_SHA="${PLAN_SHA[i]}"; FN_ARCH="${PLAN_ARCH[i]}"; FN_SETTLED="${PLAN_SETTLED[i]}"
   # shellcheck disable=SC2206  # layer ARNs hold no spaces or globs
   FN_LAYERS=(${PLAN_LAYERS[i]})
   local common=(--role "$ROLE_ARN" --runtime "$FUNCTION_RUNTIME" --handler "$FUNCTION_HANDLER"
@@ -461,6 +464,7 @@ deploy_function() {
     ${VPC_ARGS[@]+"${VPC_ARGS[@]}"} ${KMS_ARGS[@]+"${KMS_ARGS[@]}"})
   if [ "$DRY_RUN" = 1 ]; then
     dry_note "$fn exists → update code (unless CodeSha256 is already $sha) and configuration:"
+    wait_function updated "$fn"
     run_aws lambda update-function-code --function-name "$fn" --zip-file "fileb://$zip" --architectures "$ARCH" \
       --query LastUpdateStatus --output text
     wait_function updated "$fn"
@@ -472,6 +476,8 @@ deploy_function() {
   fi
   if [ "$FN_EXISTS" = 1 ]; then
     merge_layers "$layer_arn" ${FN_LAYERS[@]+"${FN_LAYERS[@]}"}
+    # An update still in progress (an interrupted deploy, a console edit) would refuse ours: ResourceConflict.
+    [ "$FN_SETTLED" = 1 ] || wait_function updated "$fn"
     if [ "$FN_SHA" = "$sha" ] && [ "$FN_ARCH" = "$ARCH" ]; then
       log "$fn: code unchanged"
     else
@@ -582,6 +588,7 @@ cmd_attach() {
   if [ "$DRY_RUN" = 0 ] && [ "${MERGED[*]}" = "${FN_LAYERS[*]:-}" ]; then
     log "$TARGET already has $arn"
   else
+    [ "$FN_SETTLED" = 1 ] || wait_function updated "$TARGET"
     must_aws "attaching $arn to $TARGET" lambda update-function-configuration --function-name "$TARGET" \
       --layers "${MERGED[@]}" --query LastUpdateStatus --output text
     wait_function updated "$TARGET"

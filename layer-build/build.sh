@@ -8,11 +8,12 @@
 # the extension runs in every runtime the layer may be attached to (provided.al2023, provided.al2, python3.x) with no
 # glibc dependency at all. Zips are reproducible (layer-build/mkzip.py): the same binaries give byte-identical zips.
 #
-# Usage: layer-build/build.sh [--arch x86_64|arm64|all] [--dist DIR] [--bins DIR] [--no-install]
+# Usage: layer-build/build.sh [--arch x86_64|arm64|all] [--dist DIR] [--bins DIR] [--no-install | --install-only]
 #   --arch        which architectures to build (default: all)
 #   --dist        output directory (default: <repo>/dist, env MAKENAIDE_DIST_DIR)
 #   --bins DIR    skip cargo: package prebuilt binaries DIR/<arch>/<binary name> (checks and budgets still apply)
 #   --no-install  never install anything; fail with a message naming what is missing
+#   --install-only  install what the build needs (rustup targets, cargo-lambda + zig, readelf), build nothing
 #
 # Environment:
 #   CARGO_TARGET_DIR                  cargo's output (default: <repo>/target-lambda, apart from the debug builds)
@@ -60,6 +61,7 @@ ARCH_ARG="all"
 DIST="${MAKENAIDE_DIST_DIR:-$ROOT/dist}"
 BINS=""
 INSTALL=1
+INSTALL_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --arch) [ $# -ge 2 ] || die "--arch needs a value"; ARCH_ARG="$2"; shift 2 ;;
@@ -69,6 +71,7 @@ while [ $# -gt 0 ]; do
     --bins) [ $# -ge 2 ] || die "--bins needs a value"; BINS="$2"; shift 2 ;;
     --bins=*) BINS="${1#*=}"; shift ;;
     --no-install) INSTALL=0; shift ;;
+    --install-only) INSTALL_ONLY=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
@@ -152,7 +155,8 @@ bin_path() {
 # The extension is exec'd by Lambda in whatever runtime the layer is attached to: no ELF interpreter and no
 # shared-library dependency means no glibc to be too old (provided.al2 has glibc 2.26).
 check_static() {
-  local bin="$1" arch="$2" machine
+  # check_static <binary> <arch> <name>
+  local bin="$1" arch="$2" name="$3" machine
   [ -f "$bin" ] || die "missing binary $bin"
   machine="$(readelf -h "$bin" 2>/dev/null | sed -n 's/^ *Machine: *//p')" || true
   [ -n "$machine" ] || die "$bin is not an ELF binary"
@@ -163,17 +167,17 @@ check_static() {
   if readelf -dW "$bin" 2>/dev/null | grep -q '(NEEDED)'; then
     die "$bin links shared libraries: $(readelf -dW "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
   fi
-  if have file; then log "  $(basename "$bin") ($arch): $(file -b "$bin" | cut -d, -f1-4)"; fi
+  if have file; then log "  $name ($arch): $(file -b "$bin" | cut -d, -f1-4)"; fi
 }
 
 package_arch() {
   local arch="$1" bin name
   bin="$(bin_path "$arch" "$EXTENSION")"
-  check_static "$bin" "$arch"
+  check_static "$bin" "$arch" "$EXTENSION"
   python3 "$MKZIP" pack "$DIST/$EXTENSION-layer-$arch.zip" "extensions/$EXTENSION=$bin"
   for name in "${FUNCTIONS[@]}"; do
     bin="$(bin_path "$arch" "$name")"
-    check_static "$bin" "$arch"
+    check_static "$bin" "$arch" "$name"
     python3 "$MKZIP" pack "$DIST/$name-$arch.zip" "bootstrap=$bin"
   done
 }
@@ -204,6 +208,12 @@ report_sizes() {
 # --- main ----------------------------------------------------------------------------------------------------
 START=$SECONDS
 ensure_common_tools
+if [ "$INSTALL_ONLY" = 1 ]; then
+  ensure_rust_targets
+  ensure_cargo_lambda
+  log "build tools ready"
+  exit 0
+fi
 if [ -z "$BINS" ]; then
   ensure_rust_targets
   ensure_cargo_lambda

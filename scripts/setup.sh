@@ -41,6 +41,7 @@ apt_install curl curl                                   # bash fixtures of the h
 apt_install openssl openssl                             # TLS certificates of throwaway PostgreSQL clusters
 apt_install psql postgresql-client                      # TLS check of the throwaway cluster
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install /usr/lib/postgresql/15/bin/initdb postgresql
+apt_install /usr/sbin/pgbouncer pgbouncer                # reliability_scale: PgBouncer transaction pooling
 
 # The machine's PostgreSQL on 127.0.0.1:5432 (trust auth) is where test databases are made: start it if down.
 if [ -z "${MAKENAIDE_TEST_PG:-}" ] && have pg_isready && ! pg_isready -q -h 127.0.0.1 -p 5432; then

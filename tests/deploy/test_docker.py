@@ -136,3 +136,4 @@ def test_image_tree_runs_under_the_local_harness(tmp_path):
     proc = subprocess.run([str(harness_binary()), "--offline", "--throwaway-db", "--invocations", "1"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "invocation 1: success" in proc.stdout + proc.stderr

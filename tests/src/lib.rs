@@ -1,7 +1,10 @@
 //! Local harness.
 
+pub mod bench;
 pub mod error;
 pub mod lambda_env;
 pub mod main_job;
 pub mod pg;
+/// Reliability-report figures: reliability_* tests call `report::record` / `report!` (see the module docs).
+pub mod report;
 pub mod upbit_sim;

@@ -346,6 +346,10 @@ fn upbit_response(reply: crate::upbit::Reply) -> Response<Body> {
 }
 
 #[cfg(test)]
+#[path = "router_proptests.rs"]
+mod proptests;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;

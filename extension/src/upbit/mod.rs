@@ -10,6 +10,8 @@
 //! Never sends an `Origin` header: Upbit limits requests carrying one to 1 per 10 s.
 
 pub mod governor;
+#[cfg(test)]
+pub(crate) mod proptests;
 
 use crate::error::Error;
 use bytes::Bytes;
@@ -528,10 +530,11 @@ fn ban_duration(headers: &http::HeaderMap, body: &[u8]) -> Duration {
                     unit.starts_with(c) && !unit[1..].starts_with(|x: char| x.is_alphabetic())
                 };
                 if unit.starts_with("min") || unit.starts_with('분') || bare('m') {
-                    return Duration::from_secs((n * 60).min(24 * 3600));
+                    // saturating: a huge number must not overflow (a panic in debug, a wrapped block in release).
+                    return Duration::from_secs(n.saturating_mul(60).min(24 * 3600));
                 }
                 if unit.starts_with("ms") || unit.starts_with("milli") {
-                    return Duration::from_millis(n.max(1000));
+                    return Duration::from_millis(n.clamp(1000, 24 * 3_600_000));
                 }
                 if unit.starts_with("sec") || unit.starts_with('초') || bare('s') {
                     return Duration::from_secs(n.min(24 * 3600));

@@ -1,0 +1,415 @@
+//! Shared set-up of the reliability tests (issue 4, items 1, 2, 6, 7, 8): environment configurations wired to a
+//! database and the simulated Upbit, schema initialisation through the real db-initializer, a counting TCP proxy in
+//! front of PostgreSQL (frontend messages per request, to show what the normal path costs), a PgBouncer child
+//! process, latency summaries, and the figures file each test appends to when `MAKENAIDE_REPORT_DIR` is set.
+
+#![allow(dead_code)] // each test binary uses a different part
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use makenaide_tests::lambda_env::{free_port, EnvConfig, LambdaEnv};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const COLLECTOR: &str = "makenaide-data-collector";
+pub const INITIALIZER: &str = "makenaide-db-initializer";
+pub const CORE_APP_NAME: &str = "makenaide-core";
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(2);
+/// The extension's default `MAKENAIDE_DB_CONNECT_TIMEOUT_MS` (contract): the bound of a 503 when the DB is down.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// Appends a block of figures to the test file's section of the reliability report through
+/// [`makenaide_tests::report::record`] (`$MAKENAIDE_REPORT_DIR/<stem>.md` when that variable is set; always printed).
+/// The block goes out in one `record` call (one write), so the blocks of tests running in parallel threads of the
+/// same binary do not interleave.
+pub fn report(stem: &str, title: &str, lines: &[String]) {
+    let mut text = format!("\n**{title}**\n\n");
+    for l in lines {
+        text.push_str(&format!("- {l}\n"));
+    }
+    makenaide_tests::report::record(stem, &format!("{text}\n"));
+}
+
+/// Milliseconds with two decimals.
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// `n=…, min …, p50 …, p95 …, max …` of a set of durations.
+pub fn summary(samples: &[Duration]) -> String {
+    if samples.is_empty() {
+        return "n=0".into();
+    }
+    let mut s = samples.to_vec();
+    s.sort();
+    let pct = |p: f64| s[((s.len() as f64 - 1.0) * p).round() as usize];
+    format!(
+        "n={}, min {}, p50 {}, p95 {}, max {}",
+        s.len(),
+        ms(s[0]),
+        ms(pct(0.5)),
+        ms(pct(0.95)),
+        ms(s[s.len() - 1])
+    )
+}
+
+pub fn median(samples: &[Duration]) -> Duration {
+    let mut s = samples.to_vec();
+    s.sort();
+    s.get(s.len() / 2).copied().unwrap_or_default()
+}
+
+/// Polls `check` with a short backoff (1 ms doubling to 50 ms) until it yields `Some`, or `timeout` passes. For
+/// conditions only observable by asking (e.g. `pg_stat_activity`); `timeout` is an upper bound, not a delay.
+pub async fn poll<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() + backoff > deadline {
+            return None;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A function + makenaide-core wired to `db_url` and `upbit_url`.
+pub fn env_config(function: &str, db_url: &str, upbit_url: &str) -> EnvConfig {
+    EnvConfig::makenaide(function)
+        .env("MAKENAIDE_DATABASE_URL", db_url)
+        .env("MAKENAIDE_UPBIT_BASE_URL", upbit_url)
+        .timeout(Duration::from_secs(60))
+}
+
+/// Runs the real db-initializer once in an environment of its own, so collectors find the schema.
+pub async fn init_schema(db_url: &str) {
+    // Upbit is not used by the initializer: point it at a port nothing listens on.
+    let upbit = format!("http://127.0.0.1:{}", free_port());
+    let env = LambdaEnv::start(env_config(INITIALIZER, db_url, &upbit))
+        .await
+        .unwrap_or_else(|e| panic!("db-initializer environment: {e}"));
+    let out = env.invoke(json!({})).await.unwrap();
+    out.ok().expect("db-initializer succeeds");
+    env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
+}
+
+/// `result` of a success envelope, asserting success.
+pub fn result_of(response: &Value) -> &Value {
+    assert_eq!(
+        response.get("success"),
+        Some(&Value::Bool(true)),
+        "not a success envelope: {response}"
+    );
+    response
+        .get("result")
+        .unwrap_or_else(|| panic!("no result: {response}"))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Counting proxy
+// ---------------------------------------------------------------------------------------------------------------
+
+/// What the clients sent through a [`PgProxy`]: frontend messages by type (`Q` simple query, `P` parse, `B` bind,
+/// `E` execute, `S` sync, `D` describe, `C` close, `X` terminate, ...) and the text of every simple query.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyStats {
+    pub connections: u64,
+    pub by_type: BTreeMap<char, u64>,
+    pub simple_queries: Vec<String>,
+}
+
+impl ProxyStats {
+    pub fn count(&self, t: char) -> u64 {
+        self.by_type.get(&t).copied().unwrap_or(0)
+    }
+
+    /// What happened between `before` (an earlier snapshot) and `self`.
+    pub fn since(&self, before: &ProxyStats) -> ProxyStats {
+        let mut by_type = BTreeMap::new();
+        for (t, n) in &self.by_type {
+            let d = n - before.count(*t);
+            if d > 0 {
+                by_type.insert(*t, d);
+            }
+        }
+        ProxyStats {
+            connections: self.connections - before.connections,
+            by_type,
+            simple_queries: self.simple_queries[before.simple_queries.len()..].to_vec(),
+        }
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a PostgreSQL server that parses (never alters) what clients send. Closing
+/// is passed through both ways (a server-side FIN or reset reaches the client), so a terminated backend looks to
+/// the client exactly as without the proxy. Stopped on drop.
+pub struct PgProxy {
+    pub port: u16,
+    stats: Arc<Mutex<ProxyStats>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PgProxy {
+    pub async fn start(upstream_port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stats = Arc::new(Mutex::new(ProxyStats::default()));
+        let st = stats.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+                    continue;
+                };
+                st.lock().unwrap().connections += 1;
+                let st = st.clone();
+                conns.spawn(relay(client, server, st));
+            }
+        });
+        Self { port, stats, task }
+    }
+
+    pub fn stats(&self) -> ProxyStats {
+        self.stats.lock().unwrap().clone()
+    }
+
+    /// `postgres://user@127.0.0.1:<proxy port>/db` from a direct URL (same user, database and query).
+    pub fn url_for(&self, direct_url: &str) -> String {
+        let (scheme_auth, rest) = direct_url.split_once('@').unwrap();
+        let path = &rest[rest.find('/').unwrap()..];
+        format!("{scheme_auth}@127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(client: TcpStream, server: TcpStream, stats: Arc<Mutex<ProxyStats>>) {
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let down = async move {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let _ = cw.shutdown().await;
+    };
+    let up = async move {
+        let mut parser = FrontendParser::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            parser.feed(&buf[..n], &stats);
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = sw.shutdown().await;
+    };
+    // Either direction ending (server FIN/RST, client gone) ends both, like a real socket would.
+    tokio::select! {
+        () = down => {}
+        () = up => {}
+    }
+}
+
+/// Splits the client→server byte stream into protocol messages (the untyped startup/SSL/cancel packets first).
+#[derive(Default)]
+struct FrontendParser {
+    buf: Vec<u8>,
+    started: bool,
+}
+
+impl FrontendParser {
+    fn feed(&mut self, data: &[u8], stats: &Mutex<ProxyStats>) {
+        self.buf.extend_from_slice(data);
+        loop {
+            if !self.started {
+                if self.buf.len() < 8 {
+                    return;
+                }
+                let len = u32::from_be_bytes(self.buf[0..4].try_into().unwrap()) as usize;
+                if self.buf.len() < len {
+                    return;
+                }
+                let code = u32::from_be_bytes(self.buf[4..8].try_into().unwrap());
+                // SSLRequest / GSSENCRequest are followed by another untyped packet.
+                self.started = !matches!(code, 80_877_103 | 80_877_104);
+                self.buf.drain(..len.max(8));
+                continue;
+            }
+            if self.buf.len() < 5 {
+                return;
+            }
+            let t = self.buf[0] as char;
+            let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+            if self.buf.len() < 1 + len {
+                return;
+            }
+            let mut st = stats.lock().unwrap();
+            *st.by_type.entry(t).or_default() += 1;
+            if t == 'Q' {
+                let body = &self.buf[5..1 + len];
+                let text = body.split(|b| *b == 0).next().unwrap_or_default();
+                st.simple_queries
+                    .push(String::from_utf8_lossy(text).into_owned());
+            }
+            drop(st);
+            self.buf.drain(..1 + len);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// PgBouncer
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Debian's PgBouncer binary (installed by scripts/setup.sh).
+pub const PGBOUNCER_BIN: &str = "/usr/sbin/pgbouncer";
+
+/// A PgBouncer child process in transaction pooling mode in front of 127.0.0.1:`upstream_port` (trust auth), on a
+/// free port; killed on drop.
+pub struct PgBouncer {
+    pub port: u16,
+    pub version: String,
+    pub default_pool_size: u32,
+    child: tokio::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl PgBouncer {
+    /// `(major, minor)` of the installed PgBouncer, and its version line.
+    pub fn installed_version() -> Option<((u32, u32), String)> {
+        let out = std::process::Command::new(PGBOUNCER_BIN)
+            .arg("--version")
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().next()?.trim().to_string();
+        let v = line.split_whitespace().nth(1)?;
+        let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        Some(((it.next()?, it.next()?), line))
+    }
+
+    pub async fn start(upstream_port: u16, default_pool_size: u32) -> Self {
+        let (_, version) = Self::installed_version()
+            .expect("pgbouncer is not installed (scripts/setup.sh installs Debian's package)");
+        let dir = tempfile::Builder::new().prefix("mk-pgb-").tempdir().unwrap();
+        let port = free_port();
+        let auth = dir.path().join("userlist.txt");
+        std::fs::write(&auth, "\"postgres\" \"\"\n").unwrap();
+        let as_root = nix::unistd::geteuid().is_root();
+        let ini = format!(
+            "[databases]\n* = host=127.0.0.1 port={upstream_port}\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {auth}\n\
+             pool_mode = transaction\ndefault_pool_size = {default_pool_size}\nmin_pool_size = 0\n\
+             reserve_pool_size = 0\nmax_db_connections = {default_pool_size}\nmax_client_conn = 1000\n\
+             server_reset_query =\nignore_startup_parameters = extra_float_digits\n\
+             admin_users = postgres\nstats_users = postgres\n{user}",
+            auth = auth.display(),
+            // PgBouncer refuses to run as root: it switches to this user after reading its files.
+            user = if as_root { "user = postgres\n" } else { "" },
+        );
+        let ini_path = dir.path().join("pgbouncer.ini");
+        std::fs::write(&ini_path, ini).unwrap();
+        let log = std::fs::File::create(dir.path().join("pgbouncer.log")).unwrap();
+        let mut cmd = tokio::process::Command::new(PGBOUNCER_BIN);
+        cmd.arg(&ini_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("spawn pgbouncer");
+        let me = Self {
+            port,
+            version,
+            default_pool_size,
+            child,
+            dir,
+        };
+        // Ready = it answers a real query (its own readiness signal); bounded.
+        let url = me.url("postgres");
+        let ready = poll(Duration::from_secs(15), || {
+            let url = url.clone();
+            async move {
+                let c = makenaide_tests::pg::connect(&url).await.ok()?;
+                c.simple_query("select 1").await.ok().map(|_| ())
+            }
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "pgbouncer did not become ready: {}",
+            me.log()
+        );
+        me
+    }
+
+    /// URL of database `db` through PgBouncer.
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+    }
+
+    /// `SHOW POOLS` etc. through the admin console (simple protocol only).
+    pub async fn admin(&self, command: &str) -> Vec<BTreeMap<String, String>> {
+        let c = makenaide_tests::pg::connect(&self.url("pgbouncer"))
+            .await
+            .unwrap();
+        let msgs = c.simple_query(command).await.unwrap();
+        msgs.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    r.columns()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, col)| {
+                            (col.name().to_string(), r.get(i).unwrap_or("").to_string())
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Elapsed time of a future.
+pub async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let t = Instant::now();
+    let v = f.await;
+    (v, t.elapsed())
+}
