@@ -578,6 +578,7 @@ cmd_attach() {
     fi
     ARCH="$FN_ARCH"
   fi
+  [ "$DRY_RUN" = 0 ] || [ "$ARCH_GIVEN" = 1 ] || dry_note "the layer follows the function's architecture; $ARCH assumed here (--arch to choose)"
   local name; name="$(layer_name "$ARCH")"
   must_aws "finding layer $name" lambda list-layer-versions --layer-name "$name" \
     --query 'max_by(LayerVersions, &Version).LayerVersionArn' --output text
@@ -592,7 +593,7 @@ cmd_attach() {
     must_aws "attaching $arn to $TARGET" lambda update-function-configuration --function-name "$TARGET" \
       --layers "${MERGED[@]}" --query LastUpdateStatus --output text
     wait_function updated "$TARGET"
-    log "$TARGET layers: ${MERGED[*]}"
+    [ "$DRY_RUN" = 1 ] || log "$TARGET layers: ${MERGED[*]}"
   fi
   if [ "$DRY_RUN" = 0 ]; then
     run_aws lambda get-function-configuration --function-name "$TARGET" \

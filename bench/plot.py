@@ -84,9 +84,9 @@ def main(src, dst):
 
     b = r.get("bulk")
     if b:
-        labels = ["extension unnest", "Rust row-by-row", "Python row-by-row"][: len(b["runs"])]
+        labels = ["ext 5k/stmt", "ext 1k/stmt", "Rust row-by-row", "Python row-by-row"][: len(b["runs"])]
         bars(ax[4], labels, [run["rows_per_s"] for run in b["runs"]],
-             [COLORS["a"], COLORS["c"], COLORS["b"]][: len(b["runs"])], "{:.0f}",
+             [COLORS["a"], COLORS["a"], COLORS["c"], COLORS["b"]][: len(b["runs"])], "{:.0f}",
              f"5. Bulk storage, {b['rows_target']} rows (rows/s, log)", "rows/s", log=True)
 
     peaks = r.get("memory_peaks") or []

@@ -85,6 +85,8 @@ def test_dockerfile_and_compose_agree():
     assert "upbit-sim" in env["MAKENAIDE_UPBIT_BASE_URL"]
     assert fn["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["upbit-sim"]["build"]["dockerfile"] == "docker/upbit-sim.Dockerfile"
+    assert services["upbit-sim"]["environment"]["UPBIT_SIM_ADDR"].endswith(":8080")
+    assert env["MAKENAIDE_UPBIT_BASE_URL"].endswith("upbit-sim:8080}")
     assert "--bin upbit-sim" in (DOCKER / "upbit-sim.Dockerfile").read_text()
 
     run = (DOCKER / "run.sh").read_text()

@@ -39,6 +39,8 @@ async fn invocation_succeeds_after_every_connection_died_during_a_freeze_100_tim
     let sim = UpbitSim::start(SimConfig::default()).await.unwrap();
     // Not the subject here: a fast loop must not wait for rate slots, and every invocation must really reach Upbit.
     sim.set_rate_limit_enabled(false);
+    // Remaining-Req stays high too: the extension paces itself on it (the shared per-IP truth).
+    sim.set_rate_per_second(10_000);
     init_schema(db.url()).await;
     let proxy = PgProxy::start(port_of(db.url())).await;
 
@@ -129,7 +131,10 @@ async fn invocation_succeeds_after_every_connection_died_during_a_freeze_100_tim
             .wait_no_sessions(Some(CORE_APP_NAME), Duration::from_secs(10))
             .await
             .unwrap();
-        assert!(left.is_empty(), "cycle {cycle}: backends survived: {left:?}");
+        assert!(
+            left.is_empty(),
+            "cycle {cycle}: backends survived: {left:?}"
+        );
         sim.close_connections(false);
         assert!(
             sim.wait_for(Duration::from_secs(10), |s| s.connections_open == 0)
@@ -191,10 +196,10 @@ async fn invocation_succeeds_after_every_connection_died_during_a_freeze_100_tim
 
     // The extension never restarted.
     assert!(
-        !env.journal().events().iter().any(|e| matches!(
-            e.kind,
-            ApiEventKind::ProcessExited { .. }
-        )),
+        !env.journal()
+            .events()
+            .iter()
+            .any(|e| matches!(e.kind, ApiEventKind::ProcessExited { .. })),
         "a process exited during the cycles"
     );
     assert_eq!(env.extension(EXTENSION).unwrap().pid, ext_pid);

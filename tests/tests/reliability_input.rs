@@ -309,8 +309,9 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         let evil = evil.replace('\u{0}', ""); // PostgreSQL text cannot hold NUL: tested separately below
         let r = api
             .query(
-                "insert into ohlcv (market, interval, candle_date_time_utc, opening_price) values ($1, $2, $3, 1) \
-                 returning market, interval",
+                "insert into ohlcv (market, interval, candle_date_time_utc, candle_date_time_kst, opening_price, \
+                 high_price, low_price, trade_price, candle_acc_trade_volume, candle_acc_trade_price, timestamp) \
+                 values ($1, $2, $3, $3, 1, 1, 1, 1, 1, 1, 1) returning market, interval",
                 json!([evil, evil, format!("2001-01-0{}T00:00:00", i + 1)]),
             )
             .await;
@@ -431,6 +432,8 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         json!({"count": 1.5}),
         json!([1, 2, 3]),
         json!("markets"),
+        // A long non-ASCII value: the error message quoting it once panicked on a char boundary.
+        json!({"count": "한".repeat(100)}),
     ] {
         events += 1;
         let out = env.invoke(ev.clone()).await.unwrap();

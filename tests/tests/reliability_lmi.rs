@@ -32,6 +32,8 @@ async fn managed_instances_register_shutdown_only_and_serve_64_concurrent_reques
     .unwrap();
     // Rate limiting is another item: let 32 GETs through at once.
     sim.set_rate_limit_enabled(false);
+    // Remaining-Req stays high too: the extension paces itself on it (the shared per-IP truth).
+    sim.set_rate_per_second(10_000);
     init_schema(db.url()).await;
     let env = LambdaEnv::start(
         env_config(COLLECTOR, db.url(), &sim.base_url())
@@ -44,7 +46,9 @@ async fn managed_instances_register_shutdown_only_and_serve_64_concurrent_reques
     assert_eq!(init.extensions[0].name, EXTENSION);
     assert_eq!(init.extensions[0].events, vec!["SHUTDOWN"], "{init:?}");
     let core = env.core();
-    core.wait_ready(true, Duration::from_secs(10)).await.unwrap();
+    core.wait_ready(true, Duration::from_secs(10))
+        .await
+        .unwrap();
 
     let krw: Vec<String> = sim
         .catalog()
@@ -92,7 +96,11 @@ async fn managed_instances_register_shutdown_only_and_serve_64_concurrent_reques
                     .await
                     .unwrap();
                 assert_eq!(r.status, 200, "request {i}: {:?}", r.json());
-                assert_eq!(r.json(), expected[i / 2], "request {i} ({market}): wrong candles");
+                assert_eq!(
+                    r.json(),
+                    expected[i / 2],
+                    "request {i} ({market}): wrong candles"
+                );
             }
             t.elapsed()
         });
@@ -116,7 +124,10 @@ async fn managed_instances_register_shutdown_only_and_serve_64_concurrent_reques
         let out = env.wait_invoke(p).await.unwrap();
         let result = result_of(out.ok().unwrap_or_else(|e| panic!("invocation {i}: {e}"))).clone();
         assert_eq!(result["rows_stored"], json!(2), "invocation {i}: {result}");
-        assert!(!out.frozen, "invocation {i}: frozen under Managed Instances");
+        assert!(
+            !out.frozen,
+            "invocation {i}: frozen under Managed Instances"
+        );
         invoke_times.push(out.duration);
     }
 
@@ -131,12 +142,18 @@ async fn managed_instances_register_shutdown_only_and_serve_64_concurrent_reques
         .iter()
         .filter(|e| matches!(&e.kind, ApiEventKind::ExtensionEvent { event_type, .. } if event_type == "INVOKE"))
         .count();
-    assert_eq!(invokes_to_extension, 0, "the extension received INVOKE events");
+    assert_eq!(
+        invokes_to_extension, 0,
+        "the extension received INVOKE events"
+    );
 
     let sd = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
     let ext = sd.extension(EXTENSION).unwrap();
     assert!(ext.received_shutdown, "{ext:?}");
-    assert!(ext.exit.is_some_and(|e| e.success()) && !ext.killed, "{ext:?}");
+    assert!(
+        ext.exit.is_some_and(|e| e.success()) && !ext.killed,
+        "{ext:?}"
+    );
 
     report(
         STEM,

@@ -24,7 +24,9 @@ fn assert_db_unavailable(status: u16, body: &Value, elapsed: Duration, what: &st
     assert_eq!(status, 503, "{what}: {body}");
     assert_eq!(body["error"]["code"], "db_unavailable", "{what}: {body}");
     assert!(
-        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
         "{what}: no message: {body}"
     );
     assert!(
@@ -40,6 +42,8 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
     let url = cluster.url("app", Some("disable"));
     let sim = UpbitSim::start(SimConfig::default()).await.unwrap();
     sim.set_rate_limit_enabled(false);
+    // Remaining-Req stays high too: the extension paces itself on it (the shared per-IP truth).
+    sim.set_rate_per_second(10_000);
     init_schema(&url).await;
 
     let env = LambdaEnv::start(env_config(COLLECTOR, &url, &sim.base_url()))
@@ -75,7 +79,10 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
         }
         let ping = core.ping().await.unwrap();
         assert_eq!(ping["status"], "ok", "{ping}");
-        assert!(!ext.has_exited(), "the extension exited when the database died");
+        assert!(
+            !ext.has_exited(),
+            "the extension exited when the database died"
+        );
         (took, ping)
     };
     assert_eq!(ping_down["db"], "unavailable", "{ping_down}");
@@ -84,18 +91,31 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
     let t = Instant::now();
     let out = env.invoke(event.clone()).await.unwrap();
     let fn_503 = t.elapsed();
-    let err = out.error.clone().unwrap_or_else(|| panic!("invoke succeeded with the DB down: {:?}", out.response));
+    let err = out
+        .error
+        .clone()
+        .unwrap_or_else(|| panic!("invoke succeeded with the DB down: {:?}", out.response));
     assert_eq!(err.error_type, "DatabaseError", "{err:?}");
     assert!(err.message.contains("db_unavailable"), "{err:?}");
-    assert!(fn_503 <= CONNECT_TIMEOUT + MARGIN, "function error took {fn_503:?}");
-    figures.push(format!("function error while down: `{}`: {}", err.error_type, err.message));
+    assert!(
+        fn_503 <= CONNECT_TIMEOUT + MARGIN,
+        "function error took {fn_503:?}"
+    );
+    figures.push(format!(
+        "function error while down: `{}`: {}",
+        err.error_type, err.message
+    ));
 
     // --- server back: the next request succeeds, same extension process ---
     cluster.start_again().await.unwrap();
     let first_back = {
         let _thawed = env.thaw();
         let t = Instant::now();
-        let v = env.core().query("select 1 as one", json!([])).await.unwrap();
+        let v = env
+            .core()
+            .query("select 1 as one", json!([]))
+            .await
+            .unwrap();
         assert_eq!(v["rows"], json!([[1]]));
         t.elapsed()
     };
@@ -109,9 +129,15 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
         let t = Instant::now();
         let out = env.invoke(event.clone()).await.unwrap();
         let fn_took = t.elapsed();
-        let err = out.error.clone().expect("invoke succeeded with the DB stopped");
+        let err = out
+            .error
+            .clone()
+            .expect("invoke succeeded with the DB stopped");
         assert_eq!(err.error_type, "DatabaseError", "{err:?}");
-        assert!(fn_took <= CONNECT_TIMEOUT + MARGIN, "function error took {fn_took:?}");
+        assert!(
+            fn_took <= CONNECT_TIMEOUT + MARGIN,
+            "function error took {fn_took:?}"
+        );
         let _thawed = env.thaw();
         let t = Instant::now();
         let r = env.core().query_raw("select 1", json!([])).await.unwrap();
@@ -130,7 +156,10 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
         assert!(env.is_frozen());
         cluster.restart().await.unwrap();
         let out = env.invoke(event.clone()).await.unwrap();
-        let result = result_of(out.ok().unwrap_or_else(|e| panic!("after restart {round}: {e}")));
+        let result = result_of(
+            out.ok()
+                .unwrap_or_else(|e| panic!("after restart {round}: {e}")),
+        );
         assert_eq!(result["stored"], json!({"KRW-ETH": 2}), "{result}");
         restart_invokes.push(out.duration);
     }
@@ -138,12 +167,18 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
     // Never restarted, never exited.
     assert_eq!(env.extension(EXTENSION).unwrap().pid, ext_pid);
     assert!(
-        !env.journal().events().iter().any(|e| matches!(e.kind, ApiEventKind::ProcessExited { .. })),
+        !env.journal()
+            .events()
+            .iter()
+            .any(|e| matches!(e.kind, ApiEventKind::ProcessExited { .. })),
         "a process exited during the outages"
     );
     let sd = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
     let core = sd.extension(EXTENSION).unwrap();
-    assert!(core.exit.is_some_and(|e| e.success()) && !core.killed, "{core:?}");
+    assert!(
+        core.exit.is_some_and(|e| e.success()) && !core.killed,
+        "{core:?}"
+    );
 
     figures.splice(
         0..0,
@@ -173,24 +208,35 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
 }
 
 /// The server answers TCP but nothing else (postmaster and every backend SIGSTOPped, like a black-holed
-/// network path): the bound is what the connect timeout makes of it. Measured, and bounded generously.
+/// network path): still a 503 within the connect timeout, with a warm pooled connection (which must first be
+/// found dead) as well as without, and a message that says the database is unreachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_server_is_bounded_by_the_connect_timeout() {
     let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
     cluster.create_database("app").await.unwrap();
     let url = cluster.url("app", Some("disable"));
     let env = LambdaEnv::start(
-        env_config(COLLECTOR, &url, &format!("http://127.0.0.1:{}", makenaide_tests::lambda_env::free_port()))
-            .freeze(false),
+        env_config(
+            COLLECTOR,
+            &url,
+            &format!(
+                "http://127.0.0.1:{}",
+                makenaide_tests::lambda_env::free_port()
+            ),
+        )
+        .freeze(false),
     )
     .await
     .unwrap();
     let core = env.core();
-    core.wait_ready(true, Duration::from_secs(10)).await.unwrap();
+    core.wait_ready(true, Duration::from_secs(10))
+        .await
+        .unwrap();
     core.query("select 1", json!([])).await.unwrap();
 
     let hung = Hung::stop(cluster_pids(&cluster));
-    // Pooled connection: BEGIN gets no answer within the connect timeout, then one retry on a fresh connection.
+    // Pooled connection: BEGIN gets no answer within half the connect timeout, then one retry on a fresh
+    // connection with the other half.
     let t = Instant::now();
     let r = core.query_raw("select 1", json!([])).await.unwrap();
     let with_pooled = t.elapsed();
@@ -204,8 +250,17 @@ async fn a_hung_server_is_bounded_by_the_connect_timeout() {
     for (r, d, what) in [(&r, with_pooled, "pooled"), (&r2, fresh_only, "fresh")] {
         assert_eq!(r.status, 503, "{what}: {:?}", r.json());
         assert_eq!(r.json()["error"]["code"], "db_unavailable", "{what}");
-        // Upper bound only: two connect timeouts (stale attempt + retry) plus noise.
-        assert!(d <= 2 * CONNECT_TIMEOUT + MARGIN, "{what}: {d:?}");
+        // The contract: a down database answers 503 within the connect timeout (plus scheduling noise), also
+        // when a pooled connection has to be found dead first.
+        assert!(d <= CONNECT_TIMEOUT + MARGIN, "{what}: {d:?}");
+        let msg = r.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            msg.contains("unreachable"),
+            "{what}: the message does not say the database is unreachable: {msg}"
+        );
     }
     assert_eq!(ping["status"], "ok");
     // Back: succeeds again.
@@ -217,14 +272,18 @@ async fn a_hung_server_is_bounded_by_the_connect_timeout() {
     .expect("no recovery after the server resumed");
     assert_eq!(v["rows"], json!([[1]]));
     let sd = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
-    assert!(sd.extension(EXTENSION).unwrap().exit.is_some_and(|e| e.success()));
+    assert!(sd
+        .extension(EXTENSION)
+        .unwrap()
+        .exit
+        .is_some_and(|e| e.success()));
 
     report(
         STEM,
         "Hung PostgreSQL (processes SIGSTOPped: TCP accepted, no reply)",
         &[
             format!(
-                "with a warm pooled connection: 503 `db_unavailable` after {} (`BEGIN` unanswered within the connect timeout, then one retry on a fresh connection, also bounded by it): `{}`",
+                "with a warm pooled connection: 503 `db_unavailable` after {} (`BEGIN` unanswered within half the connect timeout, then one retry on a fresh connection with the other half): `{}`",
                 ms(with_pooled),
                 r.json()["error"]["message"].as_str().unwrap_or("")
             ),
@@ -267,7 +326,10 @@ impl Hung {
     fn stop(pids: Vec<i32>) -> Self {
         assert!(!pids.is_empty());
         for p in &pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGSTOP);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
         }
         Self(pids)
     }
@@ -276,7 +338,10 @@ impl Hung {
 impl Drop for Hung {
     fn drop(&mut self) {
         for p in &self.0 {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGCONT);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGCONT,
+            );
         }
     }
 }

@@ -45,7 +45,9 @@ async fn start_envs(cfgs: Vec<makenaide_tests::lambda_env::EnvConfig>) -> Vec<Ar
         let mut started: Vec<_> = set.join_all().await;
         started.sort_by_key(|(i, _)| *i);
         for (_, e) in started {
-            envs.push(Arc::new(e.unwrap_or_else(|e| panic!("environment did not start: {e}"))));
+            envs.push(Arc::new(
+                e.unwrap_or_else(|e| panic!("environment did not start: {e}")),
+            ));
         }
     }
     envs
@@ -56,7 +58,10 @@ async fn shutdown_all(envs: Vec<Arc<LambdaEnv>>) {
         let env = Arc::try_unwrap(env).ok().expect("environment still shared");
         let sd = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
         let core = sd.extension(EXTENSION).unwrap();
-        assert!(core.exit.is_some_and(|e| e.success()) && !core.killed, "{core:?}");
+        assert!(
+            core.exit.is_some_and(|e| e.success()) && !core.killed,
+            "{core:?}"
+        );
     }
 }
 
@@ -83,6 +88,8 @@ async fn sixteen_environments_through_pgbouncer_transaction_pooling() {
     let pgb = PgBouncer::start(port_of(db.url()), SERVER_POOL).await;
     let sim = UpbitSim::start(SimConfig::default()).await.unwrap();
     sim.set_rate_limit_enabled(false);
+    // Remaining-Req stays high too: the extension paces itself on it (the shared per-IP truth).
+    sim.set_rate_per_second(10_000);
     let url = pgb.url(db.name());
 
     let krw: Vec<String> = sim
@@ -113,8 +120,7 @@ async fn sixteen_environments_through_pgbouncer_transaction_pooling() {
         let mut set = tokio::task::JoinSet::new();
         for (i, env) in envs.iter().enumerate() {
             let env = env.clone();
-            let markets: Vec<String> =
-                krw[i * MARKETS_PER_ENV..(i + 1) * MARKETS_PER_ENV].to_vec();
+            let markets: Vec<String> = krw[i * MARKETS_PER_ENV..(i + 1) * MARKETS_PER_ENV].to_vec();
             // Each round a different count, so rounds upsert over each other and add rows.
             let event = json!({"markets": markets, "interval": "days", "count": 3 + round});
             set.spawn(async move { (i, env.invoke(event).await.unwrap()) });
@@ -132,7 +138,11 @@ async fn sixteen_environments_through_pgbouncer_transaction_pooling() {
                 "round {round}, environment {i}: {result}"
             );
             for n in result["stored"].as_object().unwrap().values() {
-                assert_eq!(n.as_u64(), Some(3 + round as u64), "round {round}, env {i}: {result}");
+                assert_eq!(
+                    n.as_u64(),
+                    Some(3 + round as u64),
+                    "round {round}, env {i}: {result}"
+                );
             }
             rows_last_round += result["rows_stored"].as_i64().unwrap();
             durations.push(out.duration);
@@ -148,7 +158,10 @@ async fn sixteen_environments_through_pgbouncer_transaction_pooling() {
         .get(0);
     let served = sim.served_latest().len() as i64;
     assert_eq!(stored, served, "rows stored vs candles served");
-    assert_eq!(stored, rows_last_round, "rows stored vs the last round's rows_stored");
+    assert_eq!(
+        stored, rows_last_round,
+        "rows stored vs the last round's rows_stored"
+    );
 
     // Fewer server connections than clients.
     let clients = pgb.admin("SHOW CLIENTS").await;
@@ -170,7 +183,10 @@ async fn sixteen_environments_through_pgbouncer_transaction_pooling() {
     for env in &envs {
         ps_errors.extend(prepared_statement_errors(env));
     }
-    assert!(ps_errors.is_empty(), "prepared-statement errors: {ps_errors:#?}");
+    assert!(
+        ps_errors.is_empty(),
+        "prepared-statement errors: {ps_errors:#?}"
+    );
     let pgb_log = pgb.log();
     assert!(
         !pgb_log.to_ascii_lowercase().contains("prepared statement"),
@@ -227,11 +243,10 @@ async fn statement_cache_behind_old_pgbouncer_fails_clearly() {
     let dead_upbit = format!("http://127.0.0.1:{}", free_port());
     let mut envs = Vec::new();
     for _ in 0..2 {
-        let env = LambdaEnv::start(
-            env_config(COLLECTOR, &pgb.url(db.name()), &dead_upbit).freeze(false),
-        )
-        .await
-        .unwrap();
+        let env =
+            LambdaEnv::start(env_config(COLLECTOR, &pgb.url(db.name()), &dead_upbit).freeze(false))
+                .await
+                .unwrap();
         env.core()
             .wait_ready(true, Duration::from_secs(10))
             .await
@@ -295,10 +310,7 @@ async fn too_few_server_connections_give_bounded_clear_503s() {
 
     // Every environment asks for more connections than the server has left: 4 × 6 concurrent 1.5 s statements
     // against 8 slots (an environment with at most 2 connections must leave some waiting past the 2 s checkout).
-    let sql = format!(
-        "select 1 as one from pg_sleep({})",
-        SLEEP.as_secs_f64()
-    );
+    let sql = format!("select 1 as one from pg_sleep({})", SLEEP.as_secs_f64());
     let barrier = Arc::new(tokio::sync::Barrier::new(N_ENVS * PER_ENV));
     let mut set = tokio::task::JoinSet::new();
     for env in &envs {
@@ -323,7 +335,10 @@ async fn too_few_server_connections_give_bounded_clear_503s() {
     let mut took_503 = Vec::new();
     let mut took_ok = Vec::new();
     for (status, body, took) in &replies {
-        assert!(*took <= bound, "a request took {took:?} (bound {bound:?}): {status} {body}");
+        assert!(
+            *took <= bound,
+            "a request took {took:?} (bound {bound:?}): {status} {body}"
+        );
         match status {
             200 => {
                 assert_eq!(body["rows"], json!([[1]]));

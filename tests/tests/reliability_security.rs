@@ -119,7 +119,7 @@ async fn token_loopback_only_and_forwarded_requests() {
         token[..token.len() - 1].to_string(),
         format!("{token}x"),
         token.to_uppercase(),
-        format!(" {token}"),
+        format!("{token} {token}"),
     ];
     wrong.retain(|w| *w != token);
     for (method, path) in [

@@ -51,7 +51,9 @@ async fn shutdown_during_an_in_flight_request_completes_it_and_closes_the_pool()
     .await
     .unwrap();
     let core = env.core();
-    core.wait_ready(true, Duration::from_secs(10)).await.unwrap();
+    core.wait_ready(true, Duration::from_secs(10))
+        .await
+        .unwrap();
     let watcher = db.connect().await.unwrap();
 
     let slow = core.clone();
@@ -71,7 +73,10 @@ async fn shutdown_during_an_in_flight_request_completes_it_and_closes_the_pool()
             .find(|(_, state, _, q)| state.as_deref() == Some("active") && q.contains("pg_sleep"))
     })
     .await;
-    assert!(running.is_some(), "the slow query never showed up as active");
+    assert!(
+        running.is_some(),
+        "the slow query never showed up as active"
+    );
 
     let sd = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
     let (reply, request_took) = request.await.unwrap();
@@ -82,7 +87,10 @@ async fn shutdown_during_an_in_flight_request_completes_it_and_closes_the_pool()
     let ext = sd.extension(EXTENSION).unwrap();
     assert!(ext.received_shutdown, "{ext:?}");
     assert!(ext.exit.is_some_and(|e| e.success()), "not exit 0: {ext:?}");
-    assert!(ext.exited_within_deadline && !ext.killed, "missed the deadline: {ext:?}");
+    assert!(
+        ext.exited_within_deadline && !ext.killed,
+        "missed the deadline: {ext:?}"
+    );
     let t = Instant::now();
     let left = db
         .wait_no_sessions(Some(CORE_APP_NAME), Duration::from_secs(5))
@@ -130,6 +138,8 @@ async fn sigkill_mid_collection_leaves_no_partial_transaction() {
     .await
     .unwrap();
     sim.set_rate_limit_enabled(false);
+    // Remaining-Req stays high too: the extension paces itself on it (the shared per-IP truth).
+    sim.set_rate_per_second(10_000);
     init_schema(db.url()).await;
     let cfg = env_config(COLLECTOR, db.url(), &sim.base_url())
         .env("MAKENAIDE_UPBIT_RATE_PER_SEC", "1000");
@@ -151,7 +161,9 @@ async fn sigkill_mid_collection_leaves_no_partial_transaction() {
         .invoke(json!({"markets": [warm_market], "interval": "days", "count": 5}))
         .await
         .unwrap();
-    let committed = result_of(out.ok().unwrap())["rows_stored"].as_i64().unwrap();
+    let committed = result_of(out.ok().unwrap())["rows_stored"]
+        .as_i64()
+        .unwrap();
     assert_eq!(committed, 5);
 
     // 2. Another transaction holds one key of the coming batch (KRW-BTC's newest day), uncommitted.
@@ -186,14 +198,22 @@ async fn sigkill_mid_collection_leaves_no_partial_transaction() {
     env.runtime().signal(Signal::SIGKILL);
     env.extension(EXTENSION).unwrap().signal(Signal::SIGKILL);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    assert!(env.extension(EXTENSION).unwrap().wait_exit(deadline).await.is_some());
+    assert!(env
+        .extension(EXTENSION)
+        .unwrap()
+        .wait_exit(deadline)
+        .await
+        .is_some());
     assert!(env.runtime().wait_exit(deadline).await.is_some());
     // (Not `wait_invoke`: with the runtime gone the harness would wait for a freeze that never comes.)
     drop(pending);
 
     // The orphaned backend is still inside its transaction (waiting on the lock); release the blocker.
     let during = core_activity(&watcher).await;
-    assert!(during.iter().any(|(pid, ..)| *pid == blocked.0), "{during:?}");
+    assert!(
+        during.iter().any(|(pid, ..)| *pid == blocked.0),
+        "{during:?}"
+    );
     blocker.batch_execute("ROLLBACK").await.unwrap();
 
     // PostgreSQL notices the dead client and rolls the batch back: no session left, none idle in transaction.
@@ -204,7 +224,10 @@ async fn sigkill_mid_collection_leaves_no_partial_transaction() {
     .await;
     let cleanup = t.elapsed();
     let left = core_activity(&watcher).await;
-    assert!(gone.is_some(), "sessions of the killed extension left: {left:?}");
+    assert!(
+        gone.is_some(),
+        "sessions of the killed extension left: {left:?}"
+    );
     let idle_in_tx: i64 = watcher
         .query_one(
             "select count(*) from pg_stat_activity where datname = current_database()

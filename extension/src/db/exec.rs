@@ -14,9 +14,10 @@
 //! but could not give that guarantee. Statement errors abort the transaction, so later pipelined statements fail
 //! with 25P02 and the first error is the one reported.
 //!
-//! The first reply (to `BEGIN`) must arrive within the connect timeout: PostgreSQL flushes it at once
+//! The first reply (to `BEGIN`) must arrive within half the connect timeout: PostgreSQL flushes it at once
 //! (ReadyForQuery), so waiting longer only means the socket is dead (e.g. black-holed): the connection is
-//! dropped and the request retried on a fresh one.
+//! dropped and the request retried on a fresh one with the rest of the connect timeout, so a database that
+//! accepts TCP but never answers still gets its 503 within `MAKENAIDE_DB_CONNECT_TIMEOUT_MS` (the contract).
 //!
 //! With the statement cache off (`MAKENAIDE_DB_STATEMENT_CACHE=false`, for PgBouncer transaction pooling before
 //! 1.21) statements are prepared per request and closed (and tokio-postgres' type-info statements flushed) before
@@ -44,6 +45,14 @@ pub(super) struct Options {
     pub default_timeout: Duration,
 }
 
+impl Options {
+    /// How long the first reply (to `BEGIN`) may take on a pooled connection before it is presumed dead: half the
+    /// connect timeout, leaving the other half for the retry on a fresh connection.
+    fn begin_bound(&self) -> Duration {
+        self.connect_timeout / 2
+    }
+}
+
 /// How one attempt ended.
 enum Outcome {
     Done(Result<Vec<QueryResult>, Error>),
@@ -62,6 +71,7 @@ pub(super) async fn execute(
     let opts = inner.opts;
     let started = tokio::time::Instant::now();
     let mut conn = inner.checkout(pool, started).await?;
+    let first_started = tokio::time::Instant::now();
     let mut outcome = attempt(&mut conn, stmts, timeout, opts).await;
     if matches!(outcome, Outcome::PlanChanged) {
         conn.statements.clear();
@@ -78,7 +88,12 @@ pub(super) async fn execute(
             tracing::info!(error = %first, "stale postgres connection (e.g. closed while frozen); retrying on a fresh one");
             conn.broken = true;
             drop(conn);
-            let fresh = tokio::time::timeout(opts.connect_timeout, pool.dedicated_connection()).await;
+            // What the stale attempt left of the connect timeout (at least half of it: see `begin_bound`).
+            let left = opts
+                .connect_timeout
+                .saturating_sub(first_started.elapsed())
+                .max(opts.begin_bound());
+            let fresh = tokio::time::timeout(left, pool.dedicated_connection()).await;
             let mut fresh = match fresh {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
@@ -86,7 +101,7 @@ pub(super) async fn execute(
                 }
                 Err(_) => {
                     return Err(super::unreachable(&ConnectError {
-                        message: format!("no connection within {} ms", opts.connect_timeout.as_millis()),
+                        message: format!("no connection within {} ms", left.as_millis()),
                         sqlstate: None,
                     }))
                 }
@@ -167,7 +182,12 @@ fn map_error(e: &tokio_postgres::Error, timeout: Duration, cache: bool) -> Error
             sqlstate: Some(code.code().to_owned()),
         };
     }
-    let message = if *code == SqlState::INVALID_SQL_STATEMENT_NAME && cache {
+    // 26000 "prepared statement does not exist" / 42P05 "already exists": named statements do not survive
+    // PgBouncer's transaction pooling before 1.21 (another server connection, or another client's statement).
+    let message = if (*code == SqlState::INVALID_SQL_STATEMENT_NAME
+        || *code == SqlState::DUPLICATE_PSTATEMENT)
+        && cache
+    {
         format!("{message} (behind PgBouncer transaction pooling older than 1.21, set MAKENAIDE_DB_STATEMENT_CACHE=false)")
     } else {
         message
@@ -328,9 +348,13 @@ async fn attempt(
     opts: Options,
 ) -> Outcome {
     let timeout_ms = timeout.as_millis().min(i32::MAX as u128);
+    // Read-only: the trailing `SELECT 1` takes the transaction's first snapshot, after which PostgreSQL refuses
+    // `SET TRANSACTION READ WRITE` (and `SET transaction_read_only = off`) with 25001: without it, a request could
+    // switch its own transaction back to read-write before its first query.
     let begin_sql = format!(
-        "BEGIN{}; SET LOCAL statement_timeout = {timeout_ms}",
-        if opts.read_only { " READ ONLY" } else { "" }
+        "BEGIN{}; SET LOCAL statement_timeout = {timeout_ms}{}",
+        if opts.read_only { " READ ONLY" } else { "" },
+        if opts.read_only { "; SELECT 1" } else { "" }
     );
     let cached: Vec<Option<Statement>> = stmts
         .iter()
@@ -352,7 +376,7 @@ async fn attempt(
         BeginFailure::Timeout => Outcome::Stale(Error::DbUnavailable {
             message: format!(
                 "PostgreSQL did not answer within {} ms",
-                opts.connect_timeout.as_millis()
+                opts.begin_bound().as_millis()
             ),
             sqlstate: None,
         }),
@@ -372,7 +396,7 @@ async fn attempt(
                 .zip(&encoded)
                 .map(|(st, p)| run_statement(client, st, p)),
         );
-        match with_begin(client, &begin_sql, opts.connect_timeout, work).await {
+        match with_begin(client, &begin_sql, opts.begin_bound(), work).await {
             Ok(results) => (statements, results),
             Err(f) => {
                 let outcome = stale(f);
@@ -389,7 +413,7 @@ async fn attempt(
                 None => client.prepare(&s.sql).await,
             }
         }));
-        let prepared = match with_begin(client, &begin_sql, opts.connect_timeout, prepares).await {
+        let prepared = match with_begin(client, &begin_sql, opts.begin_bound(), prepares).await {
             Ok(p) => p,
             Err(f) => {
                 let outcome = stale(f);
@@ -490,7 +514,7 @@ async fn sequential(
     timeout: Duration,
     opts: Options,
 ) -> Outcome {
-    match tokio::time::timeout(opts.connect_timeout, conn.client.batch_execute(begin_sql)).await {
+    match tokio::time::timeout(opts.begin_bound(), conn.client.batch_execute(begin_sql)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) if is_connection_level(&e) => {
             return Outcome::Stale(map_error(&e, timeout, opts.cache))
@@ -500,7 +524,7 @@ async fn sequential(
             return Outcome::Stale(Error::DbUnavailable {
                 message: format!(
                     "PostgreSQL did not answer within {} ms",
-                    opts.connect_timeout.as_millis()
+                    opts.begin_bound().as_millis()
                 ),
                 sqlstate: None,
             })

@@ -359,6 +359,19 @@ impl Inner {
                         self.mark_unavailable();
                         Err(unreachable(&e))
                     }
+                    // Fewer connections than the pool size: the wait was for a new connection that did not
+                    // complete in time (bb8 gives up at the same moment as the connect attempt, before its
+                    // error is known), e.g. a server that accepts TCP but never answers.
+                    None if pool.state().connections < self.pool_size => {
+                        self.mark_unavailable();
+                        Err(Error::DbUnavailable {
+                            message: format!(
+                                "PostgreSQL is unreachable: no connection completed within {} ms (MAKENAIDE_DB_CONNECT_TIMEOUT_MS) (retrying in the background)",
+                                self.opts.connect_timeout.as_millis()
+                            ),
+                            sqlstate: None,
+                        })
+                    }
                     None => Err(Error::DbUnavailable {
                         message: format!(
                             "all {} PostgreSQL connections stayed busy for {} ms (raise MAKENAIDE_DB_POOL_SIZE or send fewer concurrent requests)",

@@ -30,6 +30,9 @@ pub const MAX_MARKETS: usize = 500;
 pub const CONCURRENCY: usize = 8;
 /// Rows per upsert statement (≈ 1 MB of JSON, well under the extension's 6 MiB body limit).
 pub const ROWS_PER_STATEMENT: usize = 5000;
+/// Extra time the final store gets past the fetch deadline: taken from the client's 750 ms
+/// `DEADLINE_MARGIN` (the client waits at most 250 ms more for the reply, still 150 ms before Lambda's deadline).
+pub const STORE_GRACE: std::time::Duration = std::time::Duration::from_millis(350);
 /// Minute units Upbit serves.
 pub const MINUTE_UNITS: [u32; 8] = [1, 3, 5, 10, 15, 30, 60, 240];
 
@@ -471,7 +474,11 @@ pub async fn run_collector(
         }
     }
     drop(fetches);
-    add_counts(&mut stored, flush(client, interval, &pending).await?);
+    // A fetch that ran into the deadline (a slow Upbit reply) ends at the deadline the client gives the extension;
+    // the rows already fetched must still be stored, in the part of `client::DEADLINE_MARGIN` kept for that.
+    let store_client =
+        client.with_deadline_ms(client.deadline_ms().map(|d| d + STORE_GRACE.as_millis() as u64));
+    add_counts(&mut stored, flush(&store_client, interval, &pending).await?);
     let rows_stored = stored.values().sum();
     tracing::info!(
         markets = stored.len(),

@@ -112,7 +112,9 @@ impl<'a> Fields<'a> {
     fn wrong(&self, key: &str, expected: &str, got: &Value) -> PipelineError {
         let mut shown = got.to_string();
         if shown.len() > 80 {
-            shown.truncate(80);
+            // Cut on a character boundary: `truncate` inside a multi-byte character panics.
+            let cut = (0..=80).rev().find(|i| shown.is_char_boundary(*i)).unwrap_or(0);
+            shown.truncate(cut);
             shown.push('…');
         }
         PipelineError::invalid(format!(

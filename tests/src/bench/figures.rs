@@ -17,7 +17,7 @@ use super::{Bench, ENV_UPBIT_CACHE_TTL_MS, ENV_UPBIT_RATE_PER_SEC};
 use crate::error::{HarnessError, Result};
 use crate::lambda_env::{InvokeOutcome, LambdaEnv, EXTENSION};
 use crate::upbit_sim::{Catalog, Interval as SimInterval, RateLimit, SimConfig, SimHandle, UpbitSim};
-use makenaide_pipeline::collector::{upsert_statements, Interval};
+use makenaide_pipeline::collector::{upsert_statement, upsert_statements, Interval};
 use makenaide_pipeline::upbit::Candle;
 use makenaide_pipeline::CoreClient;
 
@@ -31,6 +31,8 @@ const BULK_CANDLES: usize = 200;
 const UPBIT_LIMIT_PER_SEC: f64 = 10.0;
 /// Latency the throughput figure adds to each simulated Upbit request.
 const THROUGHPUT_LATENCY: Duration = Duration::from_millis(30);
+/// Rows per statement of figure 5's second extension run (the collector sends up to 5,000).
+const SMALL_STATEMENT_ROWS: usize = 1000;
 /// Requests per block in figure 2 (variants rotate block by block so drift hits them alike).
 const HOP_BLOCK: usize = 100;
 
@@ -116,23 +118,32 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
     }
     let n = b.opts.warm;
     let mut samples: [Vec<Duration>; 3] = Default::default();
+    let mut handler: [Vec<Duration>; 3] = Default::default();
     for i in 0..n {
         for (k, env) in envs.iter().enumerate() {
             let out = env.invoke(event.clone()).await?;
             expect_rows(&out, 3, &format!("warm invocation {i}"))?;
             samples[k].push(out.duration);
+            let secs = out
+                .response
+                .as_ref()
+                .and_then(|r| r.get("execution_time"))
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            handler[k].push(Duration::from_secs_f64(secs));
         }
     }
     let [sa, sb, sc] = samples.map(|s| Summary::of(&s));
+    let [ha, hb, hc] = handler.map(|s| Summary::of(&s));
     record_memory(b, &a, MEM_RUST_FN, "warm (fig. 1)");
     record_memory(b, &py, MEM_PY_FN, "warm (fig. 1)");
     record_memory(b, &c, MEM_DIRECT_FN, "warm (fig. 1)");
     let warm = Warm {
         n,
         variants: vec![
-            Variant::new("a", LABEL_A, sa),
-            Variant::new("b", LABEL_B, sb),
-            Variant::new("c", LABEL_C, sc),
+            Variant::new("a", LABEL_A, sa, ha),
+            Variant::new("b", LABEL_B, sb, hb),
+            Variant::new("c", LABEL_C, sc, hc),
         ],
         ratio_b_over_a_p50: ratio(sb.p50_us, sa.p50_us),
         ratio_b_over_a_p99: ratio(sb.p99_us, sa.p99_us),
@@ -507,6 +518,30 @@ pub async fn bulk(b: &mut Bench) -> Result<()> {
     let ext_peak = env.extension(EXTENSION).and_then(|p| p.peak_rss_kib());
     drop(env);
 
+    // The same through a fresh extension with 1,000-row statements: what the statement size costs in memory.
+    let env = LambdaEnv::start(b.core_env(&sim.base_url()).freeze(false)).await?;
+    let client = CoreClient::new(env.core_port(), env.core_token());
+    makenaide_pipeline::db::query(&client, "select 1", &[], None)
+        .await
+        .map_err(|e| state(format!("extension: {e}")))?;
+    b.truncate().await?;
+    let t = Instant::now();
+    for chunk in rows.chunks(SMALL_STATEMENT_ROWS) {
+        let st = upsert_statement(Interval::Days, chunk);
+        makenaide_pipeline::db::query(&client, &st.sql, &st.params, Some(60_000))
+            .await
+            .map_err(|e| state(format!("bulk upsert through the extension: {e}")))?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let stored = b.count_rows().await? as u64;
+    record(
+        "makenaide-core: `unnest` upsert, 1,000 rows per /db/query",
+        stored,
+        secs,
+    );
+    let small_peak = env.extension(EXTENSION).and_then(|p| p.peak_rss_kib());
+    drop(env);
+
     // Row by row on a direct connection (the same driver the extension uses, so only batching differs).
     b.truncate().await?;
     let mut pg = direct::connect_tls(&b.direct_url, &b.ca).await?;
@@ -578,14 +613,24 @@ pub async fn bulk(b: &mut Bench) -> Result<()> {
         );
     }
     if let Some(kib) = ext_peak {
-        b.report
-            .add_memory("extension makenaide-core", "46,000-row bulk (fig. 5)", kib);
+        b.report.add_memory(
+            "extension makenaide-core",
+            "46,000-row bulk, 5,000-row statements (fig. 5)",
+            kib,
+        );
+    }
+    if let Some(kib) = small_peak {
+        b.report.add_memory(
+            "extension makenaide-core",
+            "46,000-row bulk, 1,000-row statements (fig. 5)",
+            kib,
+        );
     }
     let ext_rate = runs[0].rows_per_s;
     b.report.bulk = Some(Bulk {
         rows_target: total,
-        ratio_vs_rust_row_by_row: ratio(ext_rate, runs[1].rows_per_s),
-        ratio_vs_python_row_by_row: runs.get(2).map(|r| ratio(ext_rate, r.rows_per_s)),
+        ratio_vs_rust_row_by_row: ratio(ext_rate, runs[2].rows_per_s),
+        ratio_vs_python_row_by_row: runs.get(3).map(|r| ratio(ext_rate, r.rows_per_s)),
         runs,
     });
     Ok(())

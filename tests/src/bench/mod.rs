@@ -70,14 +70,18 @@ pub struct Options {
     pub cold: usize,
     /// Skip the Python row-by-row run of figure 5.
     pub skip_python_bulk: bool,
+    /// Figures to run (1-7); empty = all.
+    pub only: Vec<u8>,
 }
 
 impl Options {
     pub const USAGE: &'static str = "usage: makenaide-bench --python VENV_PYTHON [--out DIR] [--docs DIR] [--python-dir DIR]
                        [--dist DIR] [--notes FILE] [--warm N] [--hop N] [--cold N] [--quick] [--skip-python-bulk]
+                       [--only 1,2,...]
   --python PATH   the benchmark venv's python (awslambdaric, requests, psycopg2-binary), required
   --warm N        warm invocations per variant (default 200)   --hop N   requests per variant (default 3000)
-  --cold N        cold starts per variant (default 10)         --quick   warm 50, hop 500, cold 3";
+  --cold N        cold starts per variant (default 10)         --quick   warm 50, hop 500, cold 3
+  --only LIST     run only these figures (1-5, 7; memory (6) is collected along the way)";
 
     pub fn parse(args: impl IntoIterator<Item = String>) -> std::result::Result<Self, String> {
         let root = crate::lambda_env::bins::workspace_root();
@@ -92,6 +96,7 @@ impl Options {
             hop: 3000,
             cold: 10,
             skip_python_bulk: false,
+            only: Vec::new(),
         };
         let mut it = args.into_iter();
         while let Some(a) = it.next() {
@@ -112,6 +117,12 @@ impl Options {
                     o.cold = 3;
                 }
                 "--skip-python-bulk" => o.skip_python_bulk = true,
+                "--only" => {
+                    o.only = val("--only")?
+                        .split(',')
+                        .map(|f| f.trim().parse::<u8>().map_err(|_| format!("--only: `{f}` is not a figure number")))
+                        .collect::<std::result::Result<_, _>>()?;
+                }
                 "-h" | "--help" => return Err(Self::USAGE.into()),
                 other => return Err(format!("unknown argument `{other}`\n{}", Self::USAGE)),
             }
@@ -250,19 +261,19 @@ impl Bench {
     /// Runs every figure, then writes the report files.
     pub async fn run_all(&mut self) -> Result<()> {
         std::fs::create_dir_all(&self.opts.out_dir)?;
-        self.run_figure("1 warm invocation", |b| Box::pin(figures::warm(b)))
+        self.run_figure(1, "1 warm invocation", |b| Box::pin(figures::warm(b)))
             .await;
-        self.run_figure("2 localhost hop", |b| Box::pin(figures::hop(b)))
+        self.run_figure(2, "2 localhost hop", |b| Box::pin(figures::hop(b)))
             .await;
-        self.run_figure("3 cold start", |b| Box::pin(figures::cold(b)))
+        self.run_figure(3, "3 cold start", |b| Box::pin(figures::cold(b)))
             .await;
-        self.run_figure("4 throughput under Upbit's limit", |b| {
+        self.run_figure(4, "4 throughput under Upbit's limit", |b| {
             Box::pin(figures::throughput(b))
         })
         .await;
-        self.run_figure("5 bulk storage", |b| Box::pin(figures::bulk(b)))
+        self.run_figure(5, "5 bulk storage", |b| Box::pin(figures::bulk(b)))
             .await;
-        self.run_figure("7 sizes", |b| Box::pin(figures::sizes(b)))
+        self.run_figure(7, "7 sizes", |b| Box::pin(figures::sizes(b)))
             .await;
         self.report.finish_memory();
         self.write()?;
@@ -272,6 +283,7 @@ impl Bench {
     /// Runs one figure; a failure is recorded in the report (the other figures still run).
     async fn run_figure(
         &mut self,
+        number: u8,
         name: &str,
         f: impl for<'a> FnOnce(
             &'a mut Bench,
@@ -279,6 +291,9 @@ impl Bench {
             Box<dyn std::future::Future<Output = Result<()>> + 'a>,
         >,
     ) {
+        if !self.opts.only.is_empty() && !self.opts.only.contains(&number) {
+            return;
+        }
         eprintln!("\n== figure {name} ==");
         let t0 = std::time::Instant::now();
         if let Err(e) = f(self).await {

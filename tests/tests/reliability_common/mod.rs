@@ -184,11 +184,16 @@ impl PgProxy {
         self.stats.lock().unwrap().clone()
     }
 
-    /// `postgres://user@127.0.0.1:<proxy port>/db` from a direct URL (same user, database and query).
+    /// `postgres://user@127.0.0.1:<proxy port>/db?sslmode=disable` from a direct URL (same user and database;
+    /// plain text, or the proxy could not read the messages).
     pub fn url_for(&self, direct_url: &str) -> String {
         let (scheme_auth, rest) = direct_url.split_once('@').unwrap();
         let path = &rest[rest.find('/').unwrap()..];
-        format!("{scheme_auth}@127.0.0.1:{}{path}", self.port)
+        let path = path.split('?').next().unwrap();
+        format!(
+            "{scheme_auth}@127.0.0.1:{}{path}?sslmode=disable",
+            self.port
+        )
     }
 }
 
@@ -310,7 +315,10 @@ impl PgBouncer {
     pub async fn start(upstream_port: u16, default_pool_size: u32) -> Self {
         let (_, version) = Self::installed_version()
             .expect("pgbouncer is not installed (scripts/setup.sh installs Debian's package)");
-        let dir = tempfile::Builder::new().prefix("mk-pgb-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("mk-pgb-")
+            .tempdir()
+            .unwrap();
         let port = free_port();
         let auth = dir.path().join("userlist.txt");
         std::fs::write(&auth, "\"postgres\" \"\"\n").unwrap();

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Profile of figure 2 (the localhost hop): where the extension spends a `/db/query select 1`.
+# Builds a symbolized release extension (same profile, not stripped) into bench-out/prof-target, runs
+# `makenaide-bench --only 2` with it, and while it runs records the extension with perf (cpu-clock: this VM has no
+# hardware counters) and counts its syscalls with strace. Output: bench-out/profile/{perf-*.txt,strace-*.txt}.
+# Run ./bench.sh once first (release binaries, venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=$ROOT/bench-out/profile
+mkdir -p "$OUT" "$ROOT/bench-out/prof-bin"
+CARGO_TARGET_DIR=$ROOT/bench-out/prof-target CARGO_PROFILE_RELEASE_STRIP=none \
+  CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release -p makenaide-core
+BIN=$ROOT/bench-out/prof-bin
+ln -sf "$ROOT/bench-out/prof-target/release/makenaide-core" "$BIN/makenaide-core"
+for f in makenaide-data-collector makenaide-db-initializer bench-direct-collector; do
+  ln -sf "$ROOT/target/release/$f" "$BIN/$f"
+done
+MAKENAIDE_BIN_DIR=$BIN "$ROOT/target/release/makenaide-bench" --python "$ROOT/bench-out/venv/bin/python" \
+  --out "$OUT" --docs "$OUT" --only 2 --hop 20000 > "$OUT/bench.txt" 2> "$OUT/bench-err.txt" &
+BENCH=$!
+EXT=
+for _ in $(seq 100); do
+  EXT=$(pgrep -P "$BENCH" -x makenaide-core || true)
+  [ -n "$EXT" ] && break
+  sleep 0.1
+done
+[ -n "$EXT" ] || { echo "extension not found"; kill "$BENCH"; exit 1; }
+sleep 4   # past the hop figure's warm-up
+perf record -e cpu-clock -F 2999 --call-graph dwarf,16384 -p "$EXT" -o "$OUT/perf.data" -- sleep 3 2> /dev/null
+timeout 3 strace -f -c -p "$EXT" -o "$OUT/strace-summary.txt" || true
+timeout 1 strace -f -tt -p "$EXT" -o "$OUT/strace-trace.txt" || true
+wait "$BENCH" || true
+perf report -i "$OUT/perf.data" --no-children --sort dso --stdio > "$OUT/perf-dso.txt" 2> /dev/null
+perf report -i "$OUT/perf.data" --no-children --sort sym --stdio -g none > "$OUT/perf-sym.txt" 2> /dev/null
+perf report -i "$OUT/perf.data" --children --sort sym --stdio -g none > "$OUT/perf-children.txt" 2> /dev/null
+grep -E "select 1|ping|direct" "$OUT/bench.txt" | head -8
+echo "wrote $OUT"
