@@ -54,12 +54,15 @@ def main(src, dst):
 
     h = r.get("hop")
     if h:
-        labels = [row["name"].split(" (")[0].replace("extension ", "ext ") for row in h["rows"]]
+        labels = [row["name"].split(" (")[0].replace("extension ", "ext ").replace("TOKIO_WORKER_THREADS=1", "1 worker")
+                  .replace("`select 1`", "").replace("GET ", "") for row in h["rows"]]
         vals = [row["summary"]["p50_us"] for row in h["rows"]]
-        bars(ax[1], labels, vals, ["#2a9d8f", "#2a9d8f", "#8d99ae", "#8d99ae"], "{:.0f}",
+        cols = [COLORS["a"] if row["name"].startswith("extension") else COLORS["c"] for row in h["rows"]]
+        bars(ax[1], labels, vals, cols, "{:.0f}",
              f"2. select 1 p50 (µs) — extension adds {h['added_p50_us']:+.0f} µs", "µs")
         for t in ax[1].get_xticklabels():
-            t.set_rotation(12)
+            t.set_rotation(25)
+            t.set_fontsize(6)
 
     c = r.get("cold")
     if c:

@@ -2,6 +2,7 @@
 # Installs what the build and the tests need, only what is missing (idempotent; safe to run on every test run).
 # Grows with the project: add a line per need, each guarded by a check.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 log() { echo "setup: $*" >&2; }
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -53,10 +54,9 @@ if [ -z "${MAKENAIDE_TEST_PG:-}" ] && have pg_isready && ! pg_isready -q -h 127.
 fi
 
 # --- packaging / deployment (layer-build, deploy.sh) ----------------------------------------------------------
-# Added by the packaging work, e.g.:
-#   rust_target x86_64-unknown-linux-musl
-#   rust_target aarch64-unknown-linux-musl
-#   pip_install moto_server "moto[server]==5.*"
+# rustup musl targets + pinned cargo-lambda and zig (PyPI) in .venv-build; pytest + moto in .venv-deploy-tests.
+layer-build/build.sh --install-only
+tests/deploy/run.sh --setup
 : "${SETUP_EXTRA:=}"   # hook: SETUP_EXTRA="rust_target x; pip_install y z" for one-off needs
 if [ -n "$SETUP_EXTRA" ]; then eval "$SETUP_EXTRA"; fi
 

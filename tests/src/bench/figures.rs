@@ -166,13 +166,24 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
 pub async fn hop(b: &mut Bench) -> Result<()> {
     let sim = free_sim().await?;
     let env = LambdaEnv::start(b.core_env(&sim.base_url()).freeze(false)).await?;
-    let (port, token) = (env.core_port(), env.core_token().to_string());
+    // The same extension on a one-worker tokio runtime (tokio reads TOKIO_WORKER_THREADS when the builder sets no
+    // count, as makenaide-core's main does): shows what the cross-thread hand-offs of the default runtime cost.
+    let env1 = LambdaEnv::start(
+        b.core_env(&sim.base_url())
+            .freeze(false)
+            .env(TOKIO_WORKER_THREADS_ENV, "1"),
+    )
+    .await?;
+    let ext = [
+        (env.core_port(), env.core_token().to_string()),
+        (env1.core_port(), env1.core_token().to_string()),
+    ];
     let (url, ca, n) = (b.direct_url.clone(), b.ca.clone(), b.opts.hop);
     let raw = tokio::task::spawn_blocking(move || -> Result<Vec<(String, Vec<Duration>)>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(hop_loop(port, token, url, ca, n))
+        rt.block_on(hop_loop(ext, url, ca, n))
     })
     .await
     .map_err(|e| state(format!("hop thread: {e}")))??;
@@ -190,7 +201,7 @@ pub async fn hop(b: &mut Bench) -> Result<()> {
             .map(|r| r.summary)
             .unwrap_or_default()
     };
-    let (ext, floor) = (get("extension /db/query"), get("direct, prepared"));
+    let (ext, floor) = (get(HOP_QUERY), get(HOP_DIRECT));
     let hop = Hop {
         added_p50_us: ext.p50_us - floor.p50_us,
         added_p99_us: ext.p99_us - floor.p99_us,
@@ -202,32 +213,56 @@ pub async fn hop(b: &mut Bench) -> Result<()> {
     );
     b.report.hop = Some(hop);
     drop(env);
+    drop(env1);
     Ok(())
 }
 
+/// tokio's variable for the default worker count.
+const TOKIO_WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
+const HOP_PING: &str = "extension GET /ping (HTTP hop only, no DB)";
+pub const HOP_QUERY: &str = "extension /db/query `select 1` (function's client)";
+const HOP_QUERY_1W: &str = "extension /db/query `select 1`, TOKIO_WORKER_THREADS=1";
+const HOP_PING_1W: &str = "extension GET /ping, TOKIO_WORKER_THREADS=1";
+pub const HOP_DIRECT: &str = "direct, prepared `select 1` (warm TLS connection)";
+const HOP_DIRECT_UNPREPARED: &str = "direct, unprepared `select 1` (warm TLS connection)";
+
 async fn hop_loop(
-    port: u16,
-    token: String,
+    ext: [(u16, String); 2],
     url: String,
     ca: std::path::PathBuf,
     n: usize,
 ) -> Result<Vec<(String, Vec<Duration>)>> {
-    let core = CoreClient::new(port, token);
+    let [(p0, t0), (p1, t1)] = ext;
+    let cores = [CoreClient::new(p0, t0), CoreClient::new(p1, t1)];
     let pg = direct::connect_tls(&url, &ca).await?;
     let stmt = pg.prepare("select 1").await?;
     let body = json!({"sql": "select 1"});
     let names = [
-        "extension GET /ping (HTTP hop only, no DB)",
-        "extension /db/query `select 1` (function's client)",
-        "direct, prepared `select 1` (warm TLS connection)",
-        "direct, unprepared `select 1` (warm TLS connection)",
+        HOP_PING,
+        HOP_QUERY,
+        HOP_PING_1W,
+        HOP_QUERY_1W,
+        HOP_DIRECT,
+        HOP_DIRECT_UNPREPARED,
     ];
     let mut out: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); names.len()];
     let err = |e: makenaide_pipeline::PipelineError| state(format!("extension: {e}"));
+    let query = |core: &CoreClient| {
+        let (core, body) = (core.clone(), body.clone());
+        async move {
+            let v: Value = core.post_json("/db/query", &body).await.map_err(err)?;
+            if v.pointer("/rows/0/0") != Some(&json!(1)) {
+                return Err(state(format!("select 1 answered {v}")));
+            }
+            Ok(())
+        }
+    };
     // Warm-up: connections, prepared-statement caches.
     for _ in 0..200 {
-        core.ping().await.map_err(err)?;
-        let _: Value = core.post_json("/db/query", &body).await.map_err(err)?;
+        for core in &cores {
+            core.ping().await.map_err(err)?;
+            query(core).await?;
+        }
         pg.query_one(&stmt, &[]).await?;
     }
     let mut done = 0;
@@ -237,16 +272,11 @@ async fn hop_loop(
             for _ in 0..block {
                 let t = Instant::now();
                 match k {
-                    0 => {
-                        core.ping().await.map_err(err)?;
+                    0 | 2 => {
+                        cores[k / 2].ping().await.map_err(err)?;
                     }
-                    1 => {
-                        let v: Value = core.post_json("/db/query", &body).await.map_err(err)?;
-                        if v.pointer("/rows/0/0") != Some(&json!(1)) {
-                            return Err(state(format!("select 1 answered {v}")));
-                        }
-                    }
-                    2 => {
+                    1 | 3 => query(&cores[k / 2]).await?,
+                    4 => {
                         let r: i32 = pg.query_one(&stmt, &[]).await?.get(0);
                         if r != 1 {
                             return Err(state("select 1 != 1"));
