@@ -119,6 +119,29 @@ pub enum Error {
     Internal(String),
 }
 
+/// The variants that carry a `statement_index`, as one pattern binding it to `$slot`, so that reading the index
+/// ([`Error::statement_index`]) and setting it ([`Error::at_statement`]) cannot disagree on the list.
+macro_rules! with_statement_index {
+    ($slot:ident) => {
+        Error::InvalidRequest {
+            statement_index: $slot,
+            ..
+        } | Error::InvalidParam {
+            statement_index: $slot,
+            ..
+        } | Error::Sql {
+            statement_index: $slot,
+            ..
+        } | Error::ReadOnly {
+            statement_index: $slot,
+            ..
+        } | Error::DbTimeout {
+            statement_index: $slot,
+            ..
+        }
+    };
+}
+
 impl Error {
     /// The stable machine-readable code.
     #[must_use]
@@ -188,21 +211,7 @@ impl Error {
     #[must_use]
     pub fn statement_index(&self) -> Option<usize> {
         match self {
-            Self::InvalidRequest {
-                statement_index, ..
-            }
-            | Self::InvalidParam {
-                statement_index, ..
-            }
-            | Self::Sql {
-                statement_index, ..
-            }
-            | Self::ReadOnly {
-                statement_index, ..
-            }
-            | Self::DbTimeout {
-                statement_index, ..
-            } => *statement_index,
+            with_statement_index!(statement_index) => *statement_index,
             _ => None,
         }
     }
@@ -210,23 +219,8 @@ impl Error {
     /// Sets the failing statement's index (transactions).
     #[must_use]
     pub fn at_statement(mut self, index: usize) -> Self {
-        match &mut self {
-            Self::InvalidRequest {
-                statement_index, ..
-            }
-            | Self::InvalidParam {
-                statement_index, ..
-            }
-            | Self::Sql {
-                statement_index, ..
-            }
-            | Self::ReadOnly {
-                statement_index, ..
-            }
-            | Self::DbTimeout {
-                statement_index, ..
-            } => *statement_index = Some(index),
-            _ => {}
+        if let with_statement_index!(statement_index) = &mut self {
+            *statement_index = Some(index);
         }
         self
     }

@@ -24,9 +24,9 @@ impl Reply {
     }
 }
 
-async fn get(c: &reqwest::Client, url: String) -> Reply {
-    let r = c
-        .get(url)
+/// Sends `request` with the token and collects the whole reply.
+async fn send(request: reqwest::RequestBuilder) -> Reply {
+    let r = request
         .header("X-Makenaide-Token", TOKEN)
         .send()
         .await
@@ -38,19 +38,23 @@ async fn get(c: &reqwest::Client, url: String) -> Reply {
     }
 }
 
+async fn get(c: &reqwest::Client, url: String) -> Reply {
+    send(c.get(url)).await
+}
+
 async fn post(c: &reqwest::Client, url: String, body: Value) -> Reply {
-    let r = c
-        .post(url)
-        .header("X-Makenaide-Token", TOKEN)
-        .json(&body)
+    send(c.post(url).json(&body)).await
+}
+
+/// `/ping`'s JSON body. Sent without the token on purpose: the health check needs none.
+async fn get_ping(c: &reqwest::Client, ext: &Running) -> Value {
+    c.get(ext.url("/ping"))
         .send()
         .await
-        .unwrap();
-    Reply {
-        status: r.status().as_u16(),
-        headers: r.headers().clone(),
-        body: r.text().await.unwrap(),
-    }
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 fn client() -> reqwest::Client {
@@ -66,14 +70,7 @@ async fn upbit_mirror_passthrough_cache_retries_and_warm_connection() {
     // Warm-up opens the connection without touching a rate-limited route.
     ext.state.warm_up().await;
     assert_eq!(upbit.seen.hits("/"), 1);
-    let ping: Value = c
-        .get(ext.url("/ping"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ping = get_ping(&c, &ext).await;
     assert_eq!(
         ping,
         json!({"status": "ok", "db": "not_configured", "upbit": "ready"})
@@ -171,14 +168,7 @@ async fn database_routes_over_http() {
     let ext = Running::start(config(&upbit, Some(&db))).await;
     ext.state.warm_up().await;
     let c = client();
-    let ping: Value = c
-        .get(ext.url("/ping"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ping = get_ping(&c, &ext).await;
     assert_eq!(ping["db"], "ready");
 
     let r = post(&c, ext.url("/db/transaction"), json!({"statements": [

@@ -8,10 +8,10 @@ use std::time::Duration;
 use makenaide_tests::error::HarnessError;
 use makenaide_tests::lambda_env::{free_port, EnvConfig, InvokeStatus, LambdaEnv, EXTENSION};
 use makenaide_tests::pg::TestDb;
-use serde_json::{json, Value};
+use serde_json::json;
 
-const COLLECTOR: &str = "makenaide-data-collector";
-const INITIALIZER: &str = "makenaide-db-initializer";
+mod e2e_common;
+use e2e_common::{result_of, COLLECTOR, INITIALIZER, SHUTDOWN_BUDGET};
 
 fn cfg(function: &str, db: &TestDb) -> EnvConfig {
     EnvConfig::makenaide(function)
@@ -24,26 +24,14 @@ fn cfg(function: &str, db: &TestDb) -> EnvConfig {
         .timeout(Duration::from_secs(30))
 }
 
-fn result_of(response: &Value) -> &Value {
-    assert_eq!(
-        response.get("success"),
-        Some(&Value::Bool(true)),
-        "not a success envelope: {response}"
-    );
-    assert!(
-        response
-            .get("execution_time")
-            .and_then(Value::as_f64)
-            .is_some(),
-        "no execution_time: {response}"
-    );
-    assert!(
-        response.get("timestamp").and_then(Value::as_str).is_some(),
-        "no timestamp: {response}"
-    );
-    response
-        .get("result")
-        .unwrap_or_else(|| panic!("no result: {response}"))
+/// Shuts `env` down and asserts that the extension exited cleanly (exit 0).
+async fn shutdown_cleanly(env: LambdaEnv) {
+    let report = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
+    assert!(report
+        .extension(EXTENSION)
+        .unwrap()
+        .exit
+        .is_some_and(|e| e.success()));
 }
 
 #[tokio::test]
@@ -77,12 +65,7 @@ async fn db_initializer_applies_migrations_once() {
         .unwrap()
         .get(0);
     assert_eq!(versions as usize, applied);
-    let report = env.shutdown(Duration::from_secs(2)).await.unwrap();
-    assert!(report
-        .extension(EXTENSION)
-        .unwrap()
-        .exit
-        .is_some_and(|e| e.success()));
+    shutdown_cleanly(env).await;
 }
 
 #[tokio::test]
@@ -120,12 +103,7 @@ async fn data_collector_rejects_invalid_events_with_invalid_event_errors() {
         assert!(out.frozen, "environment not frozen after a function error");
     }
     // Rejected before any Upbit call: nothing in the journal of the extension says it tried.
-    let report = env.shutdown(Duration::from_secs(2)).await.unwrap();
-    assert!(report
-        .extension(EXTENSION)
-        .unwrap()
-        .exit
-        .is_some_and(|e| e.success()));
+    shutdown_cleanly(env).await;
 }
 
 #[tokio::test]

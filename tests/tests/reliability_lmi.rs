@@ -8,11 +8,11 @@
 mod reliability_common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use makenaide_tests::lambda_env::{ApiEventKind, LambdaEnv, EXTENSION};
 use makenaide_tests::pg::TestDb;
-use makenaide_tests::upbit_sim::{Interval, SimConfig, UpbitSim};
+use makenaide_tests::upbit_sim::Interval;
 use reliability_common::*;
 use serde_json::{json, Value};
 
@@ -24,16 +24,8 @@ const OVERLAPPING_INVOKES: usize = 8;
 async fn managed_instances_register_shutdown_only_and_serve_64_concurrent_requests() {
     let db = TestDb::create().await.unwrap();
     // Fixed clock: every candle reply can be compared with the simulator's own answer.
-    let sim = UpbitSim::start(SimConfig {
-        now: Some(chrono::Utc::now()),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
     // Rate limiting is another item: let 32 GETs through at once.
-    sim.set_rate_limit_enabled(false);
-    // Remaining-Req stays high too: the extension paces itself on it (the shared per-IP truth).
-    sim.set_rate_per_second(10_000);
+    let sim = unthrottled_sim(fixed_clock()).await;
     init_schema(db.url()).await;
     let env = LambdaEnv::start(
         env_config(COLLECTOR, db.url(), &sim.base_url())
@@ -45,17 +37,9 @@ async fn managed_instances_register_shutdown_only_and_serve_64_concurrent_reques
     let init = env.init_report();
     assert_eq!(init.extensions[0].name, EXTENSION);
     assert_eq!(init.extensions[0].events, vec!["SHUTDOWN"], "{init:?}");
-    let core = env.core();
-    core.wait_ready(true, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let core = ready_core(&env).await;
 
-    let krw: Vec<String> = sim
-        .catalog()
-        .codes()
-        .into_iter()
-        .filter(|c| c.starts_with("KRW-"))
-        .collect();
+    let krw = krw_markets(&sim);
     let expected: Vec<Value> = (0..CONCURRENT / 2)
         .map(|i| {
             let m = &krw[i % krw.len()];

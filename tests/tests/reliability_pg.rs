@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use makenaide_tests::lambda_env::{ApiEventKind, LambdaEnv, EXTENSION};
 use makenaide_tests::pg::{ClusterOptions, PgCluster};
-use makenaide_tests::upbit_sim::{SimConfig, UpbitSim};
+use makenaide_tests::upbit_sim::SimConfig;
 use reliability_common::*;
 use serde_json::{json, Value};
 
@@ -40,10 +40,7 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
     let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
     cluster.create_database("app").await.unwrap();
     let url = cluster.url("app", Some("disable"));
-    let sim = UpbitSim::start(SimConfig::default()).await.unwrap();
-    sim.set_rate_limit_enabled(false);
-    // Remaining-Req stays high too: the extension paces itself on it (the shared per-IP truth).
-    sim.set_rate_per_second(10_000);
+    let sim = unthrottled_sim(SimConfig::default()).await;
     init_schema(&url).await;
 
     let env = LambdaEnv::start(env_config(COLLECTOR, &url, &sim.base_url()))
@@ -215,23 +212,10 @@ async fn a_hung_server_is_bounded_by_the_connect_timeout() {
     let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
     cluster.create_database("app").await.unwrap();
     let url = cluster.url("app", Some("disable"));
-    let env = LambdaEnv::start(
-        env_config(
-            COLLECTOR,
-            &url,
-            &format!(
-                "http://127.0.0.1:{}",
-                makenaide_tests::lambda_env::free_port()
-            ),
-        )
-        .freeze(false),
-    )
-    .await
-    .unwrap();
-    let core = env.core();
-    core.wait_ready(true, Duration::from_secs(10))
+    let env = LambdaEnv::start(env_config(COLLECTOR, &url, &dead_upbit()).freeze(false))
         .await
         .unwrap();
+    let core = ready_core(&env).await;
     core.query("select 1", json!([])).await.unwrap();
 
     let hung = Hung::stop(cluster_pids(&cluster));

@@ -15,9 +15,9 @@ mod reliability_common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use makenaide_tests::lambda_env::{free_port, LambdaEnv, EXTENSION};
+use makenaide_tests::lambda_env::{LambdaEnv, EXTENSION};
 use makenaide_tests::pg::{ClusterOptions, PgCluster, TestDb};
-use makenaide_tests::upbit_sim::{SimConfig, UpbitSim};
+use makenaide_tests::upbit_sim::SimConfig;
 use reliability_common::*;
 use serde_json::{json, Value};
 
@@ -86,18 +86,10 @@ async fn sixteen_environments_through_pgbouncer_transaction_pooling() {
     let db = TestDb::create().await.unwrap();
     init_schema(db.url()).await;
     let pgb = PgBouncer::start(port_of(db.url()), SERVER_POOL).await;
-    let sim = UpbitSim::start(SimConfig::default()).await.unwrap();
-    sim.set_rate_limit_enabled(false);
-    // Remaining-Req stays high too: the extension paces itself on it (the shared per-IP truth).
-    sim.set_rate_per_second(10_000);
+    let sim = unthrottled_sim(SimConfig::default()).await;
     let url = pgb.url(db.name());
 
-    let krw: Vec<String> = sim
-        .catalog()
-        .codes()
-        .into_iter()
-        .filter(|c| c.starts_with("KRW-"))
-        .collect();
+    let krw = krw_markets(&sim);
     assert!(krw.len() >= ENVS * MARKETS_PER_ENV);
     let mut cfgs = Vec::new();
     for _ in 0..ENVS {
@@ -240,17 +232,14 @@ async fn statement_cache_behind_old_pgbouncer_fails_clearly() {
     }
     let db = TestDb::create().await.unwrap();
     let pgb = PgBouncer::start(port_of(db.url()), 1).await;
-    let dead_upbit = format!("http://127.0.0.1:{}", free_port());
+    let dead_upbit = dead_upbit();
     let mut envs = Vec::new();
     for _ in 0..2 {
         let env =
             LambdaEnv::start(env_config(COLLECTOR, &pgb.url(db.name()), &dead_upbit).freeze(false))
                 .await
                 .unwrap();
-        env.core()
-            .wait_ready(true, Duration::from_secs(10))
-            .await
-            .unwrap();
+        ready_core(&env).await;
         envs.push(Arc::new(env));
     }
     let a = envs[0].core();
@@ -298,7 +287,7 @@ async fn too_few_server_connections_give_bounded_clear_503s() {
     .unwrap();
     cluster.create_database("app").await.unwrap();
     let url = cluster.url("app", Some("disable"));
-    let dead_upbit = format!("http://127.0.0.1:{}", free_port());
+    let dead_upbit = dead_upbit();
     let cfgs = (0..N_ENVS)
         .map(|_| {
             env_config(COLLECTOR, &url, &dead_upbit)

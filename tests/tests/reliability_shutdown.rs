@@ -14,9 +14,9 @@ mod reliability_common;
 
 use std::time::{Duration, Instant};
 
-use makenaide_tests::lambda_env::{free_port, LambdaEnv, EXTENSION};
+use makenaide_tests::lambda_env::{LambdaEnv, EXTENSION};
 use makenaide_tests::pg::TestDb;
-use makenaide_tests::upbit_sim::{Interval, SimConfig, UpbitSim};
+use makenaide_tests::upbit_sim::Interval;
 use nix::sys::signal::Signal;
 use reliability_common::*;
 use serde_json::json;
@@ -43,17 +43,10 @@ async fn core_activity(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_during_an_in_flight_request_completes_it_and_closes_the_pool() {
     let db = TestDb::create().await.unwrap();
-    let env = LambdaEnv::start(env_config(
-        COLLECTOR,
-        db.url(),
-        &format!("http://127.0.0.1:{}", free_port()),
-    ))
-    .await
-    .unwrap();
-    let core = env.core();
-    core.wait_ready(true, Duration::from_secs(10))
+    let env = LambdaEnv::start(env_config(COLLECTOR, db.url(), &dead_upbit()))
         .await
         .unwrap();
+    let core = ready_core(&env).await;
     let watcher = db.connect().await.unwrap();
 
     let slow = core.clone();
@@ -131,25 +124,12 @@ async fn shutdown_during_an_in_flight_request_completes_it_and_closes_the_pool()
 async fn sigkill_mid_collection_leaves_no_partial_transaction() {
     let db = TestDb::create().await.unwrap();
     // Fixed clock: the candles (and so the key the blocker holds) cannot change during the test.
-    let sim = UpbitSim::start(SimConfig {
-        now: Some(chrono::Utc::now()),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    sim.set_rate_limit_enabled(false);
-    // Remaining-Req stays high too: the extension paces itself on it (the shared per-IP truth).
-    sim.set_rate_per_second(10_000);
+    let sim = unthrottled_sim(fixed_clock()).await;
     init_schema(db.url()).await;
     let cfg = env_config(COLLECTOR, db.url(), &sim.base_url())
         .env("MAKENAIDE_UPBIT_RATE_PER_SEC", "1000");
 
-    let krw: Vec<String> = sim
-        .catalog()
-        .codes()
-        .into_iter()
-        .filter(|c| c.starts_with("KRW-"))
-        .collect();
+    let krw = krw_markets(&sim);
     let mut markets: Vec<String> = vec!["KRW-BTC".into()];
     markets.extend(krw.iter().filter(|m| *m != "KRW-BTC").take(9).cloned());
     let warm_market = krw.iter().find(|m| !markets.contains(m)).unwrap().clone();

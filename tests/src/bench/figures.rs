@@ -165,7 +165,13 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
 /// current-thread runtime on its own thread (as the functions run), blocks of each variant in rotation.
 pub async fn hop(b: &mut Bench) -> Result<()> {
     let sim = free_sim().await?;
-    let env = LambdaEnv::start(b.core_env(&sim.base_url()).freeze(false)).await?;
+    let env = LambdaEnv::start(
+        b.core_env(&sim.base_url())
+            .freeze(false)
+            .env(ENV_UPBIT_CACHE_TTL_MS, "0")
+            .env(ENV_UPBIT_RATE_PER_SEC, "1000"),
+    )
+    .await?;
     // The same extension on a one-worker tokio runtime (tokio reads TOKIO_WORKER_THREADS when the builder sets no
     // count, as makenaide-core's main does): shows what the cross-thread hand-offs of the default runtime cost.
     let env1 = LambdaEnv::start(
@@ -179,11 +185,16 @@ pub async fn hop(b: &mut Bench) -> Result<()> {
         (env1.core_port(), env1.core_token().to_string()),
     ];
     let (url, ca, n) = (b.direct_url.clone(), b.ca.clone(), b.opts.hop);
-    let raw = tokio::task::spawn_blocking(move || -> Result<Vec<(String, Vec<Duration>)>> {
+    let sim_port = sim.addr().port();
+    type Rows = Vec<(String, Vec<Duration>)>;
+    let (raw, parts) = tokio::task::spawn_blocking(move || -> Result<(Rows, Rows)> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(hop_loop(ext, url, ca, n))
+        let main_port = ext[0].clone();
+        let raw = rt.block_on(hop_loop(ext, url.clone(), ca.clone(), n))?;
+        let parts = rt.block_on(components(main_port, sim_port, url, ca))?;
+        Ok((raw, parts))
     })
     .await
     .map_err(|e| state(format!("hop thread: {e}")))??;
@@ -206,6 +217,13 @@ pub async fn hop(b: &mut Bench) -> Result<()> {
         added_p50_us: ext.p50_us - floor.p50_us,
         added_p99_us: ext.p99_us - floor.p99_us,
         rows,
+        components: parts
+            .into_iter()
+            .map(|(name, s)| HopRow {
+                name,
+                summary: Summary::of(&s),
+            })
+            .collect(),
     };
     eprintln!(
         "   select 1: extension p50 {:.1} µs, direct p50 {:.1} µs -> +{:.1} µs",
@@ -225,6 +243,9 @@ const HOP_QUERY_1W: &str = "extension /db/query `select 1`, TOKIO_WORKER_THREADS
 const HOP_PING_1W: &str = "extension GET /ping, TOKIO_WORKER_THREADS=1";
 pub const HOP_DIRECT: &str = "direct, prepared `select 1` (warm TLS connection)";
 const HOP_DIRECT_UNPREPARED: &str = "direct, unprepared `select 1` (warm TLS connection)";
+const HOP_DIRECT_TX: &str =
+    "direct, the extension's wire shape: `BEGIN; SET LOCAL statement_timeout` pipelined with `select 1`, then `COMMIT`";
+const HOP_DIRECT_TX_NO_SET: &str = "direct, `BEGIN` pipelined with `select 1`, then `COMMIT`";
 
 async fn hop_loop(
     ext: [(u16, String); 2],
@@ -244,6 +265,8 @@ async fn hop_loop(
         HOP_QUERY_1W,
         HOP_DIRECT,
         HOP_DIRECT_UNPREPARED,
+        HOP_DIRECT_TX,
+        HOP_DIRECT_TX_NO_SET,
     ];
     let mut out: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); names.len()];
     let err = |e: makenaide_pipeline::PipelineError| state(format!("extension: {e}"));
@@ -282,8 +305,24 @@ async fn hop_loop(
                             return Err(state("select 1 != 1"));
                         }
                     }
-                    _ => {
+                    5 => {
                         let r: i32 = pg.query_one("select 1", &[]).await?.get(0);
+                        if r != 1 {
+                            return Err(state("select 1 != 1"));
+                        }
+                    }
+                    _ => {
+                        let begin = if k == 6 {
+                            "BEGIN; SET LOCAL statement_timeout = 10000"
+                        } else {
+                            "BEGIN"
+                        };
+                        // tokio-postgres pipelines requests issued together on one client.
+                        let (b, r) =
+                            futures_join(pg.batch_execute(begin), pg.query_one(&stmt, &[])).await;
+                        b?;
+                        let r: i32 = r?.get(0);
+                        pg.batch_execute("COMMIT").await?;
                         if r != 1 {
                             return Err(state("select 1 != 1"));
                         }
@@ -299,6 +338,75 @@ async fn hop_loop(
         .map(|s| s.to_string())
         .zip(out)
         .collect())
+}
+
+/// Both futures polled together (the first one first), like `futures::join`.
+async fn futures_join<A: std::future::Future, B: std::future::Future>(a: A, b: B) -> (A::Output, B::Output) {
+    tokio::join!(a, b)
+}
+
+/// Candle GETs per row of [`components`]: under the 1,000/s governor the hop environment is given.
+const COMPONENT_SAMPLES: usize = 300;
+
+/// The two calls of a warm collector invocation, each through the extension and directly: where (a)'s handler
+/// time goes.
+async fn components(
+    ext: (u16, String),
+    sim_port: u16,
+    url: String,
+    ca: std::path::PathBuf,
+) -> Result<Vec<(String, Vec<Duration>)>> {
+    let core = CoreClient::new(ext.0, ext.1);
+    let sim = CoreClient::new(sim_port, "");
+    let path = "/v1/candles/days?market=KRW-BTC&count=3";
+    let err = |e: makenaide_pipeline::PipelineError| state(format!("components: {e}"));
+    let candles: Vec<Candle> = core.upbit_get(path).await.map_err(err)?;
+    let st = upsert_statement(Interval::Days, &candles);
+    let pg = direct::connect_tls(&url, &ca).await?;
+    let prepared = pg.prepare(&st.sql).await?;
+    let mut cols = direct::Columns::default();
+    for c in &candles {
+        cols.push(c);
+    }
+    let names = [
+        "GET 3 day candles through the extension (Upbit sim, keep-alive)",
+        "GET 3 day candles from the Upbit sim directly (same client)",
+        "collector's upsert of 3 candles through the extension /db/query",
+        "the same upsert on a warm direct connection (prepared, autocommit)",
+    ];
+    let mut out: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+    for round in 0..(COMPONENT_SAMPLES + 20) {
+        for (k, samples) in out.iter_mut().enumerate() {
+            let t = Instant::now();
+            match k {
+                0 => {
+                    let _: Vec<Candle> = core.upbit_get(path).await.map_err(err)?;
+                }
+                1 => {
+                    let _: Vec<Candle> = sim.upbit_get(path).await.map_err(err)?;
+                }
+                2 => {
+                    makenaide_pipeline::db::query(&core, &st.sql, &st.params, None)
+                        .await
+                        .map_err(err)?;
+                }
+                _ => {
+                    pg.query(
+                        &prepared,
+                        &[
+                            &"days", &cols.market, &cols.utc, &cols.kst, &cols.open, &cols.high, &cols.low,
+                            &cols.close, &cols.volume, &cols.turnover, &cols.ts,
+                        ],
+                    )
+                    .await?;
+                }
+            }
+            if round >= 20 {
+                samples.push(t.elapsed());
+            }
+        }
+    }
+    Ok(names.iter().map(|s| s.to_string()).zip(out).collect())
 }
 
 /// `elapsed_us=N` (text logs) or `"elapsed_us":N` (JSON logs) of the first extension line containing `what`.

@@ -80,7 +80,7 @@ impl Options {
                        [--only 1,2,...]
   --python PATH   the benchmark venv's python (awslambdaric, requests, psycopg2-binary), required
   --warm N        warm invocations per variant (default 200)   --hop N   requests per variant (default 3000)
-  --cold N        cold starts per variant (default 10)         --quick   warm 50, hop 500, cold 3
+  --cold N        cold starts per variant (default 20)         --quick   warm 50, hop 500, cold 3
   --only LIST     run only these figures (1-5, 7; memory (6) is collected along the way)";
 
     pub fn parse(args: impl IntoIterator<Item = String>) -> std::result::Result<Self, String> {
@@ -94,7 +94,7 @@ impl Options {
             notes: root.join("bench").join("notes.md"),
             warm: 200,
             hop: 3000,
-            cold: 10,
+            cold: 20,
             skip_python_bulk: false,
             only: Vec::new(),
         };

@@ -56,6 +56,8 @@ pub struct HopRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct Hop {
     pub rows: Vec<HopRow>,
+    /// The calls of a warm collector invocation, through the extension and directly.
+    pub components: Vec<HopRow>,
     pub added_p50_us: f64,
     pub added_p99_us: f64,
 }
@@ -484,6 +486,20 @@ impl Report {
                 "\nAdded by the extension (vs direct prepared): **{:+.1} µs** at p50, {:+.1} µs at p99.\n",
                 h.added_p50_us, h.added_p99_us
             );
+            if !h.components.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "Where a warm collector invocation's handler time goes (the same two calls it makes, timed one \
+                     by one from the bench process, 300 each):\n"
+                );
+                let _ = writeln!(s, "| call | p50 µs | p99 µs | mean µs |");
+                let _ = writeln!(s, "|---|---|---|---|");
+                for r in &h.components {
+                    let x = &r.summary;
+                    let _ = writeln!(s, "| {} | {:.1} | {:.1} | {:.1} |", r.name, x.p50_us, x.p99_us, x.mean_us);
+                }
+                let _ = writeln!(s);
+            }
         }
         if let Some(c) = &self.cold {
             let _ = writeln!(

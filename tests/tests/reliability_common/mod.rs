@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use makenaide_tests::lambda_env::{free_port, EnvConfig, LambdaEnv};
+use makenaide_tests::lambda_env::{free_port, CoreClient, EnvConfig, LambdaEnv};
+use makenaide_tests::upbit_sim::{SimConfig, SimHandle, UpbitSim};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -84,6 +85,46 @@ where
     }
 }
 
+/// The simulated Upbit with its rate limit out of the way (these tests are about something else). Remaining-Req
+/// stays high too: the extension paces itself on it (the shared per-IP truth).
+pub async fn unthrottled_sim(config: SimConfig) -> SimHandle {
+    let sim = UpbitSim::start(config).await.unwrap();
+    sim.set_rate_limit_enabled(false);
+    sim.set_rate_per_second(10_000);
+    sim
+}
+
+/// The simulator's default configuration with its clock fixed at now, so its candles cannot change during a test.
+pub fn fixed_clock() -> SimConfig {
+    SimConfig {
+        now: Some(chrono::Utc::now()),
+        ..SimConfig::default()
+    }
+}
+
+/// The simulator's KRW market codes, in catalog order.
+pub fn krw_markets(sim: &SimHandle) -> Vec<String> {
+    sim.catalog()
+        .codes()
+        .into_iter()
+        .filter(|c| c.starts_with("KRW-"))
+        .collect()
+}
+
+/// An Upbit base URL on a port nothing listens on, for environments that must never need Upbit.
+pub fn dead_upbit() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+/// The environment's makenaide-core client, once `/ping` reports the database ready (bounded: 10 s).
+pub async fn ready_core(env: &LambdaEnv) -> CoreClient {
+    let core = env.core();
+    core.wait_ready(true, Duration::from_secs(10))
+        .await
+        .unwrap();
+    core
+}
+
 /// A function + makenaide-core wired to `db_url` and `upbit_url`.
 pub fn env_config(function: &str, db_url: &str, upbit_url: &str) -> EnvConfig {
     EnvConfig::makenaide(function)
@@ -94,9 +135,8 @@ pub fn env_config(function: &str, db_url: &str, upbit_url: &str) -> EnvConfig {
 
 /// Runs the real db-initializer once in an environment of its own, so collectors find the schema.
 pub async fn init_schema(db_url: &str) {
-    // Upbit is not used by the initializer: point it at a port nothing listens on.
-    let upbit = format!("http://127.0.0.1:{}", free_port());
-    let env = LambdaEnv::start(env_config(INITIALIZER, db_url, &upbit))
+    // Upbit is not used by the initializer.
+    let env = LambdaEnv::start(env_config(INITIALIZER, db_url, &dead_upbit()))
         .await
         .unwrap_or_else(|e| panic!("db-initializer environment: {e}"));
     let out = env.invoke(json!({})).await.unwrap();
