@@ -12,7 +12,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {"a": "#2a9d8f", "b": "#e76f51", "c": "#8d99ae"}
-SHORT = {"a": "(a) makenaide-core", "b": "(b) Python baseline", "c": "(c) Rust, no extension"}
+SHORT = {"a": "(a) makenaide-core", "b": "(b) Python\nbaseline", "c": "(c) Rust,\nno extension"}
+
+
+def hop_label(name):
+    """Short label of a figure-2 row."""
+    if "wire shape" in name:
+        return "direct,\next. wire shape"
+    if "`BEGIN` pipelined" in name:
+        return "direct,\nBEGIN..COMMIT"
+    short = name.split(" (")[0].replace("extension ", "ext ").replace("`select 1`", "").replace("GET ", "")
+    return short.replace(", TOKIO_WORKER_THREADS=1", "\n1 worker").replace(", ", ",\n").strip()
+
 
 
 def bars(ax, labels, values, colors, fmt, title, ylabel, log=False):
@@ -54,22 +65,21 @@ def main(src, dst):
 
     h = r.get("hop")
     if h:
-        labels = [row["name"].split(" (")[0].replace("extension ", "ext ").replace("TOKIO_WORKER_THREADS=1", "1 worker")
-                  .replace("`select 1`", "").replace("GET ", "") for row in h["rows"]]
+        labels = [hop_label(row["name"]) for row in h["rows"]]
         vals = [row["summary"]["p50_us"] for row in h["rows"]]
         cols = [COLORS["a"] if row["name"].startswith("extension") else COLORS["c"] for row in h["rows"]]
         bars(ax[1], labels, vals, cols, "{:.0f}",
              f"2. select 1 p50 (µs) — extension adds {h['added_p50_us']:+.0f} µs", "µs")
-        for t in ax[1].get_xticklabels():
-            t.set_rotation(25)
-            t.set_fontsize(6)
+        for i, t in enumerate(ax[1].get_xticklabels()):
+            t.set_fontsize(5.5)
+            t.set_y(-0.02 - 0.06 * (i % 2))
 
     c = r.get("cold")
     if c:
         keys = [v["key"] for v in c["variants"]]
         bars(ax[2], [SHORT[k] for k in keys], [v["first_response_ms"] for v in c["variants"]],
              [COLORS[k] for k in keys], "{:.0f}",
-             f"3. Cold: spawn → first response (median ms); registered {c['ext_spawn_to_registered_ms']:.1f} ms",
+             f"3. Cold start: spawn → first response (median ms)\nextension registered {c['ext_spawn_to_registered_ms']:.1f} ms after spawn",
              "ms")
 
     t = r.get("throughput")
@@ -83,26 +93,26 @@ def main(src, dst):
             f"{n}: {run['responses_429']}×429, rows {run['rows_stored']}/{run['rows_expected']}"
             for n, run in zip(names, t["runs"])
         )
-        ax[3].set_title("4. 230 markets at 10 req/s\n" + detail, fontsize=8)
+        ax[3].set_title("4. 230 markets at 10 req/s\n" + detail.replace("; old", ";\nold"), fontsize=8)
 
     b = r.get("bulk")
     if b:
-        labels = ["ext 5k/stmt", "ext 1k/stmt", "Rust row-by-row", "Python row-by-row"][: len(b["runs"])]
+        labels = ["ext\n5k rows/stmt", "ext\n1k rows/stmt", "Rust\nrow-by-row", "Python\nrow-by-row"][: len(b["runs"])]
         bars(ax[4], labels, [run["rows_per_s"] for run in b["runs"]],
              [COLORS["a"], COLORS["a"], COLORS["c"], COLORS["b"]][: len(b["runs"])], "{:.0f}",
              f"5. Bulk storage, {b['rows_target']} rows (rows/s, log)", "rows/s", log=True)
 
     peaks = r.get("memory_peaks") or []
     if peaks:
-        labels = [p["process"].replace("function ", "fn ").replace("extension ", "ext ") for p in peaks]
+        labels = [p["process"].replace("function ", "fn\n").replace("extension ", "ext\n")
+                  .replace("makenaide-data-collector", "collector").replace("bench-direct-collector", "direct (c)")
+                  .replace("Python baseline", "Python (b)") for p in peaks]
         vals = [p["peak_kib"] / 1024 for p in peaks]
         cols = [COLORS["b"] if "Python" in p["process"] else COLORS["a"] if "makenaide" in p["process"]
                 else COLORS["c"] for p in peaks]
         bars(ax[5], labels, vals, cols, "{:.1f}", "6. Peak RSS (MiB); goals 15 / 8 MiB", "MiB")
         ax[5].axhline(15, color="black", linestyle=":", linewidth=1)
         ax[5].axhline(8, color="black", linestyle="--", linewidth=1)
-        for tl in ax[5].get_xticklabels():
-            tl.set_rotation(12)
 
     m = r.get("machine", {})
     fig.suptitle(f"makenaide-core benchmarks — {m.get('cpu', '')}, {m.get('cpus', '')} vCPU — {r.get('generated_at', '')}",

@@ -9,7 +9,10 @@ fn main() -> ExitCode {
     // First thing: the reference point for the "registered"/"ready" timings.
     let started = std::time::Instant::now();
     logging::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: the work is loopback and network I/O, and a request handed between worker threads costs more
+    // (futex wake-ups, measured in docs/benchmarks.md) than it could gain. Lambda gives small functions less than
+    // one vCPU anyway; Managed Instances' concurrent requests are served concurrently on this one thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("makenaide-core")
         .build()
