@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::state::AppState;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -157,24 +157,47 @@ fn deadline(headers: &HeaderMap) -> Result<Option<Instant>, Error> {
     Ok(Some(Instant::now() + left))
 }
 
+/// Past the limit the rest of the body is read and dropped (up to this many bytes in all) before the 413 goes out:
+/// a client still writing its body when the answer comes would otherwise see a broken pipe instead of the 413.
+const DRAIN_CAP_FACTOR: u64 = 4;
+
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Error> {
+    let limit_bytes = limit as u64;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let mut too_large = declared.is_some_and(|n| n > limit_bytes);
+    let drain_cap = limit_bytes.saturating_mul(DRAIN_CAP_FACTOR).max(1 << 20);
+    if declared.is_some_and(|n| n > drain_cap) {
+        // Not worth reading: answer at once (the client may see the connection close instead).
         return Err(Error::BodyTooLarge { limit });
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(Error::BodyTooLarge { limit })
+    let capacity = declared.map_or(0, |n| usize::try_from(n.min(limit_bytes)).unwrap_or(0));
+    let mut buf = Vec::with_capacity(if too_large { 0 } else { capacity });
+    let mut seen: u64 = 0;
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::invalid_request(format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len() as u64);
+        if seen > limit_bytes && !too_large {
+            too_large = true;
+            buf = Vec::new();
         }
-        Err(e) => Err(Error::invalid_request(format!(
-            "could not read the request body: {e}"
-        ))),
+        if too_large {
+            if seen > drain_cap {
+                break;
+            }
+        } else {
+            buf.extend_from_slice(&data);
+        }
     }
+    if too_large {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    Ok(Bytes::from(buf))
 }
 
 fn parse_json(body: &[u8]) -> Result<Map<String, Value>, Error> {
