@@ -216,11 +216,7 @@ impl Config {
     /// # Errors
     /// The first invalid variable, with a message that says how to fix it.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let d = Self::default();
 
         let port = match get(ENV_PORT) {
@@ -236,9 +232,7 @@ impl Config {
                 ),
             )
         })?;
-        let database = get(ENV_DATABASE_URL)
-            .map(|url| parse_database_url(&url))
-            .transpose()?;
+        let database = get(ENV_DATABASE_URL).map(|url| parse_database_url(&url)).transpose()?;
         let upbit_base_url = parse_upbit_base_url(get(ENV_UPBIT_BASE_URL).as_deref())?;
 
         Ok(Self {
@@ -246,48 +240,17 @@ impl Config {
             token: Secret::new(token),
             database,
             db_pool_size: num(&get, ENV_DB_POOL_SIZE, u64::from(d.db_pool_size), 1, 100)? as u32,
-            db_connect_timeout: millis(
-                &get,
-                ENV_DB_CONNECT_TIMEOUT_MS,
-                d.db_connect_timeout,
-                1,
-                60_000,
-            )?,
-            db_statement_timeout: millis(
-                &get,
-                ENV_DB_STATEMENT_TIMEOUT_MS,
-                d.db_statement_timeout,
-                0,
-                3_600_000,
-            )?,
+            db_connect_timeout: millis(&get, ENV_DB_CONNECT_TIMEOUT_MS, d.db_connect_timeout, 1, 60_000)?,
+            db_statement_timeout: millis(&get, ENV_DB_STATEMENT_TIMEOUT_MS, d.db_statement_timeout, 0, 3_600_000)?,
             db_read_only: flag(&get, ENV_DB_READ_ONLY, d.db_read_only)?,
             db_statement_cache: flag(&get, ENV_DB_STATEMENT_CACHE, d.db_statement_cache)?,
             upbit_base_url,
-            upbit_rate_per_sec: num(
-                &get,
-                ENV_UPBIT_RATE_PER_SEC,
-                u64::from(d.upbit_rate_per_sec),
-                1,
-                1000,
-            )? as u32,
+            upbit_rate_per_sec: num(&get, ENV_UPBIT_RATE_PER_SEC, u64::from(d.upbit_rate_per_sec), 1, 1000)? as u32,
             upbit_timeout: millis(&get, ENV_UPBIT_TIMEOUT_MS, d.upbit_timeout, 1, 900_000)?,
             upbit_cache_ttl: millis(&get, ENV_UPBIT_CACHE_TTL_MS, d.upbit_cache_ttl, 0, 60_000)?,
-            max_body_bytes: num(
-                &get,
-                ENV_MAX_BODY_BYTES,
-                d.max_body_bytes as u64,
-                1024,
-                1 << 30,
-            )? as usize,
-            max_connections: num(
-                &get,
-                ENV_MAX_CONNECTIONS,
-                d.max_connections as u64,
-                1,
-                65_535,
-            )? as usize,
-            managed_instances: get(ENV_AWS_LAMBDA_INITIALIZATION_TYPE).as_deref()
-                == Some(INIT_TYPE_MANAGED_INSTANCES),
+            max_body_bytes: num(&get, ENV_MAX_BODY_BYTES, d.max_body_bytes as u64, 1024, 1 << 30)? as usize,
+            max_connections: num(&get, ENV_MAX_CONNECTIONS, d.max_connections as u64, 1, 65_535)? as usize,
+            managed_instances: get(ENV_AWS_LAMBDA_INITIALIZATION_TYPE).as_deref() == Some(INIT_TYPE_MANAGED_INSTANCES),
         })
     }
 
@@ -355,11 +318,7 @@ fn millis(
     num(get, var, default_ms, min, max).map(Duration::from_millis)
 }
 
-fn flag(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: bool,
-) -> Result<bool, ConfigError> {
+fn flag(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
     let Some(v) = get(var) else {
         return Ok(default);
     };
@@ -413,8 +372,7 @@ const DB_URL_HINT: &str = "expected postgres://user:password@host:5432/dbname?ss
 /// What is wrong with the URL.
 pub fn parse_database_url(raw: &str) -> Result<DatabaseConfig, ConfigError> {
     let var = ENV_DATABASE_URL;
-    let mut url = url::Url::parse(raw)
-        .map_err(|e| invalid(var, format!("not a valid URL ({e}); {DB_URL_HINT}")))?;
+    let mut url = url::Url::parse(raw).map_err(|e| invalid(var, format!("not a valid URL ({e}); {DB_URL_HINT}")))?;
     if !matches!(url.scheme(), "postgres" | "postgresql") {
         return Err(invalid(
             var,
@@ -443,7 +401,9 @@ pub fn parse_database_url(raw: &str) -> Result<DatabaseConfig, ConfigError> {
                     other => {
                         return Err(invalid(
                             var,
-                            format!("sslmode={other:?} is unknown: use disable, prefer, require, verify-ca or verify-full"),
+                            format!(
+                                "sslmode={other:?} is unknown: use disable, prefer, require, verify-ca or verify-full"
+                            ),
                         ))
                     }
                 }
@@ -474,25 +434,16 @@ pub fn parse_database_url(raw: &str) -> Result<DatabaseConfig, ConfigError> {
         }
     }
 
-    let mut pg: tokio_postgres::Config =
-        url.as_str().parse().map_err(|e: tokio_postgres::Error| {
-            invalid(
-                var,
-                format!("rejected by the PostgreSQL driver ({e}); {DB_URL_HINT}"),
-            )
-        })?;
+    let mut pg: tokio_postgres::Config = url.as_str().parse().map_err(|e: tokio_postgres::Error| {
+        invalid(var, format!("rejected by the PostgreSQL driver ({e}); {DB_URL_HINT}"))
+    })?;
     pg.ssl_mode(match ssl_mode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-            tokio_postgres::config::SslMode::Require
-        }
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
     });
     if pg.get_user().is_none() {
-        return Err(invalid(
-            var,
-            format!("the URL has no user name; {DB_URL_HINT}"),
-        ));
+        return Err(invalid(var, format!("the URL has no user name; {DB_URL_HINT}")));
     }
     let display = format!(
         "{}@{}:{}/{}",
@@ -516,10 +467,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -574,10 +522,7 @@ mod tests {
             (ENV_TOKEN, "t"),
             (ENV_DB_READ_ONLY, "TRUE"),
             (ENV_DB_STATEMENT_CACHE, "false"),
-            (
-                ENV_AWS_LAMBDA_INITIALIZATION_TYPE,
-                "lambda-managed-instances",
-            ),
+            (ENV_AWS_LAMBDA_INITIALIZATION_TYPE, "lambda-managed-instances"),
             (ENV_UPBIT_CACHE_TTL_MS, "0"),
         ])
         .unwrap();
@@ -590,17 +535,9 @@ mod tests {
 
     #[test]
     fn upbit_base_url_rules() {
-        let c = cfg(&[
-            (ENV_TOKEN, "t"),
-            (ENV_UPBIT_BASE_URL, "http://127.0.0.1:8080/"),
-        ])
-        .unwrap();
+        let c = cfg(&[(ENV_TOKEN, "t"), (ENV_UPBIT_BASE_URL, "http://127.0.0.1:8080/")]).unwrap();
         assert_eq!(c.upbit_base_url, "http://127.0.0.1:8080");
-        let e = cfg(&[
-            (ENV_TOKEN, "t"),
-            (ENV_UPBIT_BASE_URL, "https://api.upbit.com/v1"),
-        ])
-        .unwrap_err();
+        let e = cfg(&[(ENV_TOKEN, "t"), (ENV_UPBIT_BASE_URL, "https://api.upbit.com/v1")]).unwrap_err();
         assert!(e.message.contains("/v1"), "{e}");
         let e = cfg(&[(ENV_TOKEN, "t"), (ENV_UPBIT_BASE_URL, "api.upbit.com")]).unwrap_err();
         assert_eq!(e.var, ENV_UPBIT_BASE_URL);
@@ -608,8 +545,14 @@ mod tests {
 
     #[test]
     fn database_url_parsing_never_leaks_the_password() {
-        let c = cfg(&[(ENV_TOKEN, "t"), (ENV_DATABASE_URL, "postgres://bob:s3cr3t@db.example:6543/market?sslmode=verify-full&application_name=x")])
-            .unwrap();
+        let c = cfg(&[
+            (ENV_TOKEN, "t"),
+            (
+                ENV_DATABASE_URL,
+                "postgres://bob:s3cr3t@db.example:6543/market?sslmode=verify-full&application_name=x",
+            ),
+        ])
+        .unwrap();
         let db = c.database.unwrap();
         assert_eq!(db.ssl_mode, SslMode::VerifyFull);
         assert_eq!(db.display, "bob@db.example:6543/market");
@@ -639,9 +582,6 @@ mod tests {
         assert_eq!(db.ssl_mode, SslMode::Prefer);
         let db = parse_database_url("postgresql://u@localhost/db?sslmode=disable").unwrap();
         assert_eq!(db.ssl_mode, SslMode::Disable);
-        assert_eq!(
-            db.pg.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Disable
-        );
+        assert_eq!(db.pg.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
     }
 }

@@ -185,22 +185,16 @@ impl Error {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::DbNotConfigured | Self::DbUnavailable { .. } | Self::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::DbNotConfigured | Self::DbUnavailable { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::DbTimeout { .. } | Self::UpstreamDeadline(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Self::Config(_) | Self::Lambda(_) | Self::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Self::Config(_) | Self::Lambda(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn sqlstate(&self) -> Option<&str> {
         match self {
-            Self::Sql { sqlstate, .. } | Self::DbUnavailable { sqlstate, .. } => {
-                sqlstate.as_deref()
-            }
+            Self::Sql { sqlstate, .. } | Self::DbUnavailable { sqlstate, .. } => sqlstate.as_deref(),
             Self::ReadOnly { .. } => Some("25006"),
             Self::DbTimeout { .. } => Some("57014"),
             _ => None,
@@ -257,8 +251,7 @@ mod tests {
     #[test]
     fn bodies_are_stable() {
         let e = Error::DbUnavailable {
-            message: "PostgreSQL is unreachable: connection refused (retrying in the background)"
-                .into(),
+            message: "PostgreSQL is unreachable: connection refused (retrying in the background)".into(),
             sqlstate: Some("08006".into()),
         };
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -279,13 +272,8 @@ mod tests {
             e.to_json(),
             json!({"error": {"code": "sql_error", "message": "syntax error", "sqlstate": "42601", "statement_index": 2}})
         );
-        assert_eq!(
-            Error::MissingToken.to_json()["error"]["code"],
-            "missing_token"
-        );
-        assert!(Error::MissingToken.to_json()["error"]
-            .get("sqlstate")
-            .is_none());
+        assert_eq!(Error::MissingToken.to_json()["error"]["code"], "missing_token");
+        assert!(Error::MissingToken.to_json()["error"].get("sqlstate").is_none());
         assert_eq!(
             Error::ReadOnly {
                 message: "x".into(),
@@ -331,11 +319,7 @@ mod tests {
                 "method_not_allowed",
             ),
             (Error::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
-            (
-                Error::TooManyConnections { limit: 1 },
-                429,
-                "too_many_connections",
-            ),
+            (Error::TooManyConnections { limit: 1 }, 429, "too_many_connections"),
             (Error::DbNotConfigured, 503, "db_not_configured"),
             (
                 Error::DbTimeout {
@@ -346,11 +330,7 @@ mod tests {
                 "db_timeout",
             ),
             (Error::Upstream("x".into()), 502, "upstream_error"),
-            (
-                Error::UpstreamDeadline("x".into()),
-                504,
-                "upstream_deadline",
-            ),
+            (Error::UpstreamDeadline("x".into()), 504, "upstream_deadline"),
             (Error::ShuttingDown, 503, "shutting_down"),
         ];
         for (e, status, code) in cases {

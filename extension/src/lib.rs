@@ -85,11 +85,7 @@ const POOL_CLOSE_BUDGET: Duration = Duration::from_millis(250);
 ///
 /// # Errors
 /// Registration failed, or the Extensions API failed later (not recoverable: Lambda resets the environment).
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    started: std::time::Instant,
-) -> Result<(), Error> {
+pub async fn run(config: Config, listener: TcpListener, started: std::time::Instant) -> Result<(), Error> {
     let name = lambda::extension_name();
     let events = config.lambda_events();
     let registered = lambda::register(&name, events).await?;
@@ -104,12 +100,7 @@ pub async fn run(
     let state = match AppState::new(config) {
         Ok(state) => state,
         Err(e) => {
-            let _ = lambda::report_init_error(
-                &registered.id,
-                lambda::ERROR_TYPE_CONFIG,
-                &e.to_string(),
-            )
-            .await;
+            let _ = lambda::report_init_error(&registered.id, lambda::ERROR_TYPE_CONFIG, &e.to_string()).await;
             return Err(e);
         }
     };
@@ -157,10 +148,7 @@ pub async fn run(
         .saturating_sub(shutdown_started.elapsed())
         .max(Duration::from_millis(50));
     state.close(close_budget).await;
-    tracing::info!(
-        elapsed_us = elapsed_us(shutdown_started),
-        "shutdown complete"
-    );
+    tracing::info!(elapsed_us = elapsed_us(shutdown_started), "shutdown complete");
     Ok(())
 }
 
@@ -178,10 +166,7 @@ fn now_ms() -> u64 {
 /// runs do; treat them as a SHUTDOWN with the default budget.
 async fn os_signal() -> String {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return std::future::pending().await;
     };
     tokio::select! {

@@ -28,10 +28,7 @@ pub fn filter_from(spec: Option<&str>) -> Targets {
         .with_target("hyper_util", LevelFilter::WARN)
         .with_target("reqwest", LevelFilter::WARN)
         .with_target("rustls", LevelFilter::WARN);
-    let spec = spec
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("info");
+    let spec = spec.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
     let spec = if spec.eq_ignore_ascii_case("fatal") {
         "error"
     } else {
@@ -52,8 +49,7 @@ pub fn init() {
         .ok()
         .or_else(|| std::env::var(ENV_RUST_LOG).ok());
     let filter = filter_from(level.as_deref());
-    let json =
-        std::env::var(ENV_AWS_LAMBDA_LOG_FORMAT).is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let json = std::env::var(ENV_AWS_LAMBDA_LOG_FORMAT).is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = if json {
         registry
@@ -84,21 +80,12 @@ mod tests {
     #[test]
     fn levels() {
         assert_eq!(filter_from(None).default_level(), Some(LevelFilter::INFO));
-        assert_eq!(
-            filter_from(Some("DEBUG")).default_level(),
-            Some(LevelFilter::DEBUG)
-        );
-        assert_eq!(
-            filter_from(Some("FATAL")).default_level(),
-            Some(LevelFilter::ERROR)
-        );
+        assert_eq!(filter_from(Some("DEBUG")).default_level(), Some(LevelFilter::DEBUG));
+        assert_eq!(filter_from(Some("FATAL")).default_level(), Some(LevelFilter::ERROR));
         let t = filter_from(Some("makenaide_core=trace,warn"));
         assert_eq!(t.default_level(), Some(LevelFilter::WARN));
         assert!(t.would_enable("makenaide_core::db", &tracing::Level::TRACE));
         assert!(!t.would_enable("tokio_postgres", &tracing::Level::INFO));
-        assert_eq!(
-            filter_from(Some("nonsense=")).default_level(),
-            Some(LevelFilter::INFO)
-        );
+        assert_eq!(filter_from(Some("nonsense=")).default_level(), Some(LevelFilter::INFO));
     }
 }

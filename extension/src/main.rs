@@ -36,9 +36,15 @@ fn main() -> ExitCode {
             Ok(listener) => listener,
             Err(e) => {
                 let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-                    format!("127.0.0.1:{} is already in use (another layer?): set MAKENAIDE_CORE_PORT to a free port", config.port)
+                    format!(
+                        "127.0.0.1:{} is already in use (another layer?): set MAKENAIDE_CORE_PORT to a free port",
+                        config.port
+                    )
                 } else {
-                    format!("cannot listen on 127.0.0.1:{} ({e}): set MAKENAIDE_CORE_PORT to a usable port", config.port)
+                    format!(
+                        "cannot listen on 127.0.0.1:{} ({e}): set MAKENAIDE_CORE_PORT to a usable port",
+                        config.port
+                    )
                 };
                 lambda::fail_init(lambda::ERROR_TYPE_CONFIG, &hint).await;
                 return ExitCode::FAILURE;

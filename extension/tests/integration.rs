@@ -26,11 +26,7 @@ impl Reply {
 
 /// Sends `request` with the token and collects the whole reply.
 async fn send(request: reqwest::RequestBuilder) -> Reply {
-    let r = request
-        .header("X-Makenaide-Token", TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = request.header("X-Makenaide-Token", TOKEN).send().await.unwrap();
     Reply {
         status: r.status().as_u16(),
         headers: r.headers().clone(),
@@ -48,13 +44,7 @@ async fn post(c: &reqwest::Client, url: String, body: Value) -> Reply {
 
 /// `/ping`'s JSON body. Sent without the token on purpose: the health check needs none.
 async fn get_ping(c: &reqwest::Client, ext: &Running) -> Value {
-    c.get(ext.url("/ping"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    c.get(ext.url("/ping")).send().await.unwrap().json().await.unwrap()
 }
 
 fn client() -> reqwest::Client {
@@ -71,10 +61,7 @@ async fn upbit_mirror_passthrough_cache_retries_and_warm_connection() {
     ext.state.warm_up().await;
     assert_eq!(upbit.seen.hits("/"), 1);
     let ping = get_ping(&c, &ext).await;
-    assert_eq!(
-        ping,
-        json!({"status": "ok", "db": "not_configured", "upbit": "ready"})
-    );
+    assert_eq!(ping, json!({"status": "ok", "db": "not_configured", "upbit": "ready"}));
 
     // Passthrough: status, body, Remaining-Req, content type, source.
     let r = get(&c, ext.url("/v1/ticker?markets=KRW-BTC")).await;
@@ -91,15 +78,9 @@ async fn upbit_mirror_passthrough_cache_retries_and_warm_connection() {
     // Upbit's 404 is passed through unchanged and not retried.
     let r = get(&c, ext.url("/v1/candles/days?market=KRW-XXX&count=3")).await;
     assert_eq!(r.status, 404);
-    assert_eq!(
-        r.json(),
-        json!({"error": {"name": 404, "message": "Code not found"}})
-    );
+    assert_eq!(r.json(), json!({"error": {"name": 404, "message": "Code not found"}}));
     assert_eq!(r.header("x-makenaide-source"), "upbit");
-    assert_eq!(
-        upbit.seen.hits("/v1/candles/days?market=KRW-XXX&count=3"),
-        1
-    );
+    assert_eq!(upbit.seen.hits("/v1/candles/days?market=KRW-XXX&count=3"), 1);
 
     // 5xx is retried with backoff until it succeeds.
     let r = get(&c, ext.url("/v1/trades/ticks?market=KRW-BTC")).await;
@@ -128,18 +109,12 @@ async fn upbit_mirror_passthrough_cache_retries_and_warm_connection() {
 
     // Sequential traffic kept using the warm keep-alive connection.
     assert_eq!(
-        upbit
-            .seen
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
+        upbit.seen.connections.load(std::sync::atomic::Ordering::SeqCst),
         1,
         "one TCP connection to Upbit"
     );
     assert!(
-        !upbit
-            .seen
-            .origin_header
-            .load(std::sync::atomic::Ordering::SeqCst),
+        !upbit.seen.origin_header.load(std::sync::atomic::Ordering::SeqCst),
         "never an Origin header"
     );
 
@@ -182,9 +157,13 @@ async fn database_routes_over_http() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["results"][1]["row_count"], 2);
 
-    let r = post(&c, ext.url("/db/query"), json!({
+    let r = post(
+        &c,
+        ext.url("/db/query"),
+        json!({
         "sql": "select market, trade_price, candle_date_time_utc from ohlcv where market = $1 order by 3 limit $2",
-        "params": ["KRW-BTC", 5], "timeout_ms": 5000}))
+        "params": ["KRW-BTC", 5], "timeout_ms": 5000}),
+    )
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-makenaide-source"), "core");
@@ -196,12 +175,7 @@ async fn database_routes_over_http() {
                "row_count": 2})
     );
 
-    let r = post(
-        &c,
-        ext.url("/db/query"),
-        json!({"sql": "select * from nope"}),
-    )
-    .await;
+    let r = post(&c, ext.url("/db/query"), json!({"sql": "select * from nope"})).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["code"], "sql_error");
     assert_eq!(r.json()["error"]["sqlstate"], "42P01");
@@ -234,14 +208,7 @@ async fn shutdown_finishes_in_flight_requests_then_refuses() {
     let slow = tokio::spawn({
         let c = c.clone();
         let url = ext.url("/db/query");
-        async move {
-            post(
-                &c,
-                url,
-                json!({"sql": "select pg_sleep(0.5) is null as slept"}),
-            )
-            .await
-        }
+        async move { post(&c, url, json!({"sql": "select pg_sleep(0.5) is null as slept"})).await }
     });
     // Wait until the query is really running on the server before shutting down.
     let admin = common::pg(&db.url).await;
@@ -255,10 +222,7 @@ async fn shutdown_finishes_in_flight_requests_then_refuses() {
         if n > 0 {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "query never started"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "query never started");
         tokio::task::yield_now().await;
     }
     let drained = ext.shutdown();
@@ -270,10 +234,7 @@ async fn shutdown_finishes_in_flight_requests_then_refuses() {
         .unwrap()
         .unwrap();
     ext.state.close(Duration::from_millis(500)).await;
-    assert!(
-        c.get(ext.url("/ping")).send().await.is_err(),
-        "listener closed"
-    );
+    assert!(c.get(ext.url("/ping")).send().await.is_err(), "listener closed");
     // Terminate was sent for every pooled connection: the sessions disappear (the server needs a moment).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     loop {

@@ -78,20 +78,11 @@ async fn handle(
                 r.next_calls
             };
             next_tx.send_replace(n);
-            let event = events
-                .lock()
-                .await
-                .recv()
-                .await
-                .unwrap_or_else(|| json!({}));
+            let event = events.lock().await.recv().await.unwrap_or_else(|| json!({}));
             ok(200, event)
         }
         "/2020-01-01/extension/init/error" => {
-            recorded
-                .lock()
-                .unwrap()
-                .init_errors
-                .push((error_type, body));
+            recorded.lock().unwrap().init_errors.push((error_type, body));
             ok(202, json!({"status": "OK"}))
         }
         _ => ok(404, json!({"error": api})),
@@ -115,9 +106,7 @@ impl FakeLambda {
                 };
                 let (rec, rx, next_tx) = (rec.clone(), rx.clone(), next_tx.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        handle(req, rec.clone(), rx.clone(), next_tx.clone())
-                    });
+                    let svc = service_fn(move |req| handle(req, rec.clone(), rx.clone(), next_tx.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -133,21 +122,15 @@ impl FakeLambda {
     }
 
     async fn wait_next_calls(&mut self, n: usize) {
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            self.next_called.wait_for(|c| *c >= n),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.next_called.wait_for(|c| *c >= n))
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,11 +155,7 @@ async fn lifecycle_register_invoke_shutdown_and_init_error() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = common::config(&upbit, None);
-    let run = tokio::spawn(makenaide_core::run(
-        config.clone(),
-        listener,
-        std::time::Instant::now(),
-    ));
+    let run = tokio::spawn(makenaide_core::run(config.clone(), listener, std::time::Instant::now()));
     lambda.wait_next_calls(1).await;
     {
         let r = lambda.recorded.lock().unwrap();
@@ -185,10 +164,7 @@ async fn lifecycle_register_invoke_shutdown_and_init_error() {
             r.registrations[0].0, expected_name,
             "Lambda-Extension-Name = executable file name"
         );
-        assert_eq!(
-            r.registrations[0].1,
-            json!({"events": ["INVOKE", "SHUTDOWN"]})
-        );
+        assert_eq!(r.registrations[0].1, json!({"events": ["INVOKE", "SHUTDOWN"]}));
     }
     // The server answers while the extension waits in `next`.
     let ping: Value = reqwest::get(format!("http://{addr}/ping"))
@@ -208,7 +184,10 @@ async fn lifecycle_register_invoke_shutdown_and_init_error() {
         .unwrap();
     lambda.wait_next_calls(2).await;
     let started = std::time::Instant::now();
-    lambda.events.send(json!({"eventType": "SHUTDOWN", "shutdownReason": "SPINDOWN", "deadlineMs": now_ms() + 2000})).unwrap();
+    lambda
+        .events
+        .send(json!({"eventType": "SHUTDOWN", "shutdownReason": "SPINDOWN", "deadlineMs": now_ms() + 2000}))
+        .unwrap();
     let result = tokio::time::timeout(Duration::from_secs(3), run)
         .await
         .unwrap()
@@ -244,7 +223,10 @@ async fn lifecycle_register_invoke_shutdown_and_init_error() {
         lambda.recorded.lock().unwrap().registrations[1].1,
         json!({"events": ["SHUTDOWN"]})
     );
-    lambda.events.send(json!({"eventType": "SHUTDOWN", "shutdownReason": "SPINDOWN", "deadlineMs": now_ms() + 2000})).unwrap();
+    lambda
+        .events
+        .send(json!({"eventType": "SHUTDOWN", "shutdownReason": "SPINDOWN", "deadlineMs": now_ms() + 2000}))
+        .unwrap();
     assert!(tokio::time::timeout(Duration::from_secs(3), run)
         .await
         .unwrap()

@@ -103,10 +103,7 @@ async fn choose_database(throwaway: bool) -> Result<Database> {
             continue;
         };
         let exists = client
-            .query_opt(
-                "select 1 from pg_database where datname = $1",
-                &[&LOCAL_DB_NAME],
-            )
+            .query_opt("select 1 from pg_database where datname = $1", &[&LOCAL_DB_NAME])
             .await?;
         if exists.is_none() {
             client
@@ -203,10 +200,7 @@ fn print_outcome(n: usize, out: &InvokeOutcome) -> bool {
             return false;
         }
     };
-    let success = body
-        .get("success")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let success = body.get("success").and_then(Value::as_bool).unwrap_or(false);
     let exec = body
         .get("execution_time")
         .and_then(Value::as_f64)
@@ -238,12 +232,7 @@ fn print_outcome(n: usize, out: &InvokeOutcome) -> bool {
                 .unwrap_or_default();
             println!("  {name:<8} {dur}  {}", details.join("  "));
         }
-        for (k, v) in result
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(k, _)| *k != "steps")
-        {
+        for (k, v) in result.as_object().into_iter().flatten().filter(|(k, _)| *k != "steps") {
             println!("  {k}: {}", short(v));
         }
     } else {
@@ -262,23 +251,14 @@ pub async fn run(opts: Options) -> Result<bool> {
     } else {
         None
     };
-    let upbit = match (
-        std::env::var(UPBIT_BASE_URL_ENV)
-            .ok()
-            .filter(|u| !u.is_empty()),
-        &sim,
-    ) {
+    let upbit = match (std::env::var(UPBIT_BASE_URL_ENV).ok().filter(|u| !u.is_empty()), &sim) {
         (Some(url), _) => url,
         (None, Some(sim)) => sim.base_url(),
         (None, None) => REAL_UPBIT.to_string(),
     };
     println!(
         "Upbit:      {upbit}{}",
-        if sim.is_some() {
-            " (simulated, --offline)"
-        } else {
-            ""
-        }
+        if sim.is_some() { " (simulated, --offline)" } else { "" }
     );
 
     let cfg = EnvConfig::makenaide(ORCHESTRATOR)
@@ -318,15 +298,13 @@ pub async fn run(opts: Options) -> Result<bool> {
         match &before {
             None => println!("  PostgreSQL sessions of the extension: {pids:?}"),
             Some(prev) => {
-                let new: Vec<i64> = sessions
-                    .iter()
-                    .filter(|s| !prev.contains(s))
-                    .map(|s| s.0)
-                    .collect();
+                let new: Vec<i64> = sessions.iter().filter(|s| !prev.contains(s)).map(|s| s.0).collect();
                 if new.is_empty() && !sessions.is_empty() {
                     println!("  PostgreSQL sessions of the extension: {pids:?} (same backends as before: reused, no new connection)");
                 } else {
-                    println!("  PostgreSQL sessions of the extension: {pids:?} (new since the previous invocation: {new:?})");
+                    println!(
+                        "  PostgreSQL sessions of the extension: {pids:?} (new since the previous invocation: {new:?})"
+                    );
                 }
             }
         }
@@ -338,7 +316,10 @@ pub async fn run(opts: Options) -> Result<bool> {
             } else {
                 ""
             };
-            println!("  simulated Upbit: {} new TCP connection(s) from the extension, {now} in all{what}", now - upstream_seen);
+            println!(
+                "  simulated Upbit: {} new TCP connection(s) from the extension, {now} in all{what}",
+                now - upstream_seen
+            );
             upstream_seen = now;
         }
         if out.frozen {
@@ -362,8 +343,7 @@ pub async fn run(opts: Options) -> Result<bool> {
             "SHUTDOWN: {} {} {} (budget {})",
             e.name,
             e.exit.map_or("did not exit".to_string(), |x| x.to_string()),
-            e.elapsed
-                .map_or(String::new(), |d| format!("after {}", ms(d))),
+            e.elapsed.map_or(String::new(), |d| format!("after {}", ms(d))),
             ms(report.budget)
         );
         all_ok &= e.exit.is_some_and(|x| x.success()) && e.exited_within_deadline;

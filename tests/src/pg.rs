@@ -89,9 +89,7 @@ impl TestDb {
             crate::lambda_env::random_hex(3)
         );
         let admin = connect(admin_url).await?;
-        admin
-            .batch_execute(&format!("create database {name}"))
-            .await?;
+        admin.batch_execute(&format!("create database {name}")).await?;
         Ok(Self {
             url: with_database(admin_url, &name),
             admin_url: admin_url.to_string(),
@@ -155,11 +153,7 @@ impl TestDb {
 
     /// Waits (bounded) until no session other than the harness's is connected, e.g. after SHUTDOWN. Polls
     /// `pg_stat_activity` (the server's own record) with a short backoff.
-    pub async fn wait_no_sessions(
-        &self,
-        application_name: Option<&str>,
-        timeout: Duration,
-    ) -> Result<Vec<Session>> {
+    pub async fn wait_no_sessions(&self, application_name: Option<&str>, timeout: Duration) -> Result<Vec<Session>> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -173,9 +167,7 @@ impl TestDb {
     }
 
     fn drop_now(name: &str, admin_url: &str) -> Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
             let admin = connect(admin_url).await?;
             admin
@@ -286,14 +278,8 @@ impl PgCluster {
         if opts.tls {
             make_certs(dir.path(), as_root)?;
             conf.push("ssl = on".into());
-            conf.push(format!(
-                "ssl_cert_file = '{}'",
-                dir.path().join("server.crt").display()
-            ));
-            conf.push(format!(
-                "ssl_key_file = '{}'",
-                dir.path().join("server.key").display()
-            ));
+            conf.push(format!("ssl_cert_file = '{}'", dir.path().join("server.crt").display()));
+            conf.push(format!("ssl_key_file = '{}'", dir.path().join("server.key").display()));
         }
         conf.extend(opts.extra_conf.iter().cloned());
         append(&data.join("postgresql.conf"), &conf.join("\n"))?;
@@ -311,12 +297,7 @@ impl PgCluster {
         if as_root {
             chown_postgres(&data.join("pg_hba.conf"))?;
         }
-        let cluster = Self {
-            dir,
-            bin,
-            port,
-            opts,
-        };
+        let cluster = Self { dir, bin, port, opts };
         cluster.pg_ctl_start()?;
         Ok(cluster)
     }
@@ -424,9 +405,7 @@ impl PgCluster {
             .await?
             .is_some();
         if !exists {
-            admin
-                .batch_execute(&format!("create database {db}"))
-                .await?;
+            admin.batch_execute(&format!("create database {db}")).await?;
         }
         Ok(())
     }
@@ -597,10 +576,7 @@ fn make_certs(dir: &Path, as_root: bool) -> Result<()> {
         &ext.display().to_string(),
     ])?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        dir.join("server.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )?;
+    std::fs::set_permissions(dir.join("server.key"), std::fs::Permissions::from_mode(0o600))?;
     if as_root {
         chown_postgres(&dir.join("server.key"))?;
         chown_postgres(&dir.join("server.crt"))?;

@@ -38,10 +38,7 @@ pub fn record(section: &str, line: &str) {
     let Some(dir) = dir() else { return };
     let path = dir.join(format!("{section}.md"));
     let res = std::fs::create_dir_all(&dir).and_then(|()| {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         // One write per line (O_APPEND): concurrent tests do not interleave within a line.
         f.write_all(format!("{}\n", line.trim_end()).as_bytes())
     });

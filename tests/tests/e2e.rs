@@ -33,10 +33,7 @@ fn candle_key_fields(c: &Value) -> (String, Value) {
 }
 
 /// `(market, candle_date_time_utc)` → fields, as stored.
-async fn stored_candles(
-    db: &makenaide_tests::pg::TestDb,
-    interval: &str,
-) -> BTreeMap<(String, String), Value> {
+async fn stored_candles(db: &makenaide_tests::pg::TestDb, interval: &str) -> BTreeMap<(String, String), Value> {
     let client = db.connect().await.unwrap();
     let rows = client
         .query(
@@ -79,10 +76,7 @@ fn served(upbit: &Upbit, interval: &str) -> BTreeMap<(String, String), Value> {
         .collect()
 }
 
-fn assert_same_candles(
-    stored: &BTreeMap<(String, String), Value>,
-    served: &BTreeMap<(String, String), Value>,
-) {
+fn assert_same_candles(stored: &BTreeMap<(String, String), Value>, served: &BTreeMap<(String, String), Value>) {
     let stored_keys: BTreeSet<_> = stored.keys().collect();
     let served_keys: BTreeSet<_> = served.keys().collect();
     let missing: Vec<_> = served_keys.difference(&stored_keys).collect();
@@ -92,10 +86,7 @@ fn assert_same_candles(
         "served but not stored: {missing:?}; stored but never served: {extra:?}"
     );
     for (key, want) in served {
-        assert_eq!(
-            &stored[key], want,
-            "row {key:?} differs from the candle Upbit served"
-        );
+        assert_eq!(&stored[key], want, "row {key:?} differs from the candle Upbit served");
     }
 }
 
@@ -104,15 +95,10 @@ async fn orchestrator_stores_exactly_what_upbit_served_and_reuses_warm_connectio
     let b = Backends::start().await;
     // A password in the URL (trust auth ignores it) so the log grep below has a secret to look for.
     let password = "pw-never-logged-7f3a";
-    let db_url =
-        b.db.url()
-            .replacen("postgres@", &format!("postgres:{password}@"), 1);
-    let env = LambdaEnv::start(
-        b.env_config(ORCHESTRATOR)
-            .env("MAKENAIDE_DATABASE_URL", db_url),
-    )
-    .await
-    .unwrap();
+    let db_url = b.db.url().replacen("postgres@", &format!("postgres:{password}@"), 1);
+    let env = LambdaEnv::start(b.env_config(ORCHESTRATOR).env("MAKENAIDE_DATABASE_URL", db_url))
+        .await
+        .unwrap();
 
     // --- invocation 1 ---
     let out1 = env.invoke(json!({})).await.unwrap();
@@ -126,10 +112,7 @@ async fn orchestrator_stores_exactly_what_upbit_served_and_reuses_warm_connectio
         .collect();
     assert_eq!(steps, ["init", "scan", "collect"], "{result1}");
     for s in result1["steps"].as_array().unwrap() {
-        assert!(
-            s["duration_ms"].as_f64().is_some(),
-            "step without duration_ms: {s}"
-        );
+        assert!(s["duration_ms"].as_f64().is_some(), "step without duration_ms: {s}");
     }
     let stored1 = stored_candles(&b.db, "days").await;
     let served1 = served(&b.upbit, "days");
@@ -188,10 +171,7 @@ async fn orchestrator_stores_exactly_what_upbit_served_and_reuses_warm_connectio
         "invocation 2 opened new TCP connections to Upbit"
     );
     // Invocation 2 re-collected the same candles: still exactly what was served (updated in place, not duplicated).
-    assert_same_candles(
-        &stored_candles(&b.db, "days").await,
-        &served(&b.upbit, "days"),
-    );
+    assert_same_candles(&stored_candles(&b.db, "days").await, &served(&b.upbit, "days"));
     assert_eq!(result2["steps"].as_array().unwrap().len(), 3);
 
     // --- SHUTDOWN ---
@@ -224,12 +204,7 @@ async fn orchestrator_stores_exactly_what_upbit_served_and_reuses_warm_connectio
             l.process,
             l.line
         );
-        assert!(
-            !l.line.contains(&token),
-            "{} logged the token: {}",
-            l.process,
-            l.line
-        );
+        assert!(!l.line.contains(&token), "{} logged the token: {}", l.process, l.line);
     }
 }
 
@@ -243,17 +218,9 @@ async fn one_bad_market_is_reported_without_failing_the_others() {
         .await
         .unwrap();
     let result = result_of(out.ok().unwrap());
-    assert_eq!(
-        result["stored"],
-        json!({"KRW-BTC": 3, "KRW-ETH": 3}),
-        "{result}"
-    );
+    assert_eq!(result["stored"], json!({"KRW-BTC": 3, "KRW-ETH": 3}), "{result}");
     assert_eq!(result["rows_stored"], json!(6), "{result}");
-    assert_eq!(
-        result["failed"]["KRW-NOTACOIN"]["status"],
-        json!(404),
-        "{result}"
-    );
+    assert_eq!(result["failed"]["KRW-NOTACOIN"]["status"], json!(404), "{result}");
     assert_eq!(
         result["failed"]["KRW-NOTACOIN"]["message"],
         json!("Code not found"),
@@ -270,16 +237,10 @@ async fn runtime_api_in_url_form_with_a_path_prefix() {
     // `cargo lambda watch` passes AWS_LAMBDA_RUNTIME_API as http://host:port/prefix.
     let b = Backends::start().await;
     b.init_schema().await;
-    let env = LambdaEnv::start(
-        b.env_config(COLLECTOR)
-            .runtime_api_form(RuntimeApiForm::UrlWithPrefix),
-    )
-    .await
-    .unwrap();
-    let out = env
-        .invoke(json!({"markets": ["KRW-ETH"], "count": 1}))
+    let env = LambdaEnv::start(b.env_config(COLLECTOR).runtime_api_form(RuntimeApiForm::UrlWithPrefix))
         .await
         .unwrap();
+    let out = env.invoke(json!({"markets": ["KRW-ETH"], "count": 1})).await.unwrap();
     result_of(out.ok().unwrap());
     let report = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
     assert!(report

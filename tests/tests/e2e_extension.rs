@@ -13,18 +13,12 @@ use serde_json::json;
 const CORE_APP_NAME: &str = "makenaide-core";
 
 fn cfg(db: &TestDb) -> EnvConfig {
-    EnvConfig::new(format!(
-        "{}/fixtures/fixture-fn",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .extension(EXTENSION)
-    .env("MAKENAIDE_DATABASE_URL", db.url())
-    // Nothing listens there: the extension must still start (Upbit is warmed in the background).
-    .env(
-        "MAKENAIDE_UPBIT_BASE_URL",
-        format!("http://127.0.0.1:{}", free_port()),
-    )
-    .timeout(Duration::from_secs(20))
+    EnvConfig::new(format!("{}/fixtures/fixture-fn", env!("CARGO_MANIFEST_DIR")))
+        .extension(EXTENSION)
+        .env("MAKENAIDE_DATABASE_URL", db.url())
+        // Nothing listens there: the extension must still start (Upbit is warmed in the background).
+        .env("MAKENAIDE_UPBIT_BASE_URL", format!("http://127.0.0.1:{}", free_port()))
+        .timeout(Duration::from_secs(20))
 }
 
 #[tokio::test]
@@ -36,11 +30,7 @@ async fn extension_keeps_its_backend_across_freezes_and_exits_cleanly_on_shutdow
     assert_eq!(ext.name, "makenaide-core");
     assert_eq!(ext.events, vec!["INVOKE", "SHUTDOWN"]);
 
-    let ping = env
-        .core()
-        .wait_ready(true, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let ping = env.core().wait_ready(true, Duration::from_secs(10)).await.unwrap();
     assert_eq!(ping["status"], "ok", "{ping}");
     let pid1 = env.core().backend_pid().await.unwrap();
 
@@ -66,8 +56,7 @@ async fn extension_keeps_its_backend_across_freezes_and_exits_cleanly_on_shutdow
     // The token is required; /ping is not.
     {
         let _thawed = env.thaw();
-        let anonymous =
-            makenaide_tests::lambda_env::CoreClient::new(env.core_port(), "wrong-token");
+        let anonymous = makenaide_tests::lambda_env::CoreClient::new(env.core_port(), "wrong-token");
         let r = anonymous.query_raw("select 1", json!([])).await.unwrap();
         assert_eq!(r.status, 403, "{:?}", r.json());
         assert!(anonymous.ping().await.is_ok());

@@ -17,21 +17,14 @@ fn cfg(function: &str, db: &TestDb) -> EnvConfig {
     EnvConfig::makenaide(function)
         .env("MAKENAIDE_DATABASE_URL", db.url())
         // Nothing listens there: these tests must never need Upbit.
-        .env(
-            "MAKENAIDE_UPBIT_BASE_URL",
-            format!("http://127.0.0.1:{}", free_port()),
-        )
+        .env("MAKENAIDE_UPBIT_BASE_URL", format!("http://127.0.0.1:{}", free_port()))
         .timeout(Duration::from_secs(30))
 }
 
 /// Shuts `env` down and asserts that the extension exited cleanly (exit 0).
 async fn shutdown_cleanly(env: LambdaEnv) {
     let report = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
-    assert!(report
-        .extension(EXTENSION)
-        .unwrap()
-        .exit
-        .is_some_and(|e| e.success()));
+    assert!(report.extension(EXTENSION).unwrap().exit.is_some_and(|e| e.success()));
 }
 
 #[tokio::test]
@@ -75,25 +68,15 @@ async fn data_collector_rejects_invalid_events_with_invalid_event_errors() {
     let bad = [
         (json!({"markets": "KRW-BTC"}), "markets"),
         (json!({"markets": ["krw-btc"]}), "krw-btc"),
-        (
-            json!({"markets": ["KRW-BTC"], "interval": "hours"}),
-            "interval",
-        ),
-        (
-            json!({"markets": ["KRW-BTC"], "interval": "minutes/7"}),
-            "interval",
-        ),
+        (json!({"markets": ["KRW-BTC"], "interval": "hours"}), "interval"),
+        (json!({"markets": ["KRW-BTC"], "interval": "minutes/7"}), "interval"),
         (json!({"markets": ["KRW-BTC"], "count": 0}), "count"),
         (json!({"markets": ["KRW-BTC"], "count": "3"}), "count"),
         (json!([1, 2]), "object"),
     ];
     for (event, needle) in bad {
         let out = env.invoke(event.clone()).await.unwrap();
-        assert_eq!(
-            out.status,
-            InvokeStatus::Error,
-            "{event} was accepted: {out:?}"
-        );
+        assert_eq!(out.status, InvokeStatus::Error, "{event} was accepted: {out:?}");
         assert_eq!(out.error_type(), Some("InvalidEvent"), "{event}: {out:?}");
         let msg = &out.error.as_ref().unwrap().message;
         assert!(
@@ -114,10 +97,7 @@ async fn extension_reports_invalid_configuration_through_init_error() {
             "MAKENAIDE_DATABASE_URL",
             format!("postgres://app:{secret}@127.0.0.1:5432/x?sslmode=bogus"),
         )
-        .env(
-            "MAKENAIDE_UPBIT_BASE_URL",
-            format!("http://127.0.0.1:{}", free_port()),
-        );
+        .env("MAKENAIDE_UPBIT_BASE_URL", format!("http://127.0.0.1:{}", free_port()));
     let err = match LambdaEnv::start(cfg).await {
         Ok(_) => panic!("an invalid sslmode must fail Init"),
         Err(e) => e,
@@ -137,14 +117,8 @@ async fn extension_reports_invalid_configuration_through_init_error() {
         body.contains("sslmode"),
         "the message does not name the bad part: {body}"
     );
-    assert!(
-        !body.contains(secret),
-        "the init error leaks the password: {body}"
-    );
-    assert!(
-        failure.exits.iter().any(|(n, _)| n == EXTENSION),
-        "{failure}"
-    );
+    assert!(!body.contains(secret), "the init error leaks the password: {body}");
+    assert!(failure.exits.iter().any(|(n, _)| n == EXTENSION), "{failure}");
     for l in &failure.logs {
         assert!(
             !l.line.contains(secret),

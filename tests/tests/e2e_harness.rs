@@ -42,10 +42,7 @@ async fn init_invoke_freeze_thaw_and_clean_shutdown() {
         .iter()
         .position(|e| matches!(e.kind, ApiEventKind::RuntimeNext))
         .unwrap();
-    assert!(
-        reg < rt_next,
-        "runtime polled before the extension registered"
-    );
+    assert!(reg < rt_next, "runtime polled before the extension registered");
     assert!(
         env.runtime().spawned_at > events[reg].at,
         "runtime spawned before registration completed"
@@ -97,10 +94,7 @@ async fn init_invoke_freeze_thaw_and_clean_shutdown() {
         .iter()
         .any(|l| l.role == Role::Runtime && l.line.contains("handler=bootstrap")));
 
-    let report = env
-        .shutdown(Duration::from_secs(2))
-        .await
-        .expect("shutdown");
+    let report = env.shutdown(Duration::from_secs(2)).await.expect("shutdown");
     let ext = report.extension("fixture-ext").unwrap();
     assert!(ext.received_shutdown);
     assert_eq!(ext.exit.map(|e| e.code), Some(Some(0)), "{ext:?}");
@@ -110,11 +104,7 @@ async fn init_invoke_freeze_thaw_and_clean_shutdown() {
         .iter()
         .find(|l| l.line.contains("\"SHUTDOWN\""))
         .expect("SHUTDOWN event logged");
-    assert!(
-        shutdown_line.line.contains("SPINDOWN"),
-        "{}",
-        shutdown_line.line
-    );
+    assert!(shutdown_line.line.contains("SPINDOWN"), "{}", shutdown_line.line);
     assert!(
         shutdown_line.line.contains(&report.deadline_ms.to_string()),
         "{}",
@@ -165,10 +155,7 @@ async fn extension_init_error_fails_init_with_its_message() {
     };
     assert_eq!(failure.extension_init_errors.len(), 1, "{failure}");
     let (name, ty, body) = &failure.extension_init_errors[0];
-    assert_eq!(
-        (name.as_str(), ty.as_str()),
-        ("fixture-ext", "Extension.ConfigInvalid")
-    );
+    assert_eq!((name.as_str(), ty.as_str()), ("fixture-ext", "Extension.ConfigInvalid"));
     assert!(body.contains("FIXTURE_X must be set"));
     assert!(
         failure
@@ -224,8 +211,7 @@ async fn managed_instances_refuse_invoke_registration_and_never_freeze() {
         .err()
         .expect("INVOKE registration must be refused");
     assert!(
-        err.to_string().contains("Extension.InvalidEventType")
-            || err.to_string().contains("INVOKE"),
+        err.to_string().contains("Extension.InvalidEventType") || err.to_string().contains("INVOKE"),
         "{err}"
     );
 

@@ -14,16 +14,9 @@ async fn test_db_is_created_isolated_and_dropped() {
         .batch_execute("create table t (x int); insert into t values (1), (2)")
         .await
         .unwrap();
-    let n: i64 = client
-        .query_one("select count(*) from t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = client.query_one("select count(*) from t", &[]).await.unwrap().get(0);
     assert_eq!(n, 2);
-    client
-        .batch_execute("set application_name = 'probe'")
-        .await
-        .unwrap();
+    client.batch_execute("set application_name = 'probe'").await.unwrap();
     let sessions = db.sessions(Some("probe")).await.unwrap();
     assert_eq!(sessions.len(), 1);
     assert_eq!(db.terminate_sessions(Some("probe")).await.unwrap(), 1);
@@ -54,18 +47,17 @@ async fn throwaway_cluster_with_scram_and_tls() {
     cluster.create_database("app").await.unwrap();
 
     // SCRAM: the right password works, a wrong one does not.
-    let ok = pg::connect(&cluster.url("app", Some("disable")))
-        .await
-        .unwrap();
+    let ok = pg::connect(&cluster.url("app", Some("disable"))).await.unwrap();
     let method: String = ok
-        .query_one("select coalesce((select auth_method from pg_hba_file_rules where type = 'host' limit 1), '')", &[])
+        .query_one(
+            "select coalesce((select auth_method from pg_hba_file_rules where type = 'host' limit 1), '')",
+            &[],
+        )
         .await
         .map(|r| r.get(0))
         .unwrap_or_default();
     assert!(method.is_empty() || method == "scram-sha-256", "{method}");
-    let bad = cluster
-        .url("app", Some("disable"))
-        .replace("s3cret-pw", "wrong");
+    let bad = cluster.url("app", Some("disable")).replace("s3cret-pw", "wrong");
     assert!(pg::connect(&bad).await.is_err());
 
     // TLS with full verification against the generated CA.
@@ -76,27 +68,16 @@ async fn throwaway_cluster_with_scram_and_tls() {
             cluster.port(),
             ca.display()
         ))
-        .args([
-            "-tAc",
-            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
-        ])
+        .args(["-tAc", "select ssl from pg_stat_ssl where pid = pg_backend_pid()"])
         .env("PGPASSWORD", "s3cret-pw")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
 
     // Stop and start again: refused while down, fine afterwards.
     cluster.stop(false).await.unwrap();
-    assert!(pg::connect(&cluster.url("app", Some("disable")))
-        .await
-        .is_err());
+    assert!(pg::connect(&cluster.url("app", Some("disable"))).await.is_err());
     cluster.start_again().await.unwrap();
-    assert!(pg::connect(&cluster.url("app", Some("disable")))
-        .await
-        .is_ok());
+    assert!(pg::connect(&cluster.url("app", Some("disable"))).await.is_ok());
 }

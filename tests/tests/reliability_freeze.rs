@@ -28,9 +28,7 @@ const DIRECT_SAMPLES: usize = 20;
 fn port_of(url: &str) -> u16 {
     let after_at = url.split_once('@').unwrap().1;
     let host_port = after_at.split('/').next().unwrap();
-    host_port
-        .rsplit_once(':')
-        .map_or(5432, |(_, p)| p.parse().unwrap())
+    host_port.rsplit_once(':').map_or(5432, |(_, p)| p.parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,23 +120,16 @@ async fn invocation_succeeds_after_every_connection_died_during_a_freeze_100_tim
         assert!(env.is_frozen(), "cycle {cycle}: not frozen");
         let t = Instant::now();
         let n = db.terminate_sessions(Some(CORE_APP_NAME)).await.unwrap();
-        assert!(
-            n >= 1,
-            "cycle {cycle}: no pooled backend of the extension to terminate"
-        );
+        assert!(n >= 1, "cycle {cycle}: no pooled backend of the extension to terminate");
         backends_killed += n;
         let left = db
             .wait_no_sessions(Some(CORE_APP_NAME), Duration::from_secs(10))
             .await
             .unwrap();
-        assert!(
-            left.is_empty(),
-            "cycle {cycle}: backends survived: {left:?}"
-        );
+        assert!(left.is_empty(), "cycle {cycle}: backends survived: {left:?}");
         sim.close_connections(false);
         assert!(
-            sim.wait_for(Duration::from_secs(10), |s| s.connections_open == 0)
-                .await,
+            sim.wait_for(Duration::from_secs(10), |s| s.connections_open == 0).await,
             "cycle {cycle}: Upbit connections still open"
         );
         kill_wait.push(t.elapsed());
@@ -148,18 +139,12 @@ async fn invocation_succeeds_after_every_connection_died_during_a_freeze_100_tim
     }
     let kill_traffic = proxy.stats().since(&before);
     let upbit_reconnects = sim.stats().connections_accepted - upbit_before;
-    let logs: Vec<String> = env.logs()[log_mark..]
-        .iter()
-        .map(|l| l.line.clone())
-        .collect();
+    let logs: Vec<String> = env.logs()[log_mark..].iter().map(|l| l.line.clone()).collect();
     let at_checkout = logs
         .iter()
         .filter(|l| l.contains("stale postgres connection discarded at checkout"))
         .count();
-    let by_retry = logs
-        .iter()
-        .filter(|l| l.contains("retrying on a fresh one"))
-        .count();
+    let by_retry = logs.iter().filter(|l| l.contains("retrying on a fresh one")).count();
     assert!(
         kill_traffic.connections >= KILL_CYCLES as u64,
         "fewer new PostgreSQL connections than cycles: {kill_traffic:?}"

@@ -103,12 +103,7 @@ impl Api {
 }
 
 fn assert_error(r: &Reply, status: u16, code: &str, what: &str) {
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (status, code),
-        "{what}: {}",
-        r.text()
-    );
+    assert_eq!((r.status, r.code().as_str()), (status, code), "{what}: {}", r.text());
     assert_eq!(
         r.headers.get("x-makenaide-source").map(|v| v.to_str().unwrap()),
         Some("core"),
@@ -129,9 +124,7 @@ async fn raw(port: u16, bytes: &[u8]) -> String {
                 out.extend_from_slice(&buf[..n]);
                 if out.windows(4).any(|w| w == b"\r\n\r\n") && !out.starts_with(b"HTTP/1.1 100") {
                     // Headers complete; read the rest of a short body if any arrives promptly.
-                    if let Ok(Ok(n)) =
-                        tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
-                    {
+                    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
                         out.extend_from_slice(&buf[..n]);
                     }
                     break;
@@ -163,7 +156,12 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
     ] {
         for path in ["/db/query", "/db/transaction"] {
             let r = api.post(path, body.to_vec()).await;
-            assert_error(&r, 400, "invalid_json", &format!("{path} {:?}", String::from_utf8_lossy(&body[..body.len().min(30)])));
+            assert_error(
+                &r,
+                400,
+                "invalid_json",
+                &format!("{path} {:?}", String::from_utf8_lossy(&body[..body.len().min(30)])),
+            );
         }
     }
     // --- wrong shapes and types (the message names the field) ---
@@ -179,17 +177,29 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         ("/db/query", json!({"sql": "select 1", "timeout_ms": "5"}), "timeout_ms"),
         ("/db/query", json!({"sql": "select 1", "timeout_ms": -1}), "timeout_ms"),
         ("/db/query", json!({"sql": "select 1", "timeout_ms": 1.5}), "timeout_ms"),
-        ("/db/query", json!({"sql": "select 1", "timeout_ms": 1e300}), "timeout_ms"),
+        (
+            "/db/query",
+            json!({"sql": "select 1", "timeout_ms": 1e300}),
+            "timeout_ms",
+        ),
         ("/db/query", json!({"sql": "select 1", "parms": []}), "parms"),
         ("/db/transaction", json!({"statements": {}}), "statements"),
         ("/db/transaction", json!({"statements": []}), "statements"),
         ("/db/transaction", json!({"statements": [1]}), "statements[0]"),
-        ("/db/transaction", json!({"statements": [{"sql": "select 1"}, {"sql": null}]}), "statements[1].sql"),
+        (
+            "/db/transaction",
+            json!({"statements": [{"sql": "select 1"}, {"sql": null}]}),
+            "statements[1].sql",
+        ),
         ("/db/transaction", json!({"sql": "select 1"}), "sql"),
     ] {
         let r = api.post(path, body.to_string()).await;
         assert_error(&r, 400, "invalid_request", &format!("{path} {body}"));
-        assert!(r.message().contains(field), "{path} {body}: message should name {field}: {}", r.text());
+        assert!(
+            r.message().contains(field),
+            "{path} {body}: message should name {field}: {}",
+            r.text()
+        );
     }
     // --- parameters that cannot be bound to the inferred type ---
     for (sql, params, needle) in [
@@ -221,7 +231,10 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
     let head = post_chunked(env.core_port(), &api.token, "/db/transaction", DEFAULT_MAX_BODY + 1).await;
     assert!(head.starts_with("HTTP/1.1 413"), "6 MiB + 1 chunked: {head:?}");
     let r = api
-        .query(&format!("select '{}' as x", "y".repeat(DEFAULT_MAX_BODY - 100)), json!([]))
+        .query(
+            &format!("select '{}' as x", "y".repeat(DEFAULT_MAX_BODY - 100)),
+            json!([]),
+        )
         .await;
     assert_eq!(r.status, 200, "a body just under the limit is served");
 
@@ -266,10 +279,18 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
     // --- invalid SQL: PostgreSQL's message and SQLSTATE ---
     for (sql, sqlstate, needle) in [
         ("selec 1", "42601", "syntax error at or near \"selec\""),
-        ("select * from no_such_table", "42P01", "relation \"no_such_table\" does not exist"),
+        (
+            "select * from no_such_table",
+            "42P01",
+            "relation \"no_such_table\" does not exist",
+        ),
         ("select 1/0", "22012", "division by zero"),
         ("select nope from ohlcv", "42703", "column \"nope\" does not exist"),
-        ("select 1; drop table ohlcv", "42601", "cannot insert multiple commands into a prepared statement"),
+        (
+            "select 1; drop table ohlcv",
+            "42601",
+            "cannot insert multiple commands into a prepared statement",
+        ),
     ] {
         let r = api.query(sql, json!([])).await;
         assert_error(&r, 400, "sql_error", sql);
@@ -292,8 +313,18 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
     assert_error(&r, 400, "sql_error", "duplicate key");
     assert_eq!(r.json()["error"]["sqlstate"], json!("23505"));
     assert_eq!(r.json()["error"]["statement_index"], json!(1));
-    let r = api.query("select count(*) as n from markets where market = 'KRW-TXTEST'", json!([])).await;
-    assert_eq!(r.json()["rows"], json!([[0]]), "statement 0 was not rolled back: {}", r.text());
+    let r = api
+        .query(
+            "select count(*) as n from markets where market = 'KRW-TXTEST'",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        r.json()["rows"],
+        json!([[0]]),
+        "statement 0 was not rolled back: {}",
+        r.text()
+    );
 
     // --- injection attempts through parameters: bound, stored literally, harmless ---
     let hostile = [
@@ -323,10 +354,17 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         assert_eq!(r.json()["rows"], json!([[1]]), "{evil}: {}", r.text());
     }
     let r = api.query("select $1::text", json!(["a\u{0}b"])).await;
-    assert!(r.status == 400 && ["invalid_param", "sql_error"].contains(&r.code().as_str()), "NUL: {}", r.text());
+    assert!(
+        r.status == 400 && ["invalid_param", "sql_error"].contains(&r.code().as_str()),
+        "NUL: {}",
+        r.text()
+    );
     let r = api
-        .query("select to_regclass('ohlcv') is not null as a, to_regclass('markets') is not null as b, \
-                (select count(*) from ohlcv) as n", json!([]))
+        .query(
+            "select to_regclass('ohlcv') is not null as a, to_regclass('markets') is not null as b, \
+                (select count(*) from ohlcv) as n",
+            json!([]),
+        )
         .await;
     assert_eq!(r.json()["rows"], json!([[true, true, hostile.len()]]), "{}", r.text());
 
@@ -337,10 +375,18 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
     assert_eq!(r.headers["x-makenaide-source"], "upbit");
     assert!(r.headers.contains_key("remaining-req"));
     for (path, status, needle) in [
-        ("/v1/ticker?markets=KRW-BTC%27%3B%20drop%20table%20ohlcv%3B--", 404, "Code not found"),
+        (
+            "/v1/ticker?markets=KRW-BTC%27%3B%20drop%20table%20ohlcv%3B--",
+            404,
+            "Code not found",
+        ),
         ("/v1/candles/days?market=KRW-BTC&count=abc", 400, ""),
         ("/v1/candles/days", 400, ""),
-        ("/v1/candles/minutes/7?market=KRW-BTC", 400, "specified unit is not valid"),
+        (
+            "/v1/candles/minutes/7?market=KRW-BTC",
+            400,
+            "specified unit is not valid",
+        ),
         ("/v1/orderbook?markets=", 0, ""),
     ] {
         let r = api.get(path).await;
@@ -349,7 +395,11 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         }
         assert!((400..500).contains(&r.status), "{path}: {}", r.text());
         assert_eq!(r.headers["x-makenaide-source"], "upbit", "{path}");
-        assert!(r.json()["error"]["message"].as_str().unwrap_or("").contains(needle), "{path}: {}", r.text());
+        assert!(
+            r.json()["error"]["message"].as_str().unwrap_or("").contains(needle),
+            "{path}: {}",
+            r.text()
+        );
     }
 
     // --- headers: deadline and token values that are not what they should be ---
@@ -408,10 +458,7 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
     // --- still healthy: /ping, a query, a real invocation; no panic in any log ---
     let ping = env.core().ping().await.unwrap();
     assert_eq!(ping["db"], "ready", "{ping}");
-    let out = env
-        .invoke(json!({"markets": ["KRW-BTC"], "count": 2}))
-        .await
-        .unwrap();
+    let out = env.invoke(json!({"markets": ["KRW-BTC"], "count": 2})).await.unwrap();
     assert_eq!(result_of(out.ok().unwrap())["stored"], json!({"KRW-BTC": 2}));
 
     // --- hostile function events: InvalidEvent, nothing sent to Upbit ---
@@ -439,7 +486,11 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         let out = env.invoke(ev.clone()).await.unwrap();
         assert_eq!(out.error_type(), Some("InvalidEvent"), "{ev}: {:?}", out.ok());
     }
-    assert_eq!(b.upbit.sim().stats().requests_total, upstream_before, "an invalid event reached Upbit");
+    assert_eq!(
+        b.upbit.sim().stats().requests_total,
+        upstream_before,
+        "an invalid event reached Upbit"
+    );
 
     let report_ = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
     let core = report_.extension("makenaide-core").unwrap();
@@ -447,7 +498,9 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
     for l in &report_.logs {
         assert!(!l.line.contains("panicked"), "{}: {}", l.process, l.line);
     }
-    report::record(SECTION, &format!(
+    report::record(
+        SECTION,
+        &format!(
         "- {} hostile HTTP requests (malformed JSON incl. 100k-deep nesting, wrong types, unbindable params, 6 MiB+1 \
          bodies declared and chunked, unknown routes incl. Upbit exchange paths and traversal, wrong methods, invalid \
          SQL, 7 injection strings, bad market codes, bad deadline headers) + {} raw-protocol garbage connections + {} \
@@ -455,7 +508,8 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
          line); SQL errors carry PostgreSQL's message and SQLSTATE (42601, 42P01, 22012, 42703, 23505); injection \
          strings stored literally, tables intact; Upbit 404 `Code not found` passed through unchanged",
         api.sent, raw_sent, events
-    ));
+    ),
+    );
 }
 
 /// POSTs `len` bytes chunked (no Content-Length) on a raw connection, writing while reading, and returns the
@@ -463,9 +517,8 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
 async fn post_chunked(port: u16, token: &str, path: &str, len: usize) -> String {
     let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nX-Makenaide-Token: {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
-    );
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nX-Makenaide-Token: {token}\r\nTransfer-Encoding: chunked\r\n\r\n");
     let writer = tokio::spawn(async move {
         wr.write_all(head.as_bytes()).await?;
         let chunk = vec![b' '; 65536];

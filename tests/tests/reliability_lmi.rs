@@ -80,11 +80,7 @@ async fn managed_instances_register_shutdown_only_and_serve_64_concurrent_reques
                     .await
                     .unwrap();
                 assert_eq!(r.status, 200, "request {i}: {:?}", r.json());
-                assert_eq!(
-                    r.json(),
-                    expected[i / 2],
-                    "request {i} ({market}): wrong candles"
-                );
+                assert_eq!(r.json(), expected[i / 2], "request {i} ({market}): wrong candles");
             }
             t.elapsed()
         });
@@ -108,10 +104,7 @@ async fn managed_instances_register_shutdown_only_and_serve_64_concurrent_reques
         let out = env.wait_invoke(p).await.unwrap();
         let result = result_of(out.ok().unwrap_or_else(|e| panic!("invocation {i}: {e}"))).clone();
         assert_eq!(result["rows_stored"], json!(2), "invocation {i}: {result}");
-        assert!(
-            !out.frozen,
-            "invocation {i}: frozen under Managed Instances"
-        );
+        assert!(!out.frozen, "invocation {i}: frozen under Managed Instances");
         invoke_times.push(out.duration);
     }
 
@@ -126,18 +119,12 @@ async fn managed_instances_register_shutdown_only_and_serve_64_concurrent_reques
         .iter()
         .filter(|e| matches!(&e.kind, ApiEventKind::ExtensionEvent { event_type, .. } if event_type == "INVOKE"))
         .count();
-    assert_eq!(
-        invokes_to_extension, 0,
-        "the extension received INVOKE events"
-    );
+    assert_eq!(invokes_to_extension, 0, "the extension received INVOKE events");
 
     let sd = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
     let ext = sd.extension(EXTENSION).unwrap();
     assert!(ext.received_shutdown, "{ext:?}");
-    assert!(
-        ext.exit.is_some_and(|e| e.success()) && !ext.killed,
-        "{ext:?}"
-    );
+    assert!(ext.exit.is_some_and(|e| e.success()) && !ext.killed, "{ext:?}");
 
     report(
         STEM,

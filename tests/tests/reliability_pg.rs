@@ -24,9 +24,7 @@ fn assert_db_unavailable(status: u16, body: &Value, elapsed: Duration, what: &st
     assert_eq!(status, 503, "{what}: {body}");
     assert_eq!(body["error"]["code"], "db_unavailable", "{what}: {body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{what}: no message: {body}"
     );
     assert!(
@@ -76,10 +74,7 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
         }
         let ping = core.ping().await.unwrap();
         assert_eq!(ping["status"], "ok", "{ping}");
-        assert!(
-            !ext.has_exited(),
-            "the extension exited when the database died"
-        );
+        assert!(!ext.has_exited(), "the extension exited when the database died");
         (took, ping)
     };
     assert_eq!(ping_down["db"], "unavailable", "{ping_down}");
@@ -94,10 +89,7 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
         .unwrap_or_else(|| panic!("invoke succeeded with the DB down: {:?}", out.response));
     assert_eq!(err.error_type, "DatabaseError", "{err:?}");
     assert!(err.message.contains("db_unavailable"), "{err:?}");
-    assert!(
-        fn_503 <= CONNECT_TIMEOUT + MARGIN,
-        "function error took {fn_503:?}"
-    );
+    assert!(fn_503 <= CONNECT_TIMEOUT + MARGIN, "function error took {fn_503:?}");
     figures.push(format!(
         "function error while down: `{}`: {}",
         err.error_type, err.message
@@ -108,11 +100,7 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
     let first_back = {
         let _thawed = env.thaw();
         let t = Instant::now();
-        let v = env
-            .core()
-            .query("select 1 as one", json!([]))
-            .await
-            .unwrap();
+        let v = env.core().query("select 1 as one", json!([])).await.unwrap();
         assert_eq!(v["rows"], json!([[1]]));
         t.elapsed()
     };
@@ -126,15 +114,9 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
         let t = Instant::now();
         let out = env.invoke(event.clone()).await.unwrap();
         let fn_took = t.elapsed();
-        let err = out
-            .error
-            .clone()
-            .expect("invoke succeeded with the DB stopped");
+        let err = out.error.clone().expect("invoke succeeded with the DB stopped");
         assert_eq!(err.error_type, "DatabaseError", "{err:?}");
-        assert!(
-            fn_took <= CONNECT_TIMEOUT + MARGIN,
-            "function error took {fn_took:?}"
-        );
+        assert!(fn_took <= CONNECT_TIMEOUT + MARGIN, "function error took {fn_took:?}");
         let _thawed = env.thaw();
         let t = Instant::now();
         let r = env.core().query_raw("select 1", json!([])).await.unwrap();
@@ -153,10 +135,7 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
         assert!(env.is_frozen());
         cluster.restart().await.unwrap();
         let out = env.invoke(event.clone()).await.unwrap();
-        let result = result_of(
-            out.ok()
-                .unwrap_or_else(|e| panic!("after restart {round}: {e}")),
-        );
+        let result = result_of(out.ok().unwrap_or_else(|e| panic!("after restart {round}: {e}")));
         assert_eq!(result["stored"], json!({"KRW-ETH": 2}), "{result}");
         restart_invokes.push(out.duration);
     }
@@ -172,10 +151,7 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
     );
     let sd = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
     let core = sd.extension(EXTENSION).unwrap();
-    assert!(
-        core.exit.is_some_and(|e| e.success()) && !core.killed,
-        "{core:?}"
-    );
+    assert!(core.exit.is_some_and(|e| e.success()) && !core.killed, "{core:?}");
 
     figures.splice(
         0..0,
@@ -237,10 +213,7 @@ async fn a_hung_server_is_bounded_by_the_connect_timeout() {
         // The contract: a down database answers 503 within the connect timeout (plus scheduling noise), also
         // when a pooled connection has to be found dead first.
         assert!(d <= CONNECT_TIMEOUT + MARGIN, "{what}: {d:?}");
-        let msg = r.json()["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let msg = r.json()["error"]["message"].as_str().unwrap_or_default().to_string();
         assert!(
             msg.contains("unreachable"),
             "{what}: the message does not say the database is unreachable: {msg}"
@@ -256,11 +229,7 @@ async fn a_hung_server_is_bounded_by_the_connect_timeout() {
     .expect("no recovery after the server resumed");
     assert_eq!(v["rows"], json!([[1]]));
     let sd = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
-    assert!(sd
-        .extension(EXTENSION)
-        .unwrap()
-        .exit
-        .is_some_and(|e| e.success()));
+    assert!(sd.extension(EXTENSION).unwrap().exit.is_some_and(|e| e.success()));
 
     report(
         STEM,
@@ -310,10 +279,7 @@ impl Hung {
     fn stop(pids: Vec<i32>) -> Self {
         assert!(!pids.is_empty());
         for p in &pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*p),
-                nix::sys::signal::Signal::SIGSTOP,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGSTOP);
         }
         Self(pids)
     }
@@ -322,10 +288,7 @@ impl Hung {
 impl Drop for Hung {
     fn drop(&mut self) {
         for p in &self.0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*p),
-                nix::sys::signal::Signal::SIGCONT,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGCONT);
         }
     }
 }

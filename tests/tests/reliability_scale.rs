@@ -29,9 +29,7 @@ const MARKETS_PER_ENV: usize = 2;
 
 fn port_of(url: &str) -> u16 {
     let host_port = url.split_once('@').unwrap().1.split('/').next().unwrap();
-    host_port
-        .rsplit_once(':')
-        .map_or(5432, |(_, p)| p.parse().unwrap())
+    host_port.rsplit_once(':').map_or(5432, |(_, p)| p.parse().unwrap())
 }
 
 /// Starts `n` environments, a few at a time (Init has a 10 s limit; 2 cores).
@@ -45,9 +43,7 @@ async fn start_envs(cfgs: Vec<makenaide_tests::lambda_env::EnvConfig>) -> Vec<Ar
         let mut started: Vec<_> = set.join_all().await;
         started.sort_by_key(|(i, _)| *i);
         for (_, e) in started {
-            envs.push(Arc::new(
-                e.unwrap_or_else(|e| panic!("environment did not start: {e}")),
-            ));
+            envs.push(Arc::new(e.unwrap_or_else(|e| panic!("environment did not start: {e}"))));
         }
     }
     envs
@@ -58,10 +54,7 @@ async fn shutdown_all(envs: Vec<Arc<LambdaEnv>>) {
         let env = Arc::try_unwrap(env).ok().expect("environment still shared");
         let sd = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
         let core = sd.extension(EXTENSION).unwrap();
-        assert!(
-            core.exit.is_some_and(|e| e.success()) && !core.killed,
-            "{core:?}"
-        );
+        assert!(core.exit.is_some_and(|e| e.success()) && !core.killed, "{core:?}");
     }
 }
 
@@ -93,8 +86,7 @@ async fn sixteen_environments_through_pgbouncer_transaction_pooling() {
     assert!(krw.len() >= ENVS * MARKETS_PER_ENV);
     let mut cfgs = Vec::new();
     for _ in 0..ENVS {
-        let mut cfg = env_config(COLLECTOR, &url, &sim.base_url())
-            .env("MAKENAIDE_UPBIT_RATE_PER_SEC", "1000");
+        let mut cfg = env_config(COLLECTOR, &url, &sim.base_url()).env("MAKENAIDE_UPBIT_RATE_PER_SEC", "1000");
         if cache_off {
             cfg = cfg.env("MAKENAIDE_DB_STATEMENT_CACHE", "false");
         }
@@ -130,11 +122,7 @@ async fn sixteen_environments_through_pgbouncer_transaction_pooling() {
                 "round {round}, environment {i}: {result}"
             );
             for n in result["stored"].as_object().unwrap().values() {
-                assert_eq!(
-                    n.as_u64(),
-                    Some(3 + round as u64),
-                    "round {round}, env {i}: {result}"
-                );
+                assert_eq!(n.as_u64(), Some(3 + round as u64), "round {round}, env {i}: {result}");
             }
             rows_last_round += result["rows_stored"].as_i64().unwrap();
             durations.push(out.duration);
@@ -143,17 +131,10 @@ async fn sixteen_environments_through_pgbouncer_transaction_pooling() {
 
     // Every row stored: the table holds exactly the candles Upbit served (keys), and the last round's count.
     let check = db.connect().await.unwrap();
-    let stored: i64 = check
-        .query_one("select count(*) from ohlcv", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let stored: i64 = check.query_one("select count(*) from ohlcv", &[]).await.unwrap().get(0);
     let served = sim.served_latest().len() as i64;
     assert_eq!(stored, served, "rows stored vs candles served");
-    assert_eq!(
-        stored, rows_last_round,
-        "rows stored vs the last round's rows_stored"
-    );
+    assert_eq!(stored, rows_last_round, "rows stored vs the last round's rows_stored");
 
     // Fewer server connections than clients.
     let clients = pgb.admin("SHOW CLIENTS").await;
@@ -175,10 +156,7 @@ async fn sixteen_environments_through_pgbouncer_transaction_pooling() {
     for env in &envs {
         ps_errors.extend(prepared_statement_errors(env));
     }
-    assert!(
-        ps_errors.is_empty(),
-        "prepared-statement errors: {ps_errors:#?}"
-    );
+    assert!(ps_errors.is_empty(), "prepared-statement errors: {ps_errors:#?}");
     let pgb_log = pgb.log();
     assert!(
         !pgb_log.to_ascii_lowercase().contains("prepared statement"),
@@ -235,10 +213,9 @@ async fn statement_cache_behind_old_pgbouncer_fails_clearly() {
     let dead_upbit = dead_upbit();
     let mut envs = Vec::new();
     for _ in 0..2 {
-        let env =
-            LambdaEnv::start(env_config(COLLECTOR, &pgb.url(db.name()), &dead_upbit).freeze(false))
-                .await
-                .unwrap();
+        let env = LambdaEnv::start(env_config(COLLECTOR, &pgb.url(db.name()), &dead_upbit).freeze(false))
+            .await
+            .unwrap();
         ready_core(&env).await;
         envs.push(Arc::new(env));
     }

@@ -23,13 +23,20 @@ const SECTION: &str = "reliability_security";
 
 fn http() -> reqwest::Client {
     CoreClient::new(1, ""); // installs the process-wide crypto provider reqwest needs here
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
     let r = req.send().await.unwrap();
     let status = r.status().as_u16();
-    (status, serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null),
+    )
 }
 
 fn code(v: &Value) -> &str {
@@ -84,7 +91,9 @@ fn other_local_addresses() -> Vec<IpAddr> {
 fn listeners_on(port: u16) -> Vec<String> {
     let mut out = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() > 3 && f[3] == "0A" {
@@ -134,15 +143,24 @@ async fn token_loopback_only_and_forwarded_requests() {
         assert_eq!((s, code(&v)), (401, "missing_token"), "{method} {path}");
         checks += 1;
         for w in &wrong {
-            let (s, v) =
-                call(c.request(method.clone(), format!("{base}{path}")).header("X-Makenaide-Token", w).body(body)).await;
+            let (s, v) = call(
+                c.request(method.clone(), format!("{base}{path}"))
+                    .header("X-Makenaide-Token", w)
+                    .body(body),
+            )
+            .await;
             assert_eq!((s, code(&v)), (403, "invalid_token"), "{method} {path} token {w:?}");
             checks += 1;
         }
     }
     let upstream = b.upbit.sim().stats().group("ticker") + b.upbit.sim().stats().group("candles");
     assert_eq!(upstream, 0, "an unauthenticated request reached Upbit");
-    let (s, _) = call(c.post(format!("{base}/db/query")).header("X-Makenaide-Token", &token).body(r#"{"sql":"select 1"}"#)).await;
+    let (s, _) = call(
+        c.post(format!("{base}/db/query"))
+            .header("X-Makenaide-Token", &token)
+            .body(r#"{"sql":"select 1"}"#),
+    )
+    .await;
     assert_eq!(s, 200);
 
     // X-Forwarded-For is refused everywhere, with or without a token, whatever its spelling or value.
@@ -163,7 +181,11 @@ async fn token_loopback_only_and_forwarded_requests() {
                     .body(r#"{"sql":"select 1"}"#),
             )
             .await;
-            assert_eq!((s, code(&v)), (400, "forwarded_request"), "{name}: {value:?} on {method} {path}");
+            assert_eq!(
+                (s, code(&v)),
+                (400, "forwarded_request"),
+                "{name}: {value:?} on {method} {path}"
+            );
             checks += 1;
         }
     }
@@ -187,15 +209,24 @@ async fn token_loopback_only_and_forwarded_requests() {
             Err(_) => refused.push(format!("{ip} (timeout)")),
         }
     }
-    assert!(others.iter().any(|ip| !ip.is_loopback()) || others.len() == 2, "{others:?}");
-    report::record(SECTION, &format!(
-        "- token: {checks} requests without/with a wrong token (6 variants) or with X-Forwarded-For on 5 routes: \
+    assert!(
+        others.iter().any(|ip| !ip.is_loopback()) || others.len() == 2,
+        "{others:?}"
+    );
+    report::record(
+        SECTION,
+        &format!(
+            "- token: {checks} requests without/with a wrong token (6 variants) or with X-Forwarded-For on 5 routes: \
          401 missing_token / 403 invalid_token / 400 forwarded_request every time, /ping open, nothing reached Upbit"
-    ));
-    report::record(SECTION, &format!(
-        "- listening sockets on the port: {listeners:?} (127.0.0.1 only); connect refused on {}",
-        refused.join(", ")
-    ));
+        ),
+    );
+    report::record(
+        SECTION,
+        &format!(
+            "- listening sockets on the port: {listeners:?} (127.0.0.1 only); connect refused on {}",
+            refused.join(", ")
+        ),
+    );
     env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
 }
 
@@ -206,7 +237,10 @@ async fn ping_on_new_connection(port: u16) -> (TcpStream, u16) {
     let mut buf = vec![0u8; 2048];
     let mut got = Vec::new();
     while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed without a reply: {:?}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..n]);
     }
@@ -218,7 +252,11 @@ async fn ping_on_new_connection(port: u16) -> (TcpStream, u16) {
         if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await {
             rest.extend_from_slice(&buf[..n]);
         }
-        assert!(String::from_utf8_lossy(&rest).contains("too_many_connections"), "{}", String::from_utf8_lossy(&rest));
+        assert!(
+            String::from_utf8_lossy(&rest).contains("too_many_connections"),
+            "{}",
+            String::from_utf8_lossy(&rest)
+        );
     }
     (conn, status)
 }
@@ -230,9 +268,12 @@ async fn connection_cap_answers_429() {
     const CAP: usize = 4;
     let b = Backends::start().await;
     b.init_schema().await;
-    let env = LambdaEnv::start(b.env_config(COLLECTOR).env("MAKENAIDE_MAX_CONNECTIONS", CAP.to_string()))
-        .await
-        .unwrap();
+    let env = LambdaEnv::start(
+        b.env_config(COLLECTOR)
+            .env("MAKENAIDE_MAX_CONNECTIONS", CAP.to_string()),
+    )
+    .await
+    .unwrap();
     let port = env.core_port();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut held = Vec::new();
@@ -244,7 +285,11 @@ async fn connection_cap_answers_429() {
         match status {
             200 => held.push(conn),
             429 => {
-                assert!(tokio::time::Instant::now() < deadline, "cap reached with only {} held", held.len());
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cap reached with only {} held",
+                    held.len()
+                );
                 tokio::task::yield_now().await;
             }
             s => panic!("unexpected status {s}"),
@@ -268,17 +313,23 @@ async fn connection_cap_answers_429() {
         if status == 200 {
             break conn;
         }
-        assert!(tokio::time::Instant::now() < deadline, "a freed slot never became usable");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a freed slot never became usable"
+        );
         tokio::task::yield_now().await;
     };
     drop(freed);
     drop(held);
     let out = env.invoke(json!({"markets": ["KRW-BTC"], "count": 1})).await.unwrap();
     result_of(out.ok().unwrap());
-    report::record(SECTION, &format!(
-        "- connection cap MAKENAIDE_MAX_CONNECTIONS={CAP}: {CAP} held connections served, {refused} over the cap \
+    report::record(
+        SECTION,
+        &format!(
+            "- connection cap MAKENAIDE_MAX_CONNECTIONS={CAP}: {CAP} held connections served, {refused} over the cap \
          answered 429 too_many_connections, a freed slot served again, the function still works"
-    ));
+        ),
+    );
     env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
 }
 
@@ -289,9 +340,12 @@ async fn connection_cap_answers_429() {
 async fn no_secret_in_any_log_line_of_a_debug_run() {
     let password = format!("pw-{}", random_hex(16));
     let token = format!("tok-{}", random_hex(24));
-    let cluster = PgCluster::start(ClusterOptions { password: Some(password.clone()), ..Default::default() })
-        .await
-        .unwrap();
+    let cluster = PgCluster::start(ClusterOptions {
+        password: Some(password.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     cluster.create_database("makenaide").await.unwrap();
     let upbit = Upbit::start().await;
     let env = LambdaEnv::start(
@@ -328,7 +382,10 @@ async fn no_secret_in_any_log_line_of_a_debug_run() {
         replies.push(r.body);
     }
     let out = env.invoke(json!({})).await.unwrap();
-    assert!(out.error_type().is_some(), "the orchestrator should fail with the database down");
+    assert!(
+        out.error_type().is_some(),
+        "the orchestrator should fail with the database down"
+    );
     let shutdown = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
 
     let logs = &shutdown.logs;
@@ -337,24 +394,34 @@ async fn no_secret_in_any_log_line_of_a_debug_run() {
     assert!(debug_lines > 0, "no debug line: the run was not at debug level");
     let encoded_pw: String = password.bytes().map(|b| format!("%{b:02X}")).collect();
     for l in logs {
-        for (what, secret) in [("database password", password.as_str()), ("token", token.as_str()), ("encoded password", encoded_pw.as_str())] {
+        for (what, secret) in [
+            ("database password", password.as_str()),
+            ("token", token.as_str()),
+            ("encoded password", encoded_pw.as_str()),
+        ] {
             assert!(!l.line.contains(secret), "{} logged the {what}: {}", l.process, l.line);
         }
     }
     for body in &replies {
         let text = String::from_utf8_lossy(body);
-        assert!(!text.contains(&password) && !text.contains(&token), "a reply leaks a secret: {text}");
+        assert!(
+            !text.contains(&password) && !text.contains(&token),
+            "a reply leaks a secret: {text}"
+        );
     }
-    report::record(SECTION, &format!(
-        "- secrets: full orchestrator run + error paths (wrong token, SQL error, Upbit 404, database stopped) at \
+    report::record(
+        SECTION,
+        &format!(
+            "- secrets: full orchestrator run + error paths (wrong token, SQL error, Upbit 404, database stopped) at \
          RUST_LOG=debug / AWS_LAMBDA_LOG_LEVEL=debug against a SCRAM-SHA-256 cluster: {} log lines ({} extension, {} \
          function, {} at DEBUG) and {} replies grepped: password 0 hits, token 0 hits",
-        logs.len(),
-        by_process("makenaide-core"),
-        logs.len() - by_process("makenaide-core"),
-        debug_lines,
-        replies.len()
-    ));
+            logs.len(),
+            by_process("makenaide-core"),
+            logs.len() - by_process("makenaide-core"),
+            debug_lines,
+            replies.len()
+        ),
+    );
 }
 
 /// `MAKENAIDE_DB_READ_ONLY=true`: every write is 403 `read_only` (SQLSTATE 25006), reads work, and no statement
@@ -364,9 +431,13 @@ async fn no_secret_in_any_log_line_of_a_debug_run() {
 async fn read_only_switch_refuses_every_write() {
     let b = Backends::start().await;
     b.init_schema().await;
-    let env = LambdaEnv::start(b.env_config(COLLECTOR).env("MAKENAIDE_DB_READ_ONLY", "true").freeze(false))
-        .await
-        .unwrap();
+    let env = LambdaEnv::start(
+        b.env_config(COLLECTOR)
+            .env("MAKENAIDE_DB_READ_ONLY", "true")
+            .freeze(false),
+    )
+    .await
+    .unwrap();
     let core = env.core();
     core.wait_ready(true, Duration::from_secs(10)).await.unwrap();
     let insert = "insert into markets (market, korean_name, english_name, warning, caution, updated_at) \
@@ -381,7 +452,12 @@ async fn read_only_switch_refuses_every_write() {
         "select nextval('scan_results_id_seq')",
     ] {
         let r = core.query_raw(sql, json!([])).await.unwrap();
-        assert_eq!((r.status, r.error_code().as_deref()), (403, Some("read_only")), "{sql}: {:?}", r.json());
+        assert_eq!(
+            (r.status, r.error_code().as_deref()),
+            (403, Some("read_only")),
+            "{sql}: {:?}",
+            r.json()
+        );
         assert_eq!(r.json()["error"]["sqlstate"], json!("25006"), "{sql}");
         refused += 1;
     }
@@ -416,26 +492,43 @@ async fn read_only_switch_refuses_every_write() {
         assert!(r.status == 403 || r.status == 400, "{sql}: {} {:?}", r.status, r.json());
     }
     // Reads work.
-    let v = core.query("select count(*) as n from markets where market = 'KRW-RO'", json!([])).await.unwrap();
+    let v = core
+        .query("select count(*) as n from markets where market = 'KRW-RO'", json!([]))
+        .await
+        .unwrap();
     assert_eq!(v["rows"], json!([[0]]), "a write got through the read-only switch");
     let v = core.query("select count(*) from ohlcv", json!([])).await.unwrap();
     assert_eq!(v["row_count"], json!(1));
     let r = core
-        .post_json("/db/transaction", &json!({"statements": [{"sql": "select 1"}, {"sql": "select now()"}]}))
+        .post_json(
+            "/db/transaction",
+            &json!({"statements": [{"sql": "select 1"}, {"sql": "select now()"}]}),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 200);
     let direct = b.db.connect().await.unwrap();
-    let n: i64 = direct.query_one("select count(*) from markets where market = 'KRW-RO'", &[]).await.unwrap().get(0);
+    let n: i64 = direct
+        .query_one("select count(*) from markets where market = 'KRW-RO'", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
-    let exists: bool = direct.query_one("select to_regclass('ro_probe') is null", &[]).await.unwrap().get(0);
+    let exists: bool = direct
+        .query_one("select to_regclass('ro_probe') is null", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(exists, "ro_probe was created");
     // The collector (a writer) fails cleanly with a database error.
     let out = env.invoke(json!({"markets": ["KRW-BTC"], "count": 1})).await.unwrap();
     assert_eq!(out.error_type(), Some("DatabaseError"), "{:?}", out.ok());
-    report::record(SECTION, &format!(
+    report::record(
+        SECTION,
+        &format!(
         "- read-only switch: {refused} write attempts (6 plain writes, 13 ways to leave the read-only transaction) \
          refused (403 read_only / 25006 or 400), reads 200, 0 rows written; the collector fails with DatabaseError"
-    ));
+    ),
+    );
     env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
 }

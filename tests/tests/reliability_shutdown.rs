@@ -24,9 +24,7 @@ use serde_json::json;
 const STEM: &str = "reliability_shutdown";
 
 /// Sessions of the extension in this database: `(pid, state, wait_event_type, query)`.
-async fn core_activity(
-    client: &tokio_postgres::Client,
-) -> Vec<(i32, Option<String>, Option<String>, String)> {
+async fn core_activity(client: &tokio_postgres::Client) -> Vec<(i32, Option<String>, Option<String>, String)> {
     client
         .query(
             "select pid, state, wait_event_type, query from pg_stat_activity
@@ -66,10 +64,7 @@ async fn shutdown_during_an_in_flight_request_completes_it_and_closes_the_pool()
             .find(|(_, state, _, q)| state.as_deref() == Some("active") && q.contains("pg_sleep"))
     })
     .await;
-    assert!(
-        running.is_some(),
-        "the slow query never showed up as active"
-    );
+    assert!(running.is_some(), "the slow query never showed up as active");
 
     let sd = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
     let (reply, request_took) = request.await.unwrap();
@@ -126,8 +121,7 @@ async fn sigkill_mid_collection_leaves_no_partial_transaction() {
     // Fixed clock: the candles (and so the key the blocker holds) cannot change during the test.
     let sim = unthrottled_sim(fixed_clock()).await;
     init_schema(db.url()).await;
-    let cfg = env_config(COLLECTOR, db.url(), &sim.base_url())
-        .env("MAKENAIDE_UPBIT_RATE_PER_SEC", "1000");
+    let cfg = env_config(COLLECTOR, db.url(), &sim.base_url()).env("MAKENAIDE_UPBIT_RATE_PER_SEC", "1000");
 
     let krw = krw_markets(&sim);
     let mut markets: Vec<String> = vec!["KRW-BTC".into()];
@@ -141,9 +135,7 @@ async fn sigkill_mid_collection_leaves_no_partial_transaction() {
         .invoke(json!({"markets": [warm_market], "interval": "days", "count": 5}))
         .await
         .unwrap();
-    let committed = result_of(out.ok().unwrap())["rows_stored"]
-        .as_i64()
-        .unwrap();
+    let committed = result_of(out.ok().unwrap())["rows_stored"].as_i64().unwrap();
     assert_eq!(committed, 5);
 
     // 2. Another transaction holds one key of the coming batch (KRW-BTC's newest day), uncommitted.
@@ -168,9 +160,10 @@ async fn sigkill_mid_collection_leaves_no_partial_transaction() {
     let pending = env.start_invoke(event.clone()).await.unwrap();
     let w = &watcher;
     let blocked = poll(Duration::from_secs(30), move || async move {
-        core_activity(w).await.into_iter().find(|(_, _, wait, q)| {
-            wait.as_deref() == Some("Lock") && q.contains("INSERT INTO ohlcv")
-        })
+        core_activity(w)
+            .await
+            .into_iter()
+            .find(|(_, _, wait, q)| wait.as_deref() == Some("Lock") && q.contains("INSERT INTO ohlcv"))
     })
     .await
     .expect("the collector's upsert never blocked on the held row");
@@ -178,22 +171,14 @@ async fn sigkill_mid_collection_leaves_no_partial_transaction() {
     env.runtime().signal(Signal::SIGKILL);
     env.extension(EXTENSION).unwrap().signal(Signal::SIGKILL);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    assert!(env
-        .extension(EXTENSION)
-        .unwrap()
-        .wait_exit(deadline)
-        .await
-        .is_some());
+    assert!(env.extension(EXTENSION).unwrap().wait_exit(deadline).await.is_some());
     assert!(env.runtime().wait_exit(deadline).await.is_some());
     // (Not `wait_invoke`: with the runtime gone the harness would wait for a freeze that never comes.)
     drop(pending);
 
     // The orphaned backend is still inside its transaction (waiting on the lock); release the blocker.
     let during = core_activity(&watcher).await;
-    assert!(
-        during.iter().any(|(pid, ..)| *pid == blocked.0),
-        "{during:?}"
-    );
+    assert!(during.iter().any(|(pid, ..)| *pid == blocked.0), "{during:?}");
     blocker.batch_execute("ROLLBACK").await.unwrap();
 
     // PostgreSQL notices the dead client and rolls the batch back: no session left, none idle in transaction.
@@ -204,10 +189,7 @@ async fn sigkill_mid_collection_leaves_no_partial_transaction() {
     .await;
     let cleanup = t.elapsed();
     let left = core_activity(&watcher).await;
-    assert!(
-        gone.is_some(),
-        "sessions of the killed extension left: {left:?}"
-    );
+    assert!(gone.is_some(), "sessions of the killed extension left: {left:?}");
     let idle_in_tx: i64 = watcher
         .query_one(
             "select count(*) from pg_stat_activity where datname = current_database()
@@ -223,10 +205,7 @@ async fn sigkill_mid_collection_leaves_no_partial_transaction() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(
-        after_kill, committed,
-        "rows of the killed, half-done batch are visible"
-    );
+    assert_eq!(after_kill, committed, "rows of the killed, half-done batch are visible");
     drop(env);
 
     // 4. Clean rerun: exactly what the collector reports is stored.

@@ -24,10 +24,7 @@ use serde_json::{json, Value};
 const SECTION: &str = "reliability_upbit";
 
 /// `(candle_date_time_utc, trade_price, timestamp)` per market, as stored for `interval`.
-async fn stored_rows(
-    db: &TestDb,
-    interval: &str,
-) -> BTreeMap<String, BTreeMap<String, (f64, f64, i64)>> {
+async fn stored_rows(db: &TestDb, interval: &str) -> BTreeMap<String, BTreeMap<String, (f64, f64, i64)>> {
     let client = db.connect().await.unwrap();
     let rows = client
         .query(
@@ -71,10 +68,8 @@ fn assert_result_matches(
     delivered: &BTreeMap<String, BTreeMap<String, (f64, f64, i64)>>,
     markets: &[String],
 ) {
-    let res_stored: BTreeMap<String, u64> =
-        serde_json::from_value(result["stored"].clone()).unwrap();
-    let res_failed: BTreeMap<String, Value> =
-        serde_json::from_value(result["failed"].clone()).unwrap();
+    let res_stored: BTreeMap<String, u64> = serde_json::from_value(result["stored"].clone()).unwrap();
+    let res_failed: BTreeMap<String, Value> = serde_json::from_value(result["failed"].clone()).unwrap();
     let mut sum = 0;
     for m in markets {
         let rows = stored.get(m).map_or(0, BTreeMap::len) as u64;
@@ -90,7 +85,10 @@ fn assert_result_matches(
                 sum += n;
             }
             (None, Some(f)) => {
-                assert_eq!(rows, 0, "{m} is reported failed ({f}) but has {rows} rows: partial data");
+                assert_eq!(
+                    rows, 0,
+                    "{m} is reported failed ({f}) but has {rows} rows: partial data"
+                );
             }
             other => panic!("{m} must be either stored or failed, got {other:?} in {result}"),
         }
@@ -125,8 +123,16 @@ async fn every_fault_is_reported_exactly_and_the_database_agrees() {
         (&m[0], vec![], None),
         (&m[1], vec![FaultRule::times(Fault::TooManyRequests, 2)], None),
         (&m[2], vec![FaultRule::times(Fault::TooManyRequests, 4)], Some(429)),
-        (&m[3], vec![FaultRule::times(Fault::ServerError { status: 500 }, 2)], None),
-        (&m[4], vec![FaultRule::times(Fault::ServerError { status: 503 }, 4)], Some(502)),
+        (
+            &m[3],
+            vec![FaultRule::times(Fault::ServerError { status: 500 }, 2)],
+            None,
+        ),
+        (
+            &m[4],
+            vec![FaultRule::times(Fault::ServerError { status: 503 }, 4)],
+            Some(502),
+        ),
         (&m[5], vec![FaultRule::times(Fault::Reset, 1)], None),
         (&m[6], vec![FaultRule::times(Fault::Reset, 4)], Some(502)),
         (&m[7], vec![FaultRule::times(Fault::MalformedJson, 2)], None),
@@ -134,7 +140,11 @@ async fn every_fault_is_reported_exactly_and_the_database_agrees() {
         (&m[9], vec![FaultRule::times(Fault::TruncatedBody, 1)], None),
         (&m[10], vec![FaultRule::times(Fault::TruncatedBody, 4)], Some(502)),
         (&m[11], vec![FaultRule::times(Fault::Slow { ms: 300 }, 1)], None),
-        (&m[12], vec![FaultRule::times(Fault::ServerError { status: 502 }, 3)], None),
+        (
+            &m[12],
+            vec![FaultRule::times(Fault::ServerError { status: 502 }, 3)],
+            None,
+        ),
         // Page 1 normal (a zero-delay "slow" rule just consumes it), page 2 fails persistently.
         (
             &m[13],
@@ -166,11 +176,7 @@ async fn every_fault_is_reported_exactly_and_the_database_agrees() {
                 "{market} should have recovered: {result}"
             ),
             Some(status) => {
-                assert_eq!(
-                    result["failed"][*market]["status"],
-                    json!(status),
-                    "{market}: {result}"
-                );
+                assert_eq!(result["failed"][*market]["status"], json!(status), "{market}: {result}");
                 let msg = result["failed"][*market]["message"].as_str().unwrap();
                 if *status == 502 {
                     assert!(msg.starts_with("upstream_error"), "{market}: {msg}");
@@ -192,7 +198,11 @@ async fn every_fault_is_reported_exactly_and_the_database_agrees() {
     );
 
     let stats = sim.stats();
-    assert!(sim.pending_faults().is_empty(), "unused fault rules: {:?}", sim.pending_faults());
+    assert!(
+        sim.pending_faults().is_empty(),
+        "unused fault rules: {:?}",
+        sim.pending_faults()
+    );
     let injected_429 = faults_injected(sim, "too_many_requests");
     assert_eq!(
         stats.responses_429, injected_429,
@@ -231,10 +241,7 @@ async fn a_418_block_is_honoured_without_further_418s() {
     let block = Duration::from_secs(2);
     sim.push_fault(FaultRule::once(Fault::Blocked { secs: block.as_secs() }).for_market(&m[0]));
 
-    let out = env
-        .invoke(json!({"markets": [m[0]], "count": 3}))
-        .await
-        .unwrap();
+    let out = env.invoke(json!({"markets": [m[0]], "count": 3})).await.unwrap();
     let blocked_at = Instant::now();
     let r1 = result_of(out.ok().unwrap()).clone();
     assert_eq!(r1["failed"][&m[0]]["status"], json!(418), "{r1}");
@@ -244,10 +251,7 @@ async fn a_418_block_is_honoured_without_further_418s() {
     );
     let requests_after_418 = sim.stats().requests_total;
 
-    let out = env
-        .invoke(json!({"markets": [m[1], m[2]], "count": 3}))
-        .await
-        .unwrap();
+    let out = env.invoke(json!({"markets": [m[1], m[2]], "count": 3})).await.unwrap();
     let waited = blocked_at.elapsed();
     let r2 = result_of(out.ok().unwrap()).clone();
     assert_eq!(r2["stored"], json!({&m[1]: 3, &m[2]: 3}), "{r2}");
@@ -260,12 +264,15 @@ async fn a_418_block_is_honoured_without_further_418s() {
     let markets = vec![m[0].clone(), m[1].clone(), m[2].clone()];
     assert_result_matches(&r1, &stored, &delivered(sim, "days"), &markets[..1]);
     assert_result_matches(&r2, &stored, &delivered(sim, "days"), &markets[1..]);
-    report::record(SECTION, &format!(
+    report::record(
+        SECTION,
+        &format!(
         "- 418 \"Blocked for {} seconds\": market reported failed with status 418; next run waited {:.1} s for the \
          block, then stored 6/6 rows; 418s sent by the simulator: 1 (no request during the block)",
         block.as_secs(),
         waited.as_secs_f64()
-    ));
+    ),
+    );
     env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
 }
 
@@ -305,12 +312,15 @@ async fn a_reply_slower_than_the_deadline_fails_only_its_market() {
     let mut want = delivered(sim, "days");
     want.remove(&m[0]); // the slow reply may still be "sent" after the caller gave up
     assert_result_matches(&result, &stored, &want, &[m[0].clone(), m[1].clone(), m[2].clone()]);
-    report::record(SECTION, &format!(
-        "- reply slower than the deadline (30 s vs a {} s function timeout): market failed with 504 \
+    report::record(
+        SECTION,
+        &format!(
+            "- reply slower than the deadline (30 s vs a {} s function timeout): market failed with 504 \
          upstream_deadline, 2 others stored (6 rows), invocation returned after {:.2} s",
-        timeout.as_secs(),
-        took.as_secs_f64()
-    ));
+            timeout.as_secs(),
+            took.as_secs_f64()
+        ),
+    );
     env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
 }
 
@@ -342,8 +352,7 @@ async fn concurrent_collectors_in_one_environment_stay_under_the_limit() {
     }
     let client = makenaide_pipeline::CoreClient::new(env.core_port(), env.core_token());
     let ev = |g: &Vec<String>| {
-        makenaide_pipeline::CollectEvent::from_value(&json!({"markets": g, "interval": "days", "count": 3}))
-            .unwrap()
+        makenaide_pipeline::CollectEvent::from_value(&json!({"markets": g, "interval": "days", "count": 3})).unwrap()
     };
     // Polled concurrently on this task (the collector future is not `Send`-general, so no spawn).
     let (d1, d2, d3) = tokio::join!(
@@ -377,17 +386,20 @@ async fn concurrent_collectors_in_one_environment_stay_under_the_limit() {
     assert_eq!(stats.bans, 0);
     assert_eq!(stats.origin_requests, 0, "Origin sent: {:?}", stats.origins);
     let candle_requests = stats.group("candles");
-    report::record(SECTION, &format!(
-        "- 6 collectors at once in one environment (3 concurrent invokes under Managed Instances + 3 concurrent \
+    report::record(
+        SECTION,
+        &format!(
+            "- 6 collectors at once in one environment (3 concurrent invokes under Managed Instances + 3 concurrent \
          runs through the same extension), {} markets, {} candle requests in {:.1} s against the simulator's limit \
          of 10 per sliding 1 s window: {} rows stored, 429: {}, 418: {}, Origin requests: {}",
-        codes.len(),
-        candle_requests,
-        took.as_secs_f64(),
-        rows,
-        stats.responses_429,
-        stats.responses_418,
-        stats.origin_requests
-    ));
+            codes.len(),
+            candle_requests,
+            took.as_secs_f64(),
+            rows,
+            stats.responses_429,
+            stats.responses_418,
+            stats.origin_requests
+        ),
+    );
     env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
 }

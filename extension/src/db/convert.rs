@@ -52,11 +52,7 @@ const MAX_NUMERIC_DIGITS: usize = 140_000;
 pub struct Encoded(Option<Vec<u8>>);
 
 impl ToSql for Encoded {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
         match &self.0 {
             None => Ok(IsNull::Yes),
             Some(bytes) => {
@@ -140,7 +136,11 @@ fn encode(value: &Value, ty: &Type, out: &mut Vec<u8>) -> Result<(), String> {
             Value::String(s) => out.extend_from_slice(s.as_bytes()),
             Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
             Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-            _ => return Err("expected a string (pass JSON objects and arrays to a json/jsonb parameter, e.g. $n::jsonb)".into()),
+            _ => {
+                return Err(
+                    "expected a string (pass JSON objects and arrays to a json/jsonb parameter, e.g. $n::jsonb)".into(),
+                )
+            }
         },
         oid::CHAR => match value {
             Value::String(s) if s.len() == 1 => out.push(s.as_bytes()[0]),
@@ -211,8 +211,7 @@ fn encode_array(value: &Value, elem: &Type, out: &mut Vec<u8>) -> Result<(), Str
         let at = out.len();
         out.extend_from_slice(&0i32.to_be_bytes());
         encode(item, elem, out).map_err(|e| format!("element [{i}]: {e}"))?;
-        let n =
-            i32::try_from(out.len() - at - 4).map_err(|_| "array element too large".to_owned())?;
+        let n = i32::try_from(out.len() - at - 4).map_err(|_| "array element too large".to_owned())?;
         out[at..at + 4].copy_from_slice(&n.to_be_bytes());
     }
     Ok(())
@@ -251,10 +250,7 @@ fn as_bool(value: &Value) -> Result<bool, String> {
 fn as_int(value: &Value) -> Result<i64, String> {
     match value {
         Value::Number(n) => number_to_i64(n),
-        Value::String(s) => s
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| format!("{s:?} is not an integer")),
+        Value::String(s) => s.trim().parse::<i64>().map_err(|_| format!("{s:?} is not an integer")),
         other => Err(format!("expected an integer, got {}", kind_of(other))),
     }
 }
@@ -280,9 +276,7 @@ fn as_float(value: &Value) -> Result<f64, String> {
             "NaN" => Ok(f64::NAN),
             "Infinity" | "inf" => Ok(f64::INFINITY),
             "-Infinity" | "-inf" => Ok(f64::NEG_INFINITY),
-            t => t
-                .parse::<f64>()
-                .map_err(|_| format!("{s:?} is not a number")),
+            t => t.parse::<f64>().map_err(|_| format!("{s:?} is not a number")),
         },
         other => Err(format!("expected a number, got {}", kind_of(other))),
     }
@@ -348,8 +342,7 @@ fn encode_numeric(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
     if int_digits.len() + frac_digits.len() > MAX_NUMERIC_DIGITS {
         return Err(format!("{text:?} is out of range for numeric"));
     }
-    let dscale =
-        u16::try_from(frac_digits.len()).map_err(|_| format!("{text:?} has too many decimals"))?;
+    let dscale = u16::try_from(frac_digits.len()).map_err(|_| format!("{text:?} has too many decimals"))?;
     let int_trimmed = int_digits.trim_start_matches('0');
 
     // Base-10000 groups: integer part padded on the left, fraction padded on the right.
@@ -386,10 +379,8 @@ fn encode_numeric(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
     } else {
         (weight, if negative { 0x4000 } else { 0 })
     };
-    let ndigits =
-        i16::try_from(groups.len()).map_err(|_| format!("{text:?} is out of range for numeric"))?;
-    let weight =
-        i16::try_from(weight).map_err(|_| format!("{text:?} is out of range for numeric"))?;
+    let ndigits = i16::try_from(groups.len()).map_err(|_| format!("{text:?} is out of range for numeric"))?;
+    let weight = i16::try_from(weight).map_err(|_| format!("{text:?} is out of range for numeric"))?;
     out.extend_from_slice(&ndigits.to_be_bytes());
     out.extend_from_slice(&weight.to_be_bytes());
     out.extend_from_slice(&sign.to_be_bytes());
@@ -483,7 +474,9 @@ fn parse_timestamp(s: &str, _with_tz: bool) -> Result<i64, String> {
     } else if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         d.and_time(NaiveTime::MIN)
     } else {
-        return Err(format!("{s:?} is not an ISO 8601 timestamp like 2024-01-31T09:00:00 or 2024-01-31T09:00:00+09:00"));
+        return Err(format!(
+            "{s:?} is not an ISO 8601 timestamp like 2024-01-31T09:00:00 or 2024-01-31T09:00:00+09:00"
+        ));
     };
     let secs = utc.and_utc().timestamp() - PG_EPOCH_UNIX_SECS;
     secs.checked_mul(1_000_000)
@@ -527,10 +520,7 @@ fn parse_hex_bytea(s: &str) -> Result<Vec<u8>, String> {
         return Err(format!("{s:?} has an odd number of hex digits"));
     }
     (0..hex.len() / 2)
-        .map(|i| {
-            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| format!("{s:?} is not bytea hex"))
-        })
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| format!("{s:?} is not bytea hex")))
         .collect()
 }
 
@@ -538,9 +528,7 @@ fn micros_to_naive(us: i64) -> NaiveDateTime {
     let secs = us.div_euclid(1_000_000) + PG_EPOCH_UNIX_SECS;
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let nanos = (us.rem_euclid(1_000_000) * 1000) as u32;
-    DateTime::from_timestamp(secs, nanos)
-        .unwrap_or_default()
-        .naive_utc()
+    DateTime::from_timestamp(secs, nanos).unwrap_or_default().naive_utc()
 }
 
 /// One result cell decoded to JSON, whatever its column type.
@@ -636,19 +624,13 @@ pub fn decode(ty: &Type, raw: &[u8]) -> Result<Value, String> {
         oid::FLOAT8 => float_json(r.take::<8>().map(f64::from_be_bytes)?),
         oid::NUMERIC => Value::from(decode_numeric(raw)?),
         oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN | oid::CHAR => text(raw)?,
-        oid::JSON => {
-            serde_json::from_slice(raw).map_err(|e| format!("invalid json from server: {e}"))?
-        }
+        oid::JSON => serde_json::from_slice(raw).map_err(|e| format!("invalid json from server: {e}"))?,
         oid::JSONB => serde_json::from_slice(raw.get(1..).unwrap_or_default())
             .map_err(|e| format!("invalid jsonb from server: {e}"))?,
         oid::TIMESTAMP => match r.i64()? {
             i64::MAX => Value::from("infinity"),
             i64::MIN => Value::from("-infinity"),
-            us => Value::from(
-                micros_to_naive(us)
-                    .format("%Y-%m-%dT%H:%M:%S%.f")
-                    .to_string(),
-            ),
+            us => Value::from(micros_to_naive(us).format("%Y-%m-%dT%H:%M:%S%.f").to_string()),
         },
         oid::TIMESTAMPTZ => match r.i64()? {
             i64::MAX => Value::from("infinity"),
@@ -853,19 +835,9 @@ mod tests {
             .contains("not an integer"));
         assert!(encode_param(&json!("x"), &Type::INT4).is_err());
         assert!(encode_param(&json!(18_446_744_073_709_551_615u64), &Type::INT8).is_err());
-        assert_eq!(
-            encode_param(&json!(true), &Type::BOOL).unwrap().0.unwrap(),
-            vec![1]
-        );
+        assert_eq!(encode_param(&json!(true), &Type::BOOL).unwrap().0.unwrap(), vec![1]);
         assert!(encode_param(&json!(1), &Type::BOOL).is_err());
-        assert_eq!(
-            encode_param(&json!("NaN"), &Type::FLOAT8)
-                .unwrap()
-                .0
-                .unwrap()
-                .len(),
-            8
-        );
+        assert_eq!(encode_param(&json!("NaN"), &Type::FLOAT8).unwrap().0.unwrap().len(), 8);
         assert!(encode_param(&json!({}), &Type::TEXT).is_err());
         assert!(encode_param(&Value::Null, &Type::INT4).unwrap().0.is_none());
     }
@@ -874,14 +846,8 @@ mod tests {
     fn timestamps_and_dates() {
         let us = parse_timestamp("2000-01-01T00:00:01", false).unwrap();
         assert_eq!(us, 1_000_000);
-        assert_eq!(
-            parse_timestamp("2000-01-01 09:00:01+09:00", true).unwrap(),
-            1_000_000
-        );
-        assert_eq!(
-            parse_timestamp("2000-01-01T00:00:01Z", true).unwrap(),
-            1_000_000
-        );
+        assert_eq!(parse_timestamp("2000-01-01 09:00:01+09:00", true).unwrap(), 1_000_000);
+        assert_eq!(parse_timestamp("2000-01-01T00:00:01Z", true).unwrap(), 1_000_000);
         assert_eq!(parse_timestamp("2000-01-01", false).unwrap(), 0);
         assert!(parse_timestamp("yesterday", false).is_err());
         assert_eq!(parse_date("2000-01-02").unwrap(), 1);
@@ -914,14 +880,8 @@ mod tests {
             .unwrap()
             .0
             .unwrap();
-        assert_eq!(
-            decode(&Type::TEXT_ARRAY, &enc).unwrap(),
-            json!(["a", null, "c"])
-        );
-        let enc = encode_param(&json!([1, 2]), &Type::INT8_ARRAY)
-            .unwrap()
-            .0
-            .unwrap();
+        assert_eq!(decode(&Type::TEXT_ARRAY, &enc).unwrap(), json!(["a", null, "c"]));
+        let enc = encode_param(&json!([1, 2]), &Type::INT8_ARRAY).unwrap().0.unwrap();
         assert_eq!(decode(&Type::INT8_ARRAY, &enc).unwrap(), json!([1, 2]));
         let err = encode_param(&json!([1, "x"]), &Type::INT4_ARRAY).unwrap_err();
         assert!(err.contains("element [1]"), "{err}");
@@ -964,9 +924,7 @@ mod tests {
                 Just(Value::Null),
                 any::<bool>().prop_map(Value::from),
                 any::<i64>().prop_map(Value::from),
-                any::<f64>().prop_map(
-                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
-                ),
+                any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
                 ".{0,40}".prop_map(Value::from),
                 "[-+]?[0-9]{0,30}(\\.[0-9]{0,30})?([eE][-+]?[0-9]{1,6})?".prop_map(Value::from),
             ];

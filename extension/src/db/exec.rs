@@ -152,10 +152,7 @@ fn describe(db: &tokio_postgres::error::DbError) -> String {
 fn map_error(e: &tokio_postgres::Error, timeout: Duration, cache: bool) -> Error {
     let Some(db) = e.as_db_error() else {
         return Error::DbUnavailable {
-            message: format!(
-                "connection to PostgreSQL lost: {}",
-                ConnectError::from_ref(e)
-            ),
+            message: format!("connection to PostgreSQL lost: {}", ConnectError::from_ref(e)),
             sqlstate: None,
         };
     };
@@ -163,10 +160,7 @@ fn map_error(e: &tokio_postgres::Error, timeout: Duration, cache: bool) -> Error
     let message = describe(db);
     if *code == SqlState::QUERY_CANCELED {
         return Error::DbTimeout {
-            message: format!(
-                "statement timeout of {} ms exceeded: {message}",
-                timeout.as_millis()
-            ),
+            message: format!("statement timeout of {} ms exceeded: {message}", timeout.as_millis()),
             statement_index: None,
         };
     }
@@ -184,11 +178,11 @@ fn map_error(e: &tokio_postgres::Error, timeout: Duration, cache: bool) -> Error
     }
     // 26000 "prepared statement does not exist" / 42P05 "already exists": named statements do not survive
     // PgBouncer's transaction pooling before 1.21 (another server connection, or another client's statement).
-    let message = if (*code == SqlState::INVALID_SQL_STATEMENT_NAME
-        || *code == SqlState::DUPLICATE_PSTATEMENT)
-        && cache
+    let message = if (*code == SqlState::INVALID_SQL_STATEMENT_NAME || *code == SqlState::DUPLICATE_PSTATEMENT) && cache
     {
-        format!("{message} (behind PgBouncer transaction pooling older than 1.21, set MAKENAIDE_DB_STATEMENT_CACHE=false)")
+        format!(
+            "{message} (behind PgBouncer transaction pooling older than 1.21, set MAKENAIDE_DB_STATEMENT_CACHE=false)"
+        )
     } else {
         message
     };
@@ -208,9 +202,7 @@ impl ConnectError {
 fn is_plan_changed(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| {
         *db.code() == SqlState::FEATURE_NOT_SUPPORTED
-            && db
-                .message()
-                .contains("cached plan must not change result type")
+            && db.message().contains("cached plan must not change result type")
     })
 }
 
@@ -253,10 +245,7 @@ async fn with_begin<T>(
 }
 
 /// Converts every statement's JSON params to the inferred types (before anything is executed).
-fn encode_all(
-    stmts: &[StatementRequest],
-    prepared: &[Statement],
-) -> Result<Vec<Vec<Encoded>>, Error> {
+fn encode_all(stmts: &[StatementRequest], prepared: &[Statement]) -> Result<Vec<Vec<Encoded>>, Error> {
     stmts
         .iter()
         .zip(prepared)
@@ -290,11 +279,7 @@ fn encode_all(
 }
 
 /// Runs one statement and decodes its rows (decoding happens before COMMIT: a result we cannot return rolls back).
-async fn run_statement(
-    client: &Client,
-    st: &Statement,
-    params: &[Encoded],
-) -> Result<QueryResult, StmtError> {
+async fn run_statement(client: &Client, st: &Statement, params: &[Encoded]) -> Result<QueryResult, StmtError> {
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     if st.columns().is_empty() {
         let affected = client.execute(st, &refs).await.map_err(StmtError::Pg)?;
@@ -317,8 +302,7 @@ async fn run_statement(
             match row.try_get::<_, JsonCell>(i) {
                 Ok(JsonCell(v)) => cells.push(v),
                 Err(e) => {
-                    let why = std::error::Error::source(&e)
-                        .map_or_else(|| e.to_string(), ToString::to_string);
+                    let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
                     return Err(StmtError::Decode(format!(
                         "column {:?}: {why}; cast it in SQL, e.g. {}::text",
                         col.name(),
@@ -341,12 +325,7 @@ enum StmtError {
     Decode(String),
 }
 
-async fn attempt(
-    conn: &mut PgConn,
-    stmts: &[StatementRequest],
-    timeout: Duration,
-    opts: Options,
-) -> Outcome {
+async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duration, opts: Options) -> Outcome {
     let timeout_ms = timeout.as_millis().min(i32::MAX as u128);
     // Read-only: the trailing `SELECT 1` takes the transaction's first snapshot, after which PostgreSQL refuses
     // `SET TRANSACTION READ WRITE` (and `SET transaction_read_only = off`) with 25001: without it, a request could
@@ -369,15 +348,10 @@ async fn attempt(
 
     let client = &conn.client;
     let stale = |f: BeginFailure| match f {
-        BeginFailure::Db(e) if is_connection_level(&e) => {
-            Outcome::Stale(map_error(&e, timeout, opts.cache))
-        }
+        BeginFailure::Db(e) if is_connection_level(&e) => Outcome::Stale(map_error(&e, timeout, opts.cache)),
         BeginFailure::Db(e) => Outcome::Done(Err(map_error(&e, timeout, opts.cache))),
         BeginFailure::Timeout => Outcome::Stale(Error::DbUnavailable {
-            message: format!(
-                "PostgreSQL did not answer within {} ms",
-                opts.begin_bound().as_millis()
-            ),
+            message: format!("PostgreSQL did not answer within {} ms", opts.begin_bound().as_millis()),
             sqlstate: None,
         }),
     };
@@ -475,9 +449,7 @@ async fn attempt(
             Ok(q) => out.push(q),
             Err(_) if failure.is_some() => {}
             Err(StmtError::Pg(e)) if is_plan_changed(&e) => failure = Some(Err(())),
-            Err(StmtError::Pg(e)) => {
-                failure = Some(Ok(map_error(&e, timeout, opts.cache).at_statement(i)))
-            }
+            Err(StmtError::Pg(e)) => failure = Some(Ok(map_error(&e, timeout, opts.cache).at_statement(i))),
             Err(StmtError::Decode(m)) => {
                 failure = Some(Ok(Error::InvalidRequest {
                     message: m,
@@ -516,16 +488,11 @@ async fn sequential(
 ) -> Outcome {
     match tokio::time::timeout(opts.begin_bound(), conn.client.batch_execute(begin_sql)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) if is_connection_level(&e) => {
-            return Outcome::Stale(map_error(&e, timeout, opts.cache))
-        }
+        Ok(Err(e)) if is_connection_level(&e) => return Outcome::Stale(map_error(&e, timeout, opts.cache)),
         Ok(Err(e)) => return Outcome::Done(Err(map_error(&e, timeout, opts.cache))),
         Err(_) => {
             return Outcome::Stale(Error::DbUnavailable {
-                message: format!(
-                    "PostgreSQL did not answer within {} ms",
-                    opts.begin_bound().as_millis()
-                ),
+                message: format!("PostgreSQL did not answer within {} ms", opts.begin_bound().as_millis()),
                 sqlstate: None,
             })
         }

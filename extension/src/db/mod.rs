@@ -127,9 +127,7 @@ impl std::fmt::Debug for LastErrorSink {
 impl ErrorSink<ConnectError> for LastErrorSink {
     fn sink(&self, e: ConnectError) {
         if e.message == pool::DISCARDED {
-            tracing::debug!(
-                "stale postgres connection discarded at checkout (closed while idle or frozen)"
-            );
+            tracing::debug!("stale postgres connection discarded at checkout (closed while idle or frozen)");
             return;
         }
         tracing::debug!(error = %e, "postgres connect failed");
@@ -157,13 +155,12 @@ impl Db {
         };
         let live = Arc::new(LiveConnections::default());
         let (kill, kill_rx) = watch::channel(false);
-        let manager =
-            Manager::new(db, config.db_connect_timeout, live.clone(), kill_rx).map_err(|m| {
-                Error::Config(crate::config::ConfigError {
-                    var: crate::config::ENV_DATABASE_URL,
-                    message: m,
-                })
-            })?;
+        let manager = Manager::new(db, config.db_connect_timeout, live.clone(), kill_rx).map_err(|m| {
+            Error::Config(crate::config::ConfigError {
+                var: crate::config::ENV_DATABASE_URL,
+                message: m,
+            })
+        })?;
         let last_error = Arc::new(Mutex::new(None));
         let pool = Pool::builder()
             .max_size(config.db_pool_size)
@@ -265,8 +262,7 @@ impl Db {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::DbTimeout {
-                    message: "the caller's deadline (X-Makenaide-Deadline-Ms) has already passed"
-                        .into(),
+                    message: "the caller's deadline (X-Makenaide-Deadline-Ms) has already passed".into(),
                     statement_index: None,
                 });
             }
@@ -307,9 +303,7 @@ fn strip_index(e: Error) -> Error {
             message,
             statement_index: None,
         },
-        Error::Sql {
-            message, sqlstate, ..
-        } => Error::Sql {
+        Error::Sql { message, sqlstate, .. } => Error::Sql {
             message,
             sqlstate,
             statement_index: None,
@@ -415,10 +409,7 @@ impl Inner {
 
 fn unreachable(e: &ConnectError) -> Error {
     Error::DbUnavailable {
-        message: format!(
-            "PostgreSQL is unreachable: {} (retrying in the background)",
-            e.message
-        ),
+        message: format!("PostgreSQL is unreachable: {} (retrying in the background)", e.message),
         sqlstate: e.sqlstate.clone(),
     }
 }

@@ -16,9 +16,7 @@ use crate::config::{DatabaseConfig, SslMode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -62,9 +60,7 @@ impl From<tokio_postgres::Error> for ConnectError {
         let sqlstate = e.code().map(|c| c.code().to_owned());
         let message = match e.as_db_error() {
             Some(db) => db.message().to_owned(),
-            None => {
-                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| format!("{e}: {s}"))
-            }
+            None => std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| format!("{e}: {s}")),
         };
         Self { message, sqlstate }
     }
@@ -175,10 +171,7 @@ impl Manager {
         }
         let tls = match db.ssl_mode {
             SslMode::Disable => Tls::Disabled,
-            mode => Tls::Rustls(MakeRustlsConnect::new(tls_config(
-                mode,
-                db.ssl_root_cert.as_deref(),
-            )?)),
+            mode => Tls::Rustls(MakeRustlsConnect::new(tls_config(mode, db.ssl_root_cert.as_deref())?)),
         };
         Ok(Self {
             pg,
@@ -277,8 +270,7 @@ fn tls_config(mode: SslMode, root_cert: Option<&std::path::Path>) -> Result<Clie
                 let certs = CertificateDer::pem_file_iter(path)
                     .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
                 for cert in certs {
-                    let cert =
-                        cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+                    let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
                     store
                         .add(cert)
                         .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
@@ -295,9 +287,7 @@ fn tls_config(mode: SslMode, root_cert: Option<&std::path::Path>) -> Result<Clie
     };
     let verifier: Arc<dyn ServerCertVerifier> = match (mode, root_cert) {
         (SslMode::VerifyFull, _) => webpki(roots()?)?,
-        (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => {
-            Arc::new(AnyNameVerifier(webpki(roots()?)?))
-        }
+        (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => Arc::new(AnyNameVerifier(webpki(roots()?)?)),
         _ => Arc::new(NoVerifier(provider)),
     };
     Ok(builder
@@ -373,12 +363,7 @@ impl ServerCertVerifier for NoVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
     fn verify_tls13_signature(
         &self,
@@ -386,12 +371,7 @@ impl ServerCertVerifier for NoVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()

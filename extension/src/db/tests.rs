@@ -18,7 +18,9 @@ fn admin_url() -> String {
 async fn admin() -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL must run on 127.0.0.1:5432 with trust auth (or set {ENV_ADMIN_URL}): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL must run on 127.0.0.1:5432 with trust auth (or set {ENV_ADMIN_URL}): {e}")
+        });
     tokio::spawn(conn);
     client
 }
@@ -64,9 +66,7 @@ impl TestDb {
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         client
     }
@@ -170,26 +170,17 @@ async fn nulls_arrays_and_inference() {
 
     let e = q(&db, "select $1 + 1", json!(["x"])).await.unwrap_err();
     assert_eq!(e.code(), "invalid_param");
-    assert!(
-        e.to_string().contains("$1") && e.to_string().contains("int4"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("$1") && e.to_string().contains("int4"), "{e}");
     assert!(e.statement_index().is_none(), "no index for /db/query");
 
-    let e = q(&db, "select $1::int4, $2::int4", json!([1]))
-        .await
-        .unwrap_err();
+    let e = q(&db, "select $1::int4, $2::int4", json!([1])).await.unwrap_err();
     assert_eq!(e.code(), "invalid_request");
     assert!(e.to_string().contains("2 parameter"), "{e}");
 
     // 2-D arrays come out nested.
-    let r = q(
-        &db,
-        "select '{{1,2},{3,4}}'::int4[] as m, '{}'::text[] as e",
-        json!([]),
-    )
-    .await
-    .unwrap();
+    let r = q(&db, "select '{{1,2},{3,4}}'::int4[] as m, '{}'::text[] as e", json!([]))
+        .await
+        .unwrap();
     assert_eq!(r.rows[0], vec![json!([[1, 2], [3, 4]]), json!([])]);
 }
 
@@ -197,7 +188,13 @@ async fn nulls_arrays_and_inference() {
 async fn writes_row_counts_and_injection_is_inert() {
     let t = TestDb::new().await;
     let db = Db::new(&t.config()).unwrap();
-    q(&db, "create table items (id serial primary key, name text not null, price numeric, at timestamptz)", json!([])).await.unwrap();
+    q(
+        &db,
+        "create table items (id serial primary key, name text not null, price numeric, at timestamptz)",
+        json!([]),
+    )
+    .await
+    .unwrap();
     let r = q(
         &db,
         "insert into items (name, price, at) values ($1, $2, $3), ($4, $5, $6)",
@@ -219,10 +216,7 @@ async fn writes_row_counts_and_injection_is_inert() {
     let r = q(&db, "select name, price from items order by id", json!([]))
         .await
         .unwrap();
-    assert_eq!(
-        r.row_count, 3,
-        "table still there, injection stored as text"
-    );
+    assert_eq!(r.row_count, 3, "table still there, injection stored as text");
     assert_eq!(r.rows[0], vec![json!("a"), json!("1.10")]);
     let r = q(
         &db,
@@ -238,13 +232,9 @@ async fn writes_row_counts_and_injection_is_inert() {
 async fn transaction_is_all_or_nothing_with_statement_index() {
     let t = TestDb::new().await;
     let db = Db::new(&t.config()).unwrap();
-    q(
-        &db,
-        "create table kv (k text primary key, v int)",
-        json!([]),
-    )
-    .await
-    .unwrap();
+    q(&db, "create table kv (k text primary key, v int)", json!([]))
+        .await
+        .unwrap();
     let ok = db
         .transaction(
             vec![
@@ -327,10 +317,7 @@ async fn statement_timeout_and_deadline() {
         .unwrap_err();
     assert_eq!(e.code(), "db_timeout");
     // The connection is fine afterwards.
-    assert_eq!(
-        q(&db, "select 1 as one", json!([])).await.unwrap().rows[0][0],
-        json!(1)
-    );
+    assert_eq!(q(&db, "select 1 as one", json!([])).await.unwrap().rows[0][0], json!(1));
 }
 
 #[tokio::test]
@@ -343,17 +330,12 @@ async fn read_only_switch() {
         ..t.config()
     })
     .unwrap();
-    let e = q(&ro, "insert into t values (1)", json!([]))
-        .await
-        .unwrap_err();
+    let e = q(&ro, "insert into t values (1)", json!([])).await.unwrap_err();
     assert_eq!(e.code(), "read_only");
     assert_eq!(e.status().as_u16(), 403);
     assert_eq!(e.to_json()["error"]["sqlstate"], "25006");
     assert_eq!(
-        q(&ro, "select count(*) from t", json!([]))
-            .await
-            .unwrap()
-            .rows[0][0],
+        q(&ro, "select count(*) from t", json!([])).await.unwrap().rows[0][0],
         json!(0)
     );
 }
@@ -362,9 +344,7 @@ async fn read_only_switch() {
 async fn unsupported_result_type_says_how_to_cast() {
     let t = TestDb::new().await;
     let db = Db::new(&t.config()).unwrap();
-    let e = q(&db, "select 'a b'::tsvector as doc", json!([]))
-        .await
-        .unwrap_err();
+    let e = q(&db, "select 'a b'::tsvector as doc", json!([])).await.unwrap_err();
     assert_eq!(e.code(), "invalid_request");
     assert!(e.to_string().contains("doc::text"), "{e}");
     let r = q(
@@ -379,7 +359,10 @@ async fn unsupported_result_type_says_how_to_cast() {
 
 async fn backend_pids(admin: &tokio_postgres::Client, db: &str) -> Vec<i32> {
     admin
-        .query("select pid from pg_stat_activity where datname = $1 and application_name = 'makenaide-core'", &[&db])
+        .query(
+            "select pid from pg_stat_activity where datname = $1 and application_name = 'makenaide-core'",
+            &[&db],
+        )
         .await
         .unwrap()
         .iter()
@@ -393,17 +376,10 @@ async fn stale_connections_are_retried_on_a_fresh_one() {
     let db = Db::new(&t.config()).unwrap();
     db.warm_up().await;
     assert_eq!(db.status(), DbStatus::Ready);
-    let pid1 = q(&db, "select pg_backend_pid()", json!([]))
-        .await
-        .unwrap()
-        .rows[0][0]
-        .clone();
+    let pid1 = q(&db, "select pg_backend_pid()", json!([])).await.unwrap().rows[0][0].clone();
     // Same backend on the next request: the pool reuses its connection.
     assert_eq!(
-        q(&db, "select pg_backend_pid()", json!([]))
-            .await
-            .unwrap()
-            .rows[0][0],
+        q(&db, "select pg_backend_pid()", json!([])).await.unwrap().rows[0][0],
         pid1
     );
 
@@ -426,17 +402,11 @@ async fn statement_cache_on_and_off() {
     let t = TestDb::new().await;
     let cached = Db::new(&t.config()).unwrap();
     for _ in 0..3 {
-        q(&cached, "select $1::int4 + 1 as x", json!([1]))
-            .await
-            .unwrap();
+        q(&cached, "select $1::int4 + 1 as x", json!([1])).await.unwrap();
     }
-    let r = q(
-        &cached,
-        "select count(*) as n from pg_prepared_statements",
-        json!([]),
-    )
-    .await
-    .unwrap();
+    let r = q(&cached, "select count(*) as n from pg_prepared_statements", json!([]))
+        .await
+        .unwrap();
     assert_eq!(
         r.rows[0][0],
         json!(2),
@@ -450,18 +420,12 @@ async fn statement_cache_on_and_off() {
     })
     .unwrap();
     for _ in 0..3 {
-        q(&uncached, "select $1::int4 + 1 as x", json!([1]))
-            .await
-            .unwrap();
+        q(&uncached, "select $1::int4 + 1 as x", json!([1])).await.unwrap();
     }
     // Only the statement asking is prepared (it is closed before its own COMMIT).
-    let r = q(
-        &uncached,
-        "select count(*) as n from pg_prepared_statements",
-        json!([]),
-    )
-    .await
-    .unwrap();
+    let r = q(&uncached, "select count(*) as n from pg_prepared_statements", json!([]))
+        .await
+        .unwrap();
     assert_eq!(r.rows[0][0], json!(1));
     let r = uncached
         .transaction(
@@ -475,13 +439,9 @@ async fn statement_cache_on_and_off() {
         .await
         .unwrap();
     assert_eq!(r[1].rows[0][0], json!(2));
-    let r = q(
-        &uncached,
-        "select count(*) from pg_prepared_statements",
-        json!([]),
-    )
-    .await
-    .unwrap();
+    let r = q(&uncached, "select count(*) from pg_prepared_statements", json!([]))
+        .await
+        .unwrap();
     assert_eq!(r.rows[0][0], json!(1), "nothing outlived its transaction");
 }
 
@@ -495,9 +455,7 @@ async fn schema_change_under_a_cached_statement_is_transparent() {
     .unwrap();
     q(&db, "create table s (a int)", json!([])).await.unwrap();
     q(&db, "select * from s", json!([])).await.unwrap();
-    q(&db, "alter table s add column b text", json!([]))
-        .await
-        .unwrap();
+    q(&db, "alter table s add column b text", json!([])).await.unwrap();
     let r = q(&db, "select * from s", json!([])).await.unwrap();
     assert_eq!(r.columns.len(), 2);
 }
@@ -510,12 +468,7 @@ async fn unreachable_database_answers_503_within_the_connect_timeout() {
     drop(listener);
     let config = Config {
         token: Secret::new("t"),
-        database: Some(
-            parse_database_url(&format!(
-                "postgres://postgres@127.0.0.1:{port}/x?sslmode=disable"
-            ))
-            .unwrap(),
-        ),
+        database: Some(parse_database_url(&format!("postgres://postgres@127.0.0.1:{port}/x?sslmode=disable")).unwrap()),
         db_connect_timeout: Duration::from_millis(500),
         ..Config::default()
     };
@@ -533,10 +486,7 @@ async fn unreachable_database_answers_503_within_the_connect_timeout() {
     assert_eq!(db.status(), DbStatus::Unavailable);
     let not_configured = Db::new(&Config::default()).unwrap();
     assert_eq!(
-        q(&not_configured, "select 1", json!([]))
-            .await
-            .unwrap_err()
-            .code(),
+        q(&not_configured, "select 1", json!([])).await.unwrap_err().code(),
         "db_not_configured"
     );
     assert_eq!(not_configured.status(), DbStatus::NotConfigured);
@@ -557,14 +507,8 @@ async fn close_ends_every_session() {
     // Terminate was sent: the server-side sessions go away promptly.
     let deadline = Instant::now() + Duration::from_secs(2);
     while !backend_pids(&admin, &t.name).await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "sessions still there after close"
-        );
+        assert!(Instant::now() < deadline, "sessions still there after close");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        q(&db, "select 1", json!([])).await.unwrap_err().code(),
-        "shutting_down"
-    );
+    assert_eq!(q(&db, "select 1", json!([])).await.unwrap_err().code(), "shutting_down");
 }

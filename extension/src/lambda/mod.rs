@@ -68,7 +68,9 @@ pub fn extension_name() -> String {
 pub fn check_runtime_api() -> Result<(), Error> {
     let var = crate::config::ENV_AWS_LAMBDA_RUNTIME_API;
     let value = std::env::var(var).map_err(|_| {
-        Error::Lambda(format!("{var} is not set: run the extension under Lambda or an emulator (cargo lambda watch, the test harness)"))
+        Error::Lambda(format!(
+            "{var} is not set: run the extension under Lambda or an emulator (cargo lambda watch, the test harness)"
+        ))
     })?;
     let uri: http::Uri = value
         .parse()

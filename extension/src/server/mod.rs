@@ -42,9 +42,7 @@ impl Drop for ConnGuard {
 
 fn claim(counter: &Arc<AtomicUsize>, max: usize) -> Option<ConnGuard> {
     counter
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-            (n < max).then_some(n + 1)
-        })
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
         .ok()
         .map(|_| ConnGuard(counter.clone()))
 }
@@ -52,11 +50,7 @@ fn claim(counter: &Arc<AtomicUsize>, max: usize) -> Option<ConnGuard> {
 /// Serves the localhost API on `listener` until `shutdown` resolves, then stops accepting, answers new requests on
 /// open connections with 503 `shutting_down`, closes idle keep-alive connections and returns once every in-flight
 /// request has finished. Bound the wait from outside (`tokio::time::timeout`) if a deadline applies.
-pub async fn serve(
-    state: AppState,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) {
+pub async fn serve(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
     let graceful = GracefulShutdown::new();
     let active = Arc::new(AtomicUsize::new(0));
     let overflow = Arc::new(AtomicUsize::new(0));
@@ -85,9 +79,7 @@ pub async fn serve(
             });
             // No header-read timeout: after a Lambda thaw an idle keep-alive connection from the function must not
             // be closed by a timer that "expired" while frozen, racing the function's next request on it.
-            let conn = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(io, service);
+            let conn = http1::Builder::new().keep_alive(true).serve_connection(io, service);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 let _guard = guard;
@@ -96,18 +88,11 @@ pub async fn serve(
                 }
             });
         } else if let Some(guard) = claim(&overflow, OVERFLOW_ANSWERS_MAX) {
-            tracing::warn!(
-                limit = max_connections,
-                "connection cap reached: answering 429"
-            );
+            tracing::warn!(limit = max_connections, "connection cap reached: answering 429");
             let service = service_fn(move |_req| async move {
-                Ok::<_, Infallible>(error_response(&Error::TooManyConnections {
-                    limit: max_connections,
-                }))
+                Ok::<_, Infallible>(error_response(&Error::TooManyConnections { limit: max_connections }))
             });
-            let conn = http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(io, service);
+            let conn = http1::Builder::new().keep_alive(false).serve_connection(io, service);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 let _guard = guard;

@@ -79,14 +79,8 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             let body = read_body(req, state.config().max_body_bytes).await?;
             let (stmts, timeout) = parse_transaction(&body)?;
             let results = state.db().transaction(stmts, timeout, deadline).await?;
-            let results: Vec<Value> = results
-                .iter()
-                .map(crate::db::QueryResult::to_json)
-                .collect();
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({ "results": results }),
-            ))
+            let results: Vec<Value> = results.iter().map(crate::db::QueryResult::to_json).collect();
+            Ok(json_response(StatusCode::OK, &json!({ "results": results })))
         }
         p => {
             let Some(group) = crate::upbit::route(p) else {
@@ -95,10 +89,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             if req.method() != Method::GET {
                 return Err(not_allowed(&req, "GET"));
             }
-            let path_and_query = req
-                .uri()
-                .path_and_query()
-                .map_or(p, http::uri::PathAndQuery::as_str);
+            let path_and_query = req.uri().path_and_query().map_or(p, http::uri::PathAndQuery::as_str);
             let upbit = state.upbit();
             let deadline = deadline.unwrap_or_else(|| Instant::now() + upbit.default_timeout());
             let reply = upbit.get(group, path_and_query, deadline).await?;
@@ -201,8 +192,8 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Error>
 }
 
 fn parse_json(body: &[u8]) -> Result<Map<String, Value>, Error> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::InvalidJson(format!("the body is not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| Error::InvalidJson(format!("the body is not valid JSON: {e}")))?;
     match value {
         Value::Object(map) => Ok(map),
         _ => Err(Error::invalid_request("the body must be a JSON object")),
@@ -211,10 +202,7 @@ fn parse_json(body: &[u8]) -> Result<Map<String, Value>, Error> {
 
 fn check_fields(map: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), String> {
     match map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(format!(
-            "unknown field {at}{k:?}: expected {}",
-            allowed.join(", ")
-        )),
+        Some(k) => Err(format!("unknown field {at}{k:?}: expected {}", allowed.join(", "))),
         None => Ok(()),
     }
 }
@@ -223,12 +211,7 @@ fn parse_statement(map: &Map<String, Value>, at: &str) -> Result<StatementReques
     let sql = match map.get("sql") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         Some(Value::String(_)) => return Err(format!("{at}sql is empty")),
-        Some(other) => {
-            return Err(format!(
-                "{at}sql must be a string, not {}",
-                json_kind(other)
-            ))
-        }
+        Some(other) => return Err(format!("{at}sql must be a string, not {}", json_kind(other))),
         None => return Err(format!("{at}sql is required")),
     };
     if let Some(word) = transaction_control(&sql) {
@@ -241,12 +224,7 @@ fn parse_statement(map: &Map<String, Value>, at: &str) -> Result<StatementReques
     let params = match map.get("params") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items.clone(),
-        Some(other) => {
-            return Err(format!(
-                "{at}params must be an array, not {}",
-                json_kind(other)
-            ))
-        }
+        Some(other) => return Err(format!("{at}params must be an array, not {}", json_kind(other))),
     };
     Ok(StatementRequest { sql, params })
 }
@@ -298,9 +276,7 @@ fn transaction_control(sql: &str) -> Option<&'static str> {
         Some("END") => Some("END"),
         Some("ROLLBACK") => Some("ROLLBACK"),
         Some("ABORT") => Some("ABORT"),
-        Some("PREPARE") if words.get(1).map(String::as_str) == Some("TRANSACTION") => {
-            Some("PREPARE TRANSACTION")
-        }
+        Some("PREPARE") if words.get(1).map(String::as_str) == Some("TRANSACTION") => Some("PREPARE TRANSACTION"),
         _ => None,
     }
 }
@@ -330,15 +306,11 @@ pub(crate) fn parse_query(body: &[u8]) -> Result<(StatementRequest, Option<Durat
 }
 
 /// `{"statements": [{"sql", "params"}, ...], "timeout_ms": 5000}`.
-pub(crate) fn parse_transaction(
-    body: &[u8],
-) -> Result<(Vec<StatementRequest>, Option<Duration>), Error> {
+pub(crate) fn parse_transaction(body: &[u8]) -> Result<(Vec<StatementRequest>, Option<Duration>), Error> {
     let map = parse_json(body)?;
     check_fields(&map, &["statements", "timeout_ms"], "").map_err(Error::invalid_request)?;
     let items = match map.get("statements") {
-        Some(Value::Array(items)) if items.is_empty() => {
-            return Err(Error::invalid_request("statements is empty"))
-        }
+        Some(Value::Array(items)) if items.is_empty() => return Err(Error::invalid_request("statements is empty")),
         Some(Value::Array(items)) if items.len() > MAX_STATEMENTS => {
             return Err(Error::invalid_request(format!(
                 "statements has more than {MAX_STATEMENTS} entries"
@@ -387,10 +359,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(HEADER_SOURCE, HeaderValue::from_static("core"));
     resp
 }
@@ -422,10 +391,7 @@ fn upbit_response(reply: crate::upbit::Reply) -> Response<Body> {
     if let Some(rr) = reply.remaining_req {
         h.insert(crate::upbit::REMAINING_REQ, rr);
     }
-    h.insert(
-        HEADER_SOURCE,
-        HeaderValue::from_static(reply.source.as_str()),
-    );
+    h.insert(HEADER_SOURCE, HeaderValue::from_static(reply.source.as_str()));
     resp
 }
 
@@ -458,11 +424,7 @@ mod tests {
                 "invalid_request",
                 "params must be an array",
             ),
-            (
-                br#"{"sql":"x","timeout_ms":-1}"#,
-                "invalid_request",
-                "timeout_ms",
-            ),
+            (br#"{"sql":"x","timeout_ms":-1}"#, "invalid_request", "timeout_ms"),
             (
                 br#"{"sql":"x","param":[]}"#,
                 "invalid_request",
@@ -477,8 +439,7 @@ mod tests {
 
     #[test]
     fn transaction_parsing_carries_the_index() {
-        let (s, _) =
-            parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":"b","params":[1]}]}"#).unwrap();
+        let (s, _) = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":"b","params":[1]}]}"#).unwrap();
         assert_eq!(s.len(), 2);
         let e = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":7}]}"#).unwrap_err();
         assert_eq!(e.statement_index(), Some(1));

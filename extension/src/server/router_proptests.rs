@@ -51,7 +51,10 @@ fn json_value() -> impl Strategy<Value = Value> {
 /// Request-shaped bodies: the right keys with values of any type (plus stray keys), so the parsers' type checks
 /// are exercised, not only the JSON syntax check.
 fn body_value() -> impl Strategy<Value = Value> {
-    let stmt = (prop::option::of(prop_oneof![".{0,30}".prop_map(Value::from), json_value()]), prop::option::of(json_value()))
+    let stmt = (
+        prop::option::of(prop_oneof![".{0,30}".prop_map(Value::from), json_value()]),
+        prop::option::of(json_value()),
+    )
         .prop_map(|(sql, params)| {
             let mut m = serde_json::Map::new();
             if let Some(s) = sql {
@@ -69,7 +72,10 @@ fn body_value() -> impl Strategy<Value = Value> {
         json_value(),
     ]);
     (
-        prop_oneof![stmt.clone(), prop::collection::vec(prop_oneof![stmt, json_value()], 0..4).prop_map(|v| json!({"statements": v}))],
+        prop_oneof![
+            stmt.clone(),
+            prop::collection::vec(prop_oneof![stmt, json_value()], 0..4).prop_map(|v| json!({"statements": v}))
+        ],
         timeout,
         prop::option::of(("[a-z]{1,8}", json_value())),
     )
@@ -88,21 +94,25 @@ fn body_value() -> impl Strategy<Value = Value> {
 
 #[test]
 fn db_body_parsers_never_panic_on_any_json() {
-    run_counted("router::parse_query + parse_transaction (/db bodies, typed JSON)", body_value(), |body| {
-        let bytes = serde_json::to_vec(&body).unwrap();
-        for res in [parse_query(&bytes).map(|_| ()), parse_transaction(&bytes).map(|_| ())] {
-            if let Err(e) = res {
-                prop_assert!(
-                    matches!(e.code(), "invalid_json" | "invalid_request"),
-                    "{} for {}",
-                    e.code(),
-                    body
-                );
-                prop_assert_eq!(e.status().as_u16(), 400);
+    run_counted(
+        "router::parse_query + parse_transaction (/db bodies, typed JSON)",
+        body_value(),
+        |body| {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            for res in [parse_query(&bytes).map(|_| ()), parse_transaction(&bytes).map(|_| ())] {
+                if let Err(e) = res {
+                    prop_assert!(
+                        matches!(e.code(), "invalid_json" | "invalid_request"),
+                        "{} for {}",
+                        e.code(),
+                        body
+                    );
+                    prop_assert_eq!(e.status().as_u16(), 400);
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -119,11 +129,15 @@ fn db_body_parsers_never_panic_on_any_bytes() {
             s
         }),
     ];
-    run_counted("router::parse_query + parse_transaction (/db bodies, raw bytes)", bytes, |b| {
-        let _ = parse_query(&b);
-        let _ = parse_transaction(&b);
-        Ok(())
-    });
+    run_counted(
+        "router::parse_query + parse_transaction (/db bodies, raw bytes)",
+        bytes,
+        |b| {
+            let _ = parse_query(&b);
+            let _ = parse_transaction(&b);
+            Ok(())
+        },
+    );
 }
 
 fn pg_types() -> Vec<Type> {
@@ -173,13 +187,17 @@ fn pg_types() -> Vec<Type> {
 fn param_conversion_never_panics() {
     let types = pg_types();
     let n = types.len();
-    run_counted("db::convert::encode_param (JSON -> PostgreSQL params, 38 types)", (json_value(), 0..n), |(v, t)| {
-        let ty = &pg_types()[t];
-        if let Err(msg) = encode_param(&v, ty) {
-            prop_assert!(!msg.is_empty(), "an error without a message");
-        }
-        Ok(())
-    });
+    run_counted(
+        "db::convert::encode_param (JSON -> PostgreSQL params, 38 types)",
+        (json_value(), 0..n),
+        |(v, t)| {
+            let ty = &pg_types()[t];
+            if let Err(msg) = encode_param(&v, ty) {
+                prop_assert!(!msg.is_empty(), "an error without a message");
+            }
+            Ok(())
+        },
+    );
     drop(types);
 }
 
@@ -209,7 +227,9 @@ fn deadline_header_parsing_never_panics() {
         (0u64..100_000_000).prop_map(|d| (now_ms() + d).to_string().into_bytes()),
     ];
     run_counted("router::deadline (X-Makenaide-Deadline-Ms)", value, |v| {
-        let Ok(hv) = HeaderValue::from_bytes(&v) else { return Ok(()) };
+        let Ok(hv) = HeaderValue::from_bytes(&v) else {
+            return Ok(());
+        };
         let mut h = HeaderMap::new();
         h.insert(HEADER_DEADLINE, hv);
         match deadline(&h) {
@@ -228,7 +248,10 @@ fn deadline_header_parsing_never_panics() {
 
 #[test]
 fn token_check_accepts_only_the_token() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let _guard = rt.enter();
     let state = AppState::new(Config {
         token: Secret::new(TOKEN),
@@ -245,24 +268,28 @@ fn token_check_accepts_only_the_token() {
         }),
         "[ -~]{0,16}".prop_map(|s| format!("{TOKEN}{s}").into_bytes()),
     ];
-    run_counted("router::check_token (X-Makenaide-Token)", prop::option::of(value), |v| {
-        let mut h = HeaderMap::new();
-        let mut sent = None;
-        if let Some(hv) = v.as_ref().and_then(|b| HeaderValue::from_bytes(b).ok()) {
-            h.insert(HEADER_TOKEN, hv);
-            sent = v;
-        }
-        match (check_token(&state, &h), sent) {
-            (Ok(()), Some(b)) => prop_assert_eq!(b, TOKEN.as_bytes().to_vec()),
-            (Ok(()), None) => prop_assert!(false, "no token accepted"),
-            (Err(e), None) => prop_assert_eq!(e.code(), "missing_token"),
-            (Err(e), Some(b)) => {
-                prop_assert_ne!(b, TOKEN.as_bytes().to_vec());
-                prop_assert_eq!(e.code(), "invalid_token");
+    run_counted(
+        "router::check_token (X-Makenaide-Token)",
+        prop::option::of(value),
+        |v| {
+            let mut h = HeaderMap::new();
+            let mut sent = None;
+            if let Some(hv) = v.as_ref().and_then(|b| HeaderValue::from_bytes(b).ok()) {
+                h.insert(HEADER_TOKEN, hv);
+                sent = v;
             }
-        }
-        Ok(())
-    });
+            match (check_token(&state, &h), sent) {
+                (Ok(()), Some(b)) => prop_assert_eq!(b, TOKEN.as_bytes().to_vec()),
+                (Ok(()), None) => prop_assert!(false, "no token accepted"),
+                (Err(e), None) => prop_assert_eq!(e.code(), "missing_token"),
+                (Err(e), Some(b)) => {
+                    prop_assert_ne!(b, TOKEN.as_bytes().to_vec());
+                    prop_assert_eq!(e.code(), "invalid_token");
+                }
+            }
+            Ok(())
+        },
+    );
 }
 
 /// A stub Upbit: every GET answers `200 []` with a `Remaining-Req` header.
@@ -274,8 +301,10 @@ async fn stub_upbit() -> SocketAddr {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|_req| async {
                     let mut r = http::Response::new(http_body_util::Full::new(Bytes::from_static(b"[]")));
-                    r.headers_mut()
-                        .insert("remaining-req", HeaderValue::from_static("group=candles; min=600; sec=9"));
+                    r.headers_mut().insert(
+                        "remaining-req",
+                        HeaderValue::from_static("group=candles; min=600; sec=9"),
+                    );
                     Ok::<_, Infallible>(r)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -332,20 +361,34 @@ fn raw_request() -> impl Strategy<Value = RawRequest> {
         1 => prop::collection::vec(any::<u8>(), 0..256),
         1 => (4000usize..6000).prop_map(|n| vec![b'x'; n]),
     ];
-    (method, prefix, suffix, query, token, deadline, prop::bool::weighted(0.1), body).prop_map(
-        |(method, prefix, suffix, query, token, deadline, forwarded, body)| RawRequest {
-            method: method.to_string(),
-            target: format!("{prefix}{suffix}{}", query.map(|q| format!("?{q}")).unwrap_or_default()),
-            token,
-            deadline,
-            forwarded,
-            body,
-        },
+    (
+        method,
+        prefix,
+        suffix,
+        query,
+        token,
+        deadline,
+        prop::bool::weighted(0.1),
+        body,
     )
+        .prop_map(
+            |(method, prefix, suffix, query, token, deadline, forwarded, body)| RawRequest {
+                method: method.to_string(),
+                target: format!("{prefix}{suffix}{}", query.map(|q| format!("?{q}")).unwrap_or_default()),
+                token,
+                deadline,
+                forwarded,
+                body,
+            },
+        )
 }
 
 async fn send_raw(addr: SocketAddr, r: &RawRequest) -> (u16, String, Vec<u8>) {
-    let mut req = format!("{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n", r.method, r.target).into_bytes();
+    let mut req = format!(
+        "{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n",
+        r.method, r.target
+    )
+    .into_bytes();
     if let Some(t) = &r.token {
         req.extend_from_slice(b"X-Makenaide-Token: ");
         req.extend_from_slice(t);
@@ -368,14 +411,21 @@ async fn send_raw(addr: SocketAddr, r: &RawRequest) -> (u16, String, Vec<u8>) {
     let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").map_or(out.len(), |i| i + 4);
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(out.len(), |i| i + 4);
     let head = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
     (status, head, out[split..].to_vec())
 }
 
 #[test]
 fn whole_requests_through_the_server_get_contract_answers() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let addr = rt.block_on(async {
         let upstream = stub_upbit().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -391,31 +441,38 @@ fn whole_requests_through_the_server_get_contract_answers() {
         tokio::spawn(crate::serve(state, listener, std::future::pending()));
         addr
     });
-    run_counted("server: method + path + query + token/deadline/X-Forwarded-For headers + body (real socket)", raw_request(), |r| {
-        let (status, head, body) = rt.block_on(send_raw(addr, &r));
-        prop_assert!(
-            [200, 400, 401, 403, 404, 405, 413, 502, 503, 504].contains(&status),
-            "status {status} for {r:?}: {head}"
-        );
-        let from_core = head.contains("x-makenaide-source: core");
-        if status != 200 && r.method != "HEAD" && from_core {
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            prop_assert!(v["error"]["code"].is_string(), "no JSON error body for {r:?}: {head} {body:?}");
-        }
-        // Refusal rules come first, in the contract's order.
-        if from_core {
-            if r.forwarded {
-                prop_assert_eq!(status, 400, "{:?}", r);
-            } else if r.target.split('?').next() != Some("/ping") {
-                if r.token.is_none() {
-                    prop_assert_eq!(status, 401, "{:?}", r);
-                } else if r.token.as_deref() != Some(TOKEN.as_bytes()) {
-                    prop_assert_eq!(status, 403, "{:?}", r);
+    run_counted(
+        "server: method + path + query + token/deadline/X-Forwarded-For headers + body (real socket)",
+        raw_request(),
+        |r| {
+            let (status, head, body) = rt.block_on(send_raw(addr, &r));
+            prop_assert!(
+                [200, 400, 401, 403, 404, 405, 413, 502, 503, 504].contains(&status),
+                "status {status} for {r:?}: {head}"
+            );
+            let from_core = head.contains("x-makenaide-source: core");
+            if status != 200 && r.method != "HEAD" && from_core {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                prop_assert!(
+                    v["error"]["code"].is_string(),
+                    "no JSON error body for {r:?}: {head} {body:?}"
+                );
+            }
+            // Refusal rules come first, in the contract's order.
+            if from_core {
+                if r.forwarded {
+                    prop_assert_eq!(status, 400, "{:?}", r);
+                } else if r.target.split('?').next() != Some("/ping") {
+                    if r.token.is_none() {
+                        prop_assert_eq!(status, 401, "{:?}", r);
+                    } else if r.token.as_deref() != Some(TOKEN.as_bytes()) {
+                        prop_assert_eq!(status, 403, "{:?}", r);
+                    }
                 }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     // Still serving after every case.
     let (status, _, _) = rt.block_on(send_raw(
         addr,

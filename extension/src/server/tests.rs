@@ -73,10 +73,7 @@ async fn auth_and_refusals() {
 
     let (status, body, headers) = call(c.get(s.url("/ping"))).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        body,
-        json!({"status": "ok", "db": "not_configured", "upbit": "cold"})
-    );
+    assert_eq!(body, json!({"status": "ok", "db": "not_configured", "upbit": "cold"}));
     assert_eq!(headers["x-makenaide-source"], "core");
 
     let (status, body, _) = call(c.post(s.url("/db/query")).body("{}")).await;
@@ -115,13 +112,7 @@ async fn routing_methods_and_bodies() {
     let c = reqwest::Client::new();
     let authed = |r: reqwest::RequestBuilder| r.header("X-Makenaide-Token", "s3cret");
 
-    for path in [
-        "/nope",
-        "/v1/accounts",
-        "/v1/orders",
-        "/v1/candles/minutes/x",
-        "/db",
-    ] {
+    for path in ["/nope", "/v1/accounts", "/v1/orders", "/v1/candles/minutes/x", "/db"] {
         let (status, body, _) = call(authed(c.get(s.url(path)))).await;
         assert_eq!((status, code(&body)), (404, "not_found"), "{path}");
     }
@@ -139,8 +130,7 @@ async fn routing_methods_and_bodies() {
     let (status, body, _) = call(authed(c.post(s.url("/db/query"))).body(r#"{"sql": 1}"#)).await;
     assert_eq!((status, code(&body)), (400, "invalid_request"));
     assert!(body["error"]["message"].as_str().unwrap().contains("sql"));
-    let (status, body, _) =
-        call(authed(c.post(s.url("/db/query"))).body(r#"{"sql": "select 1"}"#)).await;
+    let (status, body, _) = call(authed(c.post(s.url("/db/query"))).body(r#"{"sql": "select 1"}"#)).await;
     assert_eq!((status, code(&body)), (503, "db_not_configured"));
 
     // Over the limit, declared by Content-Length or streamed (chunked).
@@ -148,7 +138,8 @@ async fn routing_methods_and_bodies() {
     let (status, body, _) = call(authed(c.post(s.url("/db/query"))).body(big.clone())).await;
     assert_eq!((status, code(&body)), (413, "body_too_large"));
     let mut conn = TcpStream::connect(s.addr).await.unwrap();
-    let head = "POST /db/transaction HTTP/1.1\r\nHost: x\r\nX-Makenaide-Token: s3cret\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let head =
+        "POST /db/transaction HTTP/1.1\r\nHost: x\r\nX-Makenaide-Token: s3cret\r\nTransfer-Encoding: chunked\r\n\r\n";
     conn.write_all(head.as_bytes()).await.unwrap();
     conn.write_all(format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len()).as_bytes())
         .await
@@ -161,8 +152,7 @@ async fn routing_methods_and_bodies() {
         "{reply}"
     );
 
-    let (status, body, _) =
-        call(authed(c.get(s.url("/v1/ticker"))).header("X-Makenaide-Deadline-Ms", "soon")).await;
+    let (status, body, _) = call(authed(c.get(s.url("/v1/ticker"))).header("X-Makenaide-Deadline-Ms", "soon")).await;
     assert_eq!((status, code(&body)), (400, "invalid_request"));
     s.stop().await;
 }
@@ -178,9 +168,7 @@ async fn connection_cap_answers_429() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut conn = TcpStream::connect(s.addr).await.unwrap();
-        conn.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
+        conn.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 512];
         let n = conn.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));

@@ -227,9 +227,7 @@ impl Governor {
         let mut st = self.state(group);
         st.purge(now, self.window);
         let until = if st.used() >= self.rate {
-            st.recent
-                .front()
-                .map_or(now + self.window, |t| *t + self.window)
+            st.recent.front().map_or(now + self.window, |t| *t + self.window)
         } else {
             now + self.window
         };
@@ -239,11 +237,7 @@ impl Governor {
     /// Upbit answered 429: pause the group for a whole window.
     pub fn too_many_requests(&self, group: Group) {
         let now = Instant::now();
-        Self::block(
-            &mut self.state(group),
-            now + self.window,
-            BlockReason::RateLimited,
-        );
+        Self::block(&mut self.state(group), now + self.window, BlockReason::RateLimited);
     }
 
     /// Upbit answered 418: nothing is sent to the group for `duration`.
@@ -281,10 +275,7 @@ mod tests {
             p.finish();
         }
         // 10 at once, then the next 10 one window later, then the rest another window later.
-        assert!(
-            times[..10].iter().all(|t| *t == Duration::ZERO),
-            "{times:?}"
-        );
+        assert!(times[..10].iter().all(|t| *t == Duration::ZERO), "{times:?}");
         assert!(times[10..20].iter().all(|t| *t == W), "{times:?}");
         assert!(times[20..].iter().all(|t| *t == 2 * W), "{times:?}");
         // In any 1000 ms sliding window no more than 10 slots were granted.
@@ -303,11 +294,7 @@ mod tests {
         }
         let start = Instant::now();
         g.acquire(Group::Market, far).await.unwrap().finish();
-        assert_eq!(
-            Instant::now(),
-            start,
-            "market is not limited by ticker's use"
-        );
+        assert_eq!(Instant::now(), start, "market is not limited by ticker's use");
     }
 
     #[tokio::test(start_paused = true)]
@@ -326,20 +313,13 @@ mod tests {
     async fn hopeless_wait_fails_fast() {
         let g = Governor::new(1, W);
         let start = Instant::now();
-        g.acquire(Group::Candles, start + W * 10)
-            .await
-            .unwrap()
-            .finish();
+        g.acquire(Group::Candles, start + W * 10).await.unwrap().finish();
         let err = g
             .acquire(Group::Candles, start + Duration::from_millis(200))
             .await
             .unwrap_err();
         assert_eq!(err.code(), "upstream_deadline");
-        assert_eq!(
-            Instant::now(),
-            start,
-            "no waiting when the slot is after the deadline"
-        );
+        assert_eq!(Instant::now(), start, "no waiting when the slot is after the deadline");
     }
 
     #[tokio::test(start_paused = true)]

@@ -50,16 +50,16 @@ pub fn route(path: &str) -> Option<Group> {
     let rest = path.strip_prefix("/v1/")?;
     match rest {
         "market/all" => Some(Group::Market),
-        "candles/seconds" | "candles/days" | "candles/weeks" | "candles/months"
-        | "candles/years" => Some(Group::Candles),
+        "candles/seconds" | "candles/days" | "candles/weeks" | "candles/months" | "candles/years" => {
+            Some(Group::Candles)
+        }
         "ticker" | "ticker/all" => Some(Group::Ticker),
         "orderbook" | "orderbook/instruments" => Some(Group::Orderbook),
         "trades/ticks" => Some(Group::Trade),
         _ => {
             // Any numeric unit goes through: Upbit itself answers 400 "specified unit is not valid" for bad ones.
             let unit = rest.strip_prefix("candles/minutes/")?;
-            (!unit.is_empty() && unit.len() <= 4 && unit.bytes().all(|b| b.is_ascii_digit()))
-                .then_some(Group::Candles)
+            (!unit.is_empty() && unit.len() <= 4 && unit.bytes().all(|b| b.is_ascii_digit())).then_some(Group::Candles)
         }
     }
 }
@@ -224,12 +224,7 @@ impl Upbit {
     ///
     /// # Errors
     /// `upstream_error` / `upstream_deadline`.
-    pub async fn get(
-        &self,
-        group: Group,
-        path_and_query: &str,
-        deadline: Instant,
-    ) -> Result<Reply, Error> {
+    pub async fn get(&self, group: Group, path_and_query: &str, deadline: Instant) -> Result<Reply, Error> {
         let key = path_and_query.to_owned();
         loop {
             if let Some(reply) = self.inner.cached(&key) {
@@ -272,20 +267,13 @@ impl Upbit {
                         "no answer from Upbit before the caller's deadline".into(),
                     ))
                 }
-                Ok(Err(_)) => {
-                    return Err(Error::Internal(
-                        "upstream fetch task ended without a result".into(),
-                    ))
-                }
+                Ok(Err(_)) => return Err(Error::Internal("upstream fetch task ended without a result".into())),
                 Ok(Ok(value)) => value
                     .clone()
                     .unwrap_or_else(|| Err(Error::Internal("empty upstream result".into()))),
             };
             // A follower with a later deadline than the leader's does not inherit the leader's deadline failure.
-            if !leader
-                && matches!(shared, Err(Error::UpstreamDeadline(_)))
-                && Instant::now() < deadline
-            {
+            if !leader && matches!(shared, Err(Error::UpstreamDeadline(_))) && Instant::now() < deadline {
                 continue;
             }
             return shared;
@@ -298,10 +286,7 @@ impl Inner {
         if self.cache_ttl.is_zero() {
             return None;
         }
-        let cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = cache.get(key)?;
         (entry.expires > Instant::now()).then(|| Reply {
             source: Source::Cache,
@@ -311,10 +296,7 @@ impl Inner {
 
     fn store(&self, key: &str, reply: &Reply) {
         let now = Instant::now();
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= CACHE_MAX_ENTRIES {
             cache.retain(|_, e| e.expires > now);
             if cache.len() >= CACHE_MAX_ENTRIES {
@@ -342,12 +324,7 @@ impl Inner {
     }
 
     /// One logical GET: governor slot, request, classification, retries with backoff, all within `deadline`.
-    async fn fetch(
-        &self,
-        group: Group,
-        path_and_query: &str,
-        deadline: Instant,
-    ) -> Result<Reply, Error> {
+    async fn fetch(&self, group: Group, path_and_query: &str, deadline: Instant) -> Result<Reply, Error> {
         let url = format!("{}{}", self.base, path_and_query);
         let mut backoff = BACKOFF_BASE;
         let mut last: Result<Reply, Error> = Err(Error::Upstream("Upbit was not called".into()));
@@ -377,19 +354,16 @@ impl Inner {
             match sent {
                 Err(_) => {
                     return Err(Error::UpstreamDeadline(format!(
-                    "Upbit did not answer {path} before the caller's deadline (attempt {attempt})",
-                    path = path_only(path_and_query)
-                )))
+                        "Upbit did not answer {path} before the caller's deadline (attempt {attempt})",
+                        path = path_only(path_and_query)
+                    )))
                 }
                 Ok(Err(e)) => {
                     // A keep-alive connection that died while Lambda had us frozen fails at once: retry right
                     // away (a new connection is opened); real connect failures back off.
                     immediate_retry = attempt == 1 && !e.is_connect() && !e.is_timeout();
                     tracing::debug!(error = %error_chain(&e), attempt, "upbit request failed");
-                    last = Err(Error::Upstream(format!(
-                        "Upbit unreachable: {}",
-                        error_chain(&e)
-                    )));
+                    last = Err(Error::Upstream(format!("Upbit unreachable: {}", error_chain(&e))));
                 }
                 Ok(Ok((status, headers, body))) => {
                     self.warm_flag();
@@ -411,8 +385,7 @@ impl Inner {
                     };
                     match status {
                         200..=299 => {
-                            if serde_json::from_slice::<serde::de::IgnoredAny>(&reply.body).is_ok()
-                            {
+                            if serde_json::from_slice::<serde::de::IgnoredAny>(&reply.body).is_ok() {
                                 return Ok(reply);
                             }
                             last = Err(Error::Upstream(format!(
@@ -526,9 +499,7 @@ fn ban_duration(headers: &http::HeaderMap, body: &[u8]) -> Duration {
             let unit = text[i..].trim_start();
             if n > 0 {
                 // A bare unit letter counts only when it ends the word ("30s", not "418 something").
-                let bare = |c: char| {
-                    unit.starts_with(c) && !unit[1..].starts_with(|x: char| x.is_alphabetic())
-                };
+                let bare = |c: char| unit.starts_with(c) && !unit[1..].starts_with(|x: char| x.is_alphabetic());
                 if unit.starts_with("min") || unit.starts_with('분') || bare('m') {
                     // saturating: a huge number must not overflow (a panic in debug, a wrapped block in release).
                     return Duration::from_secs(n.saturating_mul(60).min(24 * 3600));
@@ -582,16 +553,10 @@ mod tests {
     fn ban_durations() {
         let h = http::HeaderMap::new();
         assert_eq!(
-            ban_duration(
-                &h,
-                br#"{"error":{"name":418,"message":"blocked for 120 seconds"}}"#
-            ),
+            ban_duration(&h, br#"{"error":{"name":418,"message":"blocked for 120 seconds"}}"#),
             Duration::from_secs(120)
         );
-        assert_eq!(
-            ban_duration(&h, "차단: 5분".as_bytes()),
-            Duration::from_secs(300)
-        );
+        assert_eq!(ban_duration(&h, "차단: 5분".as_bytes()), Duration::from_secs(300));
         assert_eq!(ban_duration(&h, b"nothing useful"), DEFAULT_BAN);
         assert_eq!(ban_duration(&h, b"error 418 something"), DEFAULT_BAN);
         assert_eq!(ban_duration(&h, b"retry in 30s"), Duration::from_secs(30));

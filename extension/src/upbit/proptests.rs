@@ -95,26 +95,28 @@ fn mirror_routing_never_panics_and_only_routes_quotation_paths() {
 
 #[test]
 fn remaining_req_parsing_never_panics() {
-    run_counted("upbit::remaining_sec (Remaining-Req, arbitrary text)", any::<String>(), |s| {
-        let _ = remaining_sec(&s);
-        Ok(())
-    });
+    run_counted(
+        "upbit::remaining_sec (Remaining-Req, arbitrary text)",
+        any::<String>(),
+        |s| {
+            let _ = remaining_sec(&s);
+            Ok(())
+        },
+    );
 }
 
 #[test]
 fn remaining_req_parsing_reads_what_was_written() {
-    let strategy = (
-        "[a-z_-]{1,12}",
-        any::<u32>(),
-        any::<u32>(),
-        0usize..3,
-        "[ ]{0,2}",
-    );
+    let strategy = ("[a-z_-]{1,12}", any::<u32>(), any::<u32>(), 0usize..3, "[ ]{0,2}");
     run_counted(
         "upbit::remaining_sec (well-formed headers, any order/spacing)",
         strategy,
         |(group, min, sec, order, sp)| {
-            let parts = [format!("group={group}"), format!("min={min}"), format!("sec{sp}={sp}{sec}")];
+            let parts = [
+                format!("group={group}"),
+                format!("min={min}"),
+                format!("sec{sp}={sp}{sec}"),
+            ];
             let mut ordered = parts.to_vec();
             ordered.rotate_left(order);
             let header = ordered.join(&format!(";{sp}"));
@@ -125,10 +127,7 @@ fn remaining_req_parsing_reads_what_was_written() {
 }
 
 fn retry_after() -> impl Strategy<Value = Option<String>> {
-    prop::option::of(prop_oneof![
-        any::<u64>().prop_map(|n| n.to_string()),
-        "[ -~]{0,12}",
-    ])
+    prop::option::of(prop_oneof![any::<u64>().prop_map(|n| n.to_string()), "[ -~]{0,12}",])
 }
 
 #[test]
@@ -137,7 +136,24 @@ fn block_time_parsing_never_panics_and_stays_bounded() {
         any::<String>(),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
         // Numbers of any size right before every unit the parser knows.
-        (any::<u64>(), prop::sample::select(vec!["min", "minutes", "m", "분", "ms", "milliseconds", "s", "sec", "seconds", "초", "h", ""]), "[ ]{0,2}")
+        (
+            any::<u64>(),
+            prop::sample::select(vec![
+                "min",
+                "minutes",
+                "m",
+                "분",
+                "ms",
+                "milliseconds",
+                "s",
+                "sec",
+                "seconds",
+                "초",
+                "h",
+                ""
+            ]),
+            "[ ]{0,2}"
+        )
             .prop_map(|(n, unit, sp)| format!(r#"{{"error":{{"name":418,"message":"Blocked for {n}{sp}{unit}."}}}}"#)),
     ];
     run_counted(
@@ -149,7 +165,10 @@ fn block_time_parsing_never_panics_and_stays_bounded() {
                 h.insert(http::header::RETRY_AFTER, v);
             }
             let d = ban_duration(&h, body.as_bytes());
-            prop_assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(24 * 3600), "{d:?} for {body:?}");
+            prop_assert!(
+                d >= Duration::from_secs(1) && d <= Duration::from_secs(24 * 3600),
+                "{d:?} for {body:?}"
+            );
             Ok(())
         },
     );
@@ -163,7 +182,8 @@ fn block_time_parsing_reads_seconds_and_minutes() {
         |(n, minutes)| {
             let h = http::HeaderMap::new();
             let unit = if minutes { "minutes" } else { "seconds" };
-            let body = format!(r#"{{"error":{{"name":418,"message":"Too many API requests. Blocked for {n} {unit}."}}}}"#);
+            let body =
+                format!(r#"{{"error":{{"name":418,"message":"Too many API requests. Blocked for {n} {unit}."}}}}"#);
             let want = if minutes { (n * 60).min(86_400) } else { n };
             prop_assert_eq!(ban_duration(&h, body.as_bytes()), Duration::from_secs(want));
             Ok(())

@@ -49,10 +49,7 @@ fn reply(status: u16, body: &str, remaining: Option<&str>) -> Response<Full<Byte
     b.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
 }
 
-async fn upbit(
-    seen: Arc<Seen>,
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn upbit(seen: Arc<Seen>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     let key = req
         .uri()
@@ -104,9 +101,7 @@ async fn upbit(
                 Some(&group("market")),
             )
         }
-        "/v1/trades/ticks" if n <= 2 => {
-            reply(500, r#"{"error":{"name":500,"message":"internal"}}"#, None)
-        }
+        "/v1/trades/ticks" if n <= 2 => reply(500, r#"{"error":{"name":500,"message":"internal"}}"#, None),
         "/v1/trades/ticks" => reply(
             200,
             r#"[{"market":"KRW-BTC","trade_price":1.0}]"#,
@@ -117,11 +112,7 @@ async fn upbit(
             r#"[{"market":"KRW-BTC","orderbook_units":["#,
             Some(&group("orderbook")),
         ),
-        "/v1/candles/weeks" if n == 1 => reply(
-            429,
-            "Too many API requests.",
-            Some("group=candles; min=600; sec=0"),
-        ),
+        "/v1/candles/weeks" if n == 1 => reply(429, "Too many API requests.", Some("group=candles; min=600; sec=0")),
         "/v1/candles/weeks" => reply(200, "[]", Some(&group("candles"))),
         _ => reply(
             404,
@@ -169,7 +160,9 @@ pub fn admin_url() -> String {
 pub async fn pg(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL must run on 127.0.0.1:5432 (trust auth) or set MAKENAIDE_TEST_PG_ADMIN_URL: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL must run on 127.0.0.1:5432 (trust auth) or set MAKENAIDE_TEST_PG_ADMIN_URL: {e}")
+        });
     tokio::spawn(conn);
     client
 }

@@ -121,16 +121,9 @@ impl CoreClient {
     /// A client configured from [`ENV_CORE_PORT`], [`ENV_CORE_TOKEN`] / [`ENV_AWS_SESSION_TOKEN`].
     pub fn from_env() -> Result<Self, PipelineError> {
         let port = match std::env::var(ENV_CORE_PORT) {
-            Ok(v) if !v.trim().is_empty() => v
-                .trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| {
-                    PipelineError::CoreUnavailable(format!(
-                        "{ENV_CORE_PORT}={v:?} is not a valid port (1-65535)"
-                    ))
-                })?,
+            Ok(v) if !v.trim().is_empty() => v.trim().parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                PipelineError::CoreUnavailable(format!("{ENV_CORE_PORT}={v:?} is not a valid port (1-65535)"))
+            })?,
             _ => DEFAULT_CORE_PORT,
         };
         let token = std::env::var(ENV_CORE_TOKEN)
@@ -178,10 +171,7 @@ impl CoreClient {
     /// GET an Upbit quotation path through the extension's mirror (e.g. `/v1/ticker?markets=KRW-BTC`) and
     /// decode the JSON reply. Upbit error statuses become [`PipelineError::Upbit`], the extension's own errors
     /// [`PipelineError::Core`].
-    pub async fn upbit_get<T: DeserializeOwned>(
-        &self,
-        path_and_query: &str,
-    ) -> Result<T, PipelineError> {
+    pub async fn upbit_get<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, PipelineError> {
         let reply = self.send(Method::GET, path_and_query, None).await?;
         if reply.status.is_success() {
             return decode(&reply.body, "upbit");
@@ -199,9 +189,7 @@ impl CoreClient {
             source_name: "core",
             message: format!("cannot encode request: {e}"),
         })?;
-        let reply = self
-            .send(Method::POST, path, Some(Bytes::from(body)))
-            .await?;
+        let reply = self.send(Method::POST, path, Some(Bytes::from(body))).await?;
         if reply.status.is_success() {
             return decode(&reply.body, "core");
         }
@@ -209,12 +197,7 @@ impl CoreClient {
     }
 
     /// Send one request with the token and deadline headers, retrying transport failures briefly.
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
-    ) -> Result<Reply, PipelineError> {
+    pub async fn send(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply, PipelineError> {
         let uri = format!("{}{}", self.base, path);
         let started = std::time::Instant::now();
         let mut attempt: u32 = 0;
@@ -252,19 +235,14 @@ impl CoreClient {
                             )))
                         }
                     };
-                    return Ok(Reply {
-                        status,
-                        source,
-                        body,
-                    });
+                    return Ok(Reply { status, source, body });
                 }
                 Ok(Err(e)) => e,
             };
             let detail = error_chain(&err);
             let retry = match classify(&err) {
                 TransportFailure::Refused => {
-                    started.elapsed() + backoff(attempt) < CONNECT_RETRY_BUDGET
-                        && self.time_left() > backoff(attempt)
+                    started.elapsed() + backoff(attempt) < CONNECT_RETRY_BUDGET && self.time_left() > backoff(attempt)
                 }
                 // A pooled keep-alive socket that died during a freeze: one immediate retry on a fresh connection.
                 TransportFailure::Stale if !stale_retry_used => {
@@ -286,12 +264,7 @@ impl CoreClient {
         }
     }
 
-    fn build_request(
-        &self,
-        method: &Method,
-        uri: &str,
-        body: Option<Bytes>,
-    ) -> Result<Request<Body>, PipelineError> {
+    fn build_request(&self, method: &Method, uri: &str, body: Option<Bytes>) -> Result<Request<Body>, PipelineError> {
         let mut b = Request::builder().method(method.clone()).uri(uri);
         if let Some(t) = &self.token {
             b = b.header(TOKEN_HEADER, t.clone());
@@ -303,9 +276,7 @@ impl CoreClient {
             b = b.header(header::CONTENT_TYPE, "application/json");
         }
         b.body(body.map(Body::from).unwrap_or_default())
-            .map_err(|e| {
-                PipelineError::CoreUnavailable(format!("cannot build request for {uri}: {e}"))
-            })
+            .map_err(|e| PipelineError::CoreUnavailable(format!("cannot build request for {uri}: {e}")))
     }
 
     /// Time until the deadline we gave the extension plus a little grace; the default bound without one.
@@ -352,9 +323,7 @@ fn classify(err: &hyper_util::client::legacy::Error) -> TransportFailure {
             use std::io::ErrorKind::*;
             match io.kind() {
                 ConnectionRefused => return TransportFailure::Refused,
-                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
-                    return TransportFailure::Stale
-                }
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => return TransportFailure::Stale,
                 _ => {}
             }
         }
@@ -402,11 +371,7 @@ pub(crate) fn core_error(reply: &Reply) -> PipelineError {
         Some(e) => PipelineError::Core(e),
         None => PipelineError::BadReply {
             source_name: "core",
-            message: format!(
-                "HTTP {} with body {:?}",
-                reply.status.as_u16(),
-                snippet(&reply.body)
-            ),
+            message: format!("HTTP {} with body {:?}", reply.status.as_u16(), snippet(&reply.body)),
         },
     }
 }
@@ -418,15 +383,8 @@ fn parse_core_error(status: u16, body: &[u8]) -> Option<CoreError> {
     Some(CoreError {
         status,
         code,
-        message: e
-            .get("message")
-            .and_then(|m| m.as_str())
-            .unwrap_or_default()
-            .to_owned(),
-        sqlstate: e
-            .get("sqlstate")
-            .and_then(|m| m.as_str())
-            .map(str::to_owned),
+        message: e.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_owned(),
+        sqlstate: e.get("sqlstate").and_then(|m| m.as_str()).map(str::to_owned),
         statement_index: e
             .get("statement_index")
             .or_else(|| v.get("statement_index"))
@@ -485,11 +443,7 @@ mod tests {
             r#"{"error":{"name":404,"message":"Code not found"}}"#,
         );
         match upbit_or_core_error(&r) {
-            PipelineError::Upbit {
-                status,
-                name,
-                message,
-            } => {
+            PipelineError::Upbit { status, name, message } => {
                 assert_eq!(status, 404);
                 assert_eq!(name.as_deref(), Some("404"));
                 assert_eq!(message, "Code not found");
@@ -538,9 +492,6 @@ mod tests {
     #[test]
     fn lambda_deadline_gets_a_margin() {
         let c = CoreClient::new(1, "");
-        assert_eq!(
-            c.for_lambda_deadline(10_000).deadline_ms(),
-            Some(10_000 - 750)
-        );
+        assert_eq!(c.for_lambda_deadline(10_000).deadline_ms(), Some(10_000 - 750));
     }
 }

@@ -135,10 +135,7 @@ impl CollectEvent {
             .int_in("count", 1, u64::from(MAX_COUNT))?
             .map(|n| n as u32)
             .unwrap_or(DEFAULT_COUNT);
-        let markets = f
-            .str_list("markets")?
-            .map(|list| validate_markets(&list))
-            .transpose()?;
+        let markets = f.str_list("markets")?.map(|list| validate_markets(&list)).transpose()?;
         Ok(Self {
             markets,
             interval,
@@ -155,11 +152,7 @@ pub fn validate_markets(list: &[&str]) -> Result<Vec<String>, PipelineError> {
             list.len()
         )));
     }
-    let bad: Vec<&str> = list
-        .iter()
-        .copied()
-        .filter(|m| !is_market_code(m))
-        .collect();
+    let bad: Vec<&str> = list.iter().copied().filter(|m| !is_market_code(m)).collect();
     if !bad.is_empty() {
         return Err(PipelineError::invalid(format!(
             "event.markets has invalid market codes {bad:?} (expected upper-case codes like \"KRW-BTC\")"
@@ -220,12 +213,7 @@ impl Pager {
 
     /// The next request, `(count, to)`, or `None` when finished.
     pub fn next_request(&self) -> Option<(u32, Option<&str>)> {
-        (!self.done).then(|| {
-            (
-                self.remaining.min(MAX_CANDLES_PER_REQUEST),
-                self.to.as_deref(),
-            )
-        })
+        (!self.done).then(|| (self.remaining.min(MAX_CANDLES_PER_REQUEST), self.to.as_deref()))
     }
 
     /// Record a page; returns how many of its candles (from the start, i.e. the newest) to keep.
@@ -350,20 +338,12 @@ pub fn upsert_statements(interval: Interval, rows: &[Candle]) -> Vec<Statement> 
 }
 
 /// Upsert `rows`; returns the per-market counts PostgreSQL reported.
-async fn flush(
-    client: &CoreClient,
-    interval: Interval,
-    rows: &[Candle],
-) -> Result<Vec<(String, u64)>, PipelineError> {
+async fn flush(client: &CoreClient, interval: Interval, rows: &[Candle]) -> Result<Vec<(String, u64)>, PipelineError> {
     let mut counts = Vec::new();
     for st in upsert_statements(interval, rows) {
         let r = db::query(client, &st.sql, &st.params, None).await?;
         for row in &r.rows {
-            let market = r
-                .get(row, "market")?
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+            let market = r.get(row, "market")?.as_str().unwrap_or_default().to_owned();
             let n = r.get(row, "stored")?;
             counts.push((
                 market,
@@ -383,9 +363,7 @@ fn add_counts(stored: &mut BTreeMap<String, u64>, counts: Vec<(String, u64)>) {
 }
 
 /// The latest scan's id and selection, if any scan is stored.
-pub async fn latest_selection(
-    client: &CoreClient,
-) -> Result<Option<(i64, Vec<String>)>, PipelineError> {
+pub async fn latest_selection(client: &CoreClient) -> Result<Option<(i64, Vec<String>)>, PipelineError> {
     let r = db::query(
         client,
         "SELECT id, to_json(selected) AS selected FROM scan_results ORDER BY id DESC LIMIT 1",
@@ -405,11 +383,7 @@ pub async fn latest_selection(
     };
     let list = sel
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
         .ok_or_else(|| PipelineError::BadReply {
             source_name: "core",
             message: format!("scan {id} selection is {sel}"),
@@ -418,25 +392,21 @@ pub async fn latest_selection(
 }
 
 /// Run the collector.
-pub async fn run_collector(
-    client: &CoreClient,
-    event: CollectEvent,
-) -> Result<CollectResult, PipelineError> {
-    let (markets, scan_id) = match event.markets {
-        Some(m) => (m, None),
-        None => match latest_selection(client).await? {
-            Some((id, m)) => {
-                // Stored selections come from Upbit; still never put an unchecked string into a URL.
-                let refs: Vec<&str> = m.iter().map(String::as_str).collect();
-                (validate_markets(&refs)?, Some(id))
-            }
-            None => {
-                return Err(PipelineError::invalid(
+pub async fn run_collector(client: &CoreClient, event: CollectEvent) -> Result<CollectResult, PipelineError> {
+    let (markets, scan_id) =
+        match event.markets {
+            Some(m) => (m, None),
+            None => match latest_selection(client).await? {
+                Some((id, m)) => {
+                    // Stored selections come from Upbit; still never put an unchecked string into a URL.
+                    let refs: Vec<&str> = m.iter().map(String::as_str).collect();
+                    (validate_markets(&refs)?, Some(id))
+                }
+                None => return Err(PipelineError::invalid(
                     "event.markets is missing and no scan is stored yet: run makenaide-scanner first or pass markets",
-                ))
-            }
-        },
-    };
+                )),
+            },
+        };
     let interval = event.interval;
     let count = event.count;
 
@@ -477,8 +447,7 @@ pub async fn run_collector(
     drop(fetches);
     // A fetch that ran into the deadline (a slow Upbit reply) ends at the deadline the client gives the extension;
     // the rows already fetched must still be stored, in the part of `client::DEADLINE_MARGIN` kept for that.
-    let store_client =
-        client.with_deadline_ms(client.deadline_ms().map(|d| d + STORE_GRACE.as_millis() as u64));
+    let store_client = client.with_deadline_ms(client.deadline_ms().map(|d| d + STORE_GRACE.as_millis() as u64));
     add_counts(&mut stored, flush(&store_client, interval, &pending).await?);
     let rows_stored = stored.values().sum();
     tracing::info!(
@@ -541,10 +510,7 @@ mod tests {
             "Days",
             "",
         ] {
-            assert_eq!(
-                Interval::parse(bad).expect_err(bad).error_type(),
-                "InvalidEvent"
-            );
+            assert_eq!(Interval::parse(bad).expect_err(bad).error_type(), "InvalidEvent");
         }
     }
 
@@ -552,12 +518,11 @@ mod tests {
     fn event_parsing() {
         let e = CollectEvent::from_value(&json!({})).expect("defaults");
         assert_eq!(e, CollectEvent::default());
-        let e = CollectEvent::from_value(&json!({"markets": ["KRW-BTC", "KRW-ETH", "KRW-BTC"], "interval": "minutes/5", "count": 450}))
-            .expect("valid");
-        assert_eq!(
-            e.markets,
-            Some(vec!["KRW-BTC".to_string(), "KRW-ETH".to_string()])
-        );
+        let e = CollectEvent::from_value(
+            &json!({"markets": ["KRW-BTC", "KRW-ETH", "KRW-BTC"], "interval": "minutes/5", "count": 450}),
+        )
+        .expect("valid");
+        assert_eq!(e.markets, Some(vec!["KRW-BTC".to_string(), "KRW-ETH".to_string()]));
         assert_eq!(e.interval, Interval::Minutes(5));
         assert_eq!(e.count, 450);
         assert_eq!(
@@ -579,9 +544,7 @@ mod tests {
             json!([]),
         ] {
             assert_eq!(
-                CollectEvent::from_value(&bad)
-                    .expect_err("invalid")
-                    .error_type(),
+                CollectEvent::from_value(&bad).expect_err("invalid").error_type(),
                 "InvalidEvent",
                 "{bad}"
             );
@@ -655,10 +618,7 @@ mod tests {
         assert_eq!(st.len(), 2);
         assert_eq!(st[0].params.len(), 11);
         assert_eq!(st[0].params[0], json!("minutes/60"));
-        assert_eq!(
-            st[0].params[1].as_array().expect("markets").len(),
-            ROWS_PER_STATEMENT
-        );
+        assert_eq!(st[0].params[1].as_array().expect("markets").len(), ROWS_PER_STATEMENT);
         assert_eq!(st[1].params[2].as_array().expect("utc").len(), 7);
         assert_eq!(st[1].params[10], json!([1, 1, 1, 1, 1, 1, 1]));
         assert!(st[0]

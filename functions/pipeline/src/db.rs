@@ -126,22 +126,12 @@ pub async fn transaction(
     timeout_ms: Option<u64>,
 ) -> Result<Vec<QueryResult>, PipelineError> {
     let reply: TransactionReply = client
-        .post_json(
-            "/db/transaction",
-            &TransactionBody {
-                statements,
-                timeout_ms,
-            },
-        )
+        .post_json("/db/transaction", &TransactionBody { statements, timeout_ms })
         .await?;
     if reply.results.len() != statements.len() {
         return Err(PipelineError::BadReply {
             source_name: "core",
-            message: format!(
-                "{} results for {} statements",
-                reply.results.len(),
-                statements.len()
-            ),
+            message: format!("{} results for {} statements", reply.results.len(), statements.len()),
         });
     }
     Ok(reply.results)
@@ -162,10 +152,7 @@ mod tests {
         })
         .expect("json");
         assert_eq!(q, json!({"sql": "select 1", "params": ["KRW-BTC", 5]}));
-        let st = [
-            Statement::sql("select 1"),
-            Statement::new("select $1", vec![json!(1)]),
-        ];
+        let st = [Statement::sql("select 1"), Statement::new("select $1", vec![json!(1)])];
         let t = serde_json::to_value(TransactionBody {
             statements: &st,
             timeout_ms: Some(5000),

@@ -31,10 +31,7 @@ impl<T> Envelope<T> {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a time (no chrono: a few lines of civil-calendar arithmetic are enough).
 pub fn utc_iso(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     let (y, m, d) = civil_from_days(days);
     format!(
@@ -89,9 +86,6 @@ mod tests {
         assert_eq!(v["result"], json!({"a": 1}));
         assert_eq!(v["execution_time"], json!(1.5));
         let ts = v["timestamp"].as_str().expect("timestamp");
-        assert!(
-            ts.len() == 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
-            "{ts}"
-        );
+        assert!(ts.len() == 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
     }
 }

@@ -64,7 +64,9 @@ impl fmt::Display for CoreError {
         }
         write!(f, "): {}", self.message)?;
         if self.code == "missing_token" || self.code == "invalid_token" {
-            f.write_str(" (set MAKENAIDE_CORE_TOKEN to the extension's token, or leave both unset to use AWS_SESSION_TOKEN)")?;
+            f.write_str(
+                " (set MAKENAIDE_CORE_TOKEN to the extension's token, or leave both unset to use AWS_SESSION_TOKEN)",
+            )?;
         }
         Ok(())
     }
@@ -116,8 +118,7 @@ impl PipelineError {
             Self::Core(e) => e.error_type(),
             Self::Upbit { .. } => error_type::UPSTREAM_ERROR,
             Self::BadReply {
-                source_name: "upbit",
-                ..
+                source_name: "upbit", ..
             } => error_type::UPSTREAM_ERROR,
             Self::BadReply { .. } => error_type::CORE_UNAVAILABLE,
         }
@@ -199,15 +200,7 @@ mod tests {
         let d: Diagnostic = core("sql_error").into();
         assert_eq!(d.error_type, "DatabaseError");
         assert!(d.error_message.contains("sql_error"), "{}", d.error_message);
-        assert!(
-            d.error_message.contains("sqlstate 42P01"),
-            "{}",
-            d.error_message
-        );
-        assert!(
-            d.error_message.contains("statement 1"),
-            "{}",
-            d.error_message
-        );
+        assert!(d.error_message.contains("sqlstate 42P01"), "{}", d.error_message);
+        assert!(d.error_message.contains("statement 1"), "{}", d.error_message);
     }
 }

@@ -31,12 +31,7 @@ impl<'a> Fields<'a> {
     /// Keys present but not in `known` (logged, not rejected: schedulers such as EventBridge add their own).
     pub(crate) fn unknown_keys(&self, known: &[&str]) -> Vec<String> {
         self.map
-            .map(|m| {
-                m.keys()
-                    .filter(|k| !known.contains(&k.as_str()))
-                    .cloned()
-                    .collect()
-            })
+            .map(|m| m.keys().filter(|k| !known.contains(&k.as_str())).cloned().collect())
             .unwrap_or_default()
     }
 
@@ -49,10 +44,7 @@ impl<'a> Fields<'a> {
 
     pub(crate) fn bool(&self, key: &str) -> Result<Option<bool>, PipelineError> {
         self.get(key)
-            .map(|v| {
-                v.as_bool()
-                    .ok_or_else(|| self.wrong(key, "true or false", v))
-            })
+            .map(|v| v.as_bool().ok_or_else(|| self.wrong(key, "true or false", v)))
             .transpose()
     }
 
@@ -68,19 +60,12 @@ impl<'a> Fields<'a> {
     }
 
     /// An integer in `min..=max` (`3.0` is accepted as 3).
-    pub(crate) fn int_in(
-        &self,
-        key: &str,
-        min: u64,
-        max: u64,
-    ) -> Result<Option<u64>, PipelineError> {
+    pub(crate) fn int_in(&self, key: &str, min: u64, max: u64) -> Result<Option<u64>, PipelineError> {
         self.get(key)
             .map(|v| {
-                let n = v.as_u64().or_else(|| {
-                    v.as_f64()
-                        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-                        .map(|f| f as u64)
-                });
+                let n = v
+                    .as_u64()
+                    .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64));
                 n.filter(|n| (min..=max).contains(n))
                     .ok_or_else(|| self.wrong(key, &format!("an integer from {min} to {max}"), v))
             })
@@ -97,14 +82,9 @@ impl<'a> Fields<'a> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
-        let arr = v
-            .as_array()
-            .ok_or_else(|| self.wrong(key, "a list of strings", v))?;
+        let arr = v.as_array().ok_or_else(|| self.wrong(key, "a list of strings", v))?;
         arr.iter()
-            .map(|x| {
-                x.as_str()
-                    .ok_or_else(|| self.wrong(key, "a list of strings", v))
-            })
+            .map(|x| x.as_str().ok_or_else(|| self.wrong(key, "a list of strings", v)))
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
     }
@@ -117,10 +97,7 @@ impl<'a> Fields<'a> {
             shown.truncate(cut);
             shown.push('…');
         }
-        PipelineError::invalid(format!(
-            "{}.{key} must be {expected}, got {shown}",
-            self.what
-        ))
+        PipelineError::invalid(format!("{}.{key} must be {expected}, got {shown}", self.what))
     }
 }
 
@@ -142,10 +119,7 @@ pub fn is_market_code(s: &str) -> bool {
         return false;
     };
     let ok = |p: &str, max: usize| {
-        !p.is_empty()
-            && p.len() <= max
-            && p.bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
     };
     ok(quote, 10) && ok(base, 20) && quote.bytes().all(|b| b.is_ascii_uppercase())
 }
@@ -179,19 +153,13 @@ mod tests {
     fn fields_report_the_key() {
         let v = json!({"count": 0, "flag": "yes", "n": -1});
         let f = Fields::new(&v, "event").expect("object");
-        let e = f
-            .int_in("count", 1, 10)
-            .expect_err("0 rejected")
-            .to_string();
+        let e = f.int_in("count", 1, 10).expect_err("0 rejected").to_string();
         assert!(e.contains("event.count"), "{e}");
         assert!(f.bool("flag").is_err());
         assert!(f.non_negative("n").is_err());
         assert_eq!(f.int_in("missing", 1, 10).expect("absent"), None);
         assert!(Fields::new(&json!([1]), "event").is_err());
-        assert!(Fields::new(&Value::Null, "event")
-            .expect("null ok")
-            .get("x")
-            .is_none());
+        assert!(Fields::new(&Value::Null, "event").expect("null ok").get("x").is_none());
         assert_eq!(f.unknown_keys(&["count", "flag"]), vec!["n".to_string()]);
     }
 }

@@ -121,10 +121,7 @@ pub async fn run_migrations(client: &CoreClient) -> Result<InitResult, PipelineE
         .collect();
 
     let mut applied = Vec::new();
-    let pending: Vec<&Migration> = MIGRATIONS
-        .iter()
-        .filter(|m| !present.contains(&m.version))
-        .collect();
+    let pending: Vec<&Migration> = MIGRATIONS.iter().filter(|m| !present.contains(&m.version)).collect();
     for m in pending {
         let statements = migration_transaction(m);
         let results = db::transaction(client, &statements, None).await?;
@@ -170,10 +167,7 @@ mod tests {
             .expect("insert")
             .sql
             .contains("ON CONFLICT (version) DO NOTHING RETURNING"));
-        assert_eq!(
-            st.last().expect("insert").params,
-            vec![json!(1), json!("ohlcv")]
-        );
+        assert_eq!(st.last().expect("insert").params, vec![json!(1), json!("ohlcv")]);
         assert_eq!(st.len(), MIGRATIONS[0].statements.len() + 2);
     }
 }

@@ -86,12 +86,8 @@ async fn timed<T: Serialize, F: std::future::Future<Output = Result<T, PipelineE
         }
         // Keep the step's errorType; say which step failed.
         Err(e) => Err(match e {
-            PipelineError::InvalidEvent(m) => {
-                PipelineError::InvalidEvent(format!("{name} step: {m}"))
-            }
-            PipelineError::CoreUnavailable(m) => {
-                PipelineError::CoreUnavailable(format!("{name} step: {m}"))
-            }
+            PipelineError::InvalidEvent(m) => PipelineError::InvalidEvent(format!("{name} step: {m}")),
+            PipelineError::CoreUnavailable(m) => PipelineError::CoreUnavailable(format!("{name} step: {m}")),
             other => {
                 tracing::error!(step = name, duration_ms, error = %other, "step failed");
                 other
@@ -139,17 +135,15 @@ mod tests {
             OrchestrateEvent::from_value(&eb).expect("eventbridge"),
             OrchestrateEvent::default()
         );
-        let e = OrchestrateEvent::from_value(
-            &json!({"scan": {"limit": 2}, "collect": {"interval": "weeks", "count": 5}}),
-        )
-        .expect("valid");
+        let e =
+            OrchestrateEvent::from_value(&json!({"scan": {"limit": 2}, "collect": {"interval": "weeks", "count": 5}}))
+                .expect("valid");
         assert_eq!(e.scan.limit, 2);
         assert_eq!(
             (e.collect.interval, e.collect.count, e.collect.markets),
             (Interval::Weeks, 5, None)
         );
-        let err = OrchestrateEvent::from_value(&json!({"collect": {"interval": "minutes/7"}}))
-            .expect_err("bad");
+        let err = OrchestrateEvent::from_value(&json!({"collect": {"interval": "minutes/7"}})).expect_err("bad");
         assert_eq!(err.error_type(), "InvalidEvent");
         let err = OrchestrateEvent::from_value(&json!({"scan": {"limit": 0}})).expect_err("bad");
         assert!(err.to_string().contains("event.scan.limit"), "{err}");

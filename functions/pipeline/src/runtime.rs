@@ -23,9 +23,7 @@ where
     crate::logging::init();
     let client = CoreClient::from_env()?;
     tracing::debug!(function = name, port = client.port(), "starting");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let handler = &handler;
     let client = &client;
     rt.block_on(lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| {

@@ -48,12 +48,7 @@ impl Default for ScanEvent {
 }
 
 impl ScanEvent {
-    const KEYS: &'static [&'static str] = &[
-        "min_trade_value_24h",
-        "exclude_warning",
-        "exclude_caution",
-        "limit",
-    ];
+    const KEYS: &'static [&'static str] = &["min_trade_value_24h", "exclude_warning", "exclude_caution", "limit"];
 
     /// Parse and validate an event (`null`/`{}` gives the defaults).
     pub fn from_value(v: &Value) -> Result<Self, PipelineError> {
@@ -65,15 +60,10 @@ impl ScanEvent {
         f.warn_unknown(Self::KEYS);
         let d = Self::default();
         Ok(Self {
-            min_trade_value_24h: f
-                .non_negative("min_trade_value_24h")?
-                .unwrap_or(d.min_trade_value_24h),
+            min_trade_value_24h: f.non_negative("min_trade_value_24h")?.unwrap_or(d.min_trade_value_24h),
             exclude_warning: f.bool("exclude_warning")?.unwrap_or(d.exclude_warning),
             exclude_caution: f.bool("exclude_caution")?.unwrap_or(d.exclude_caution),
-            limit: f
-                .int_in("limit", 1, MAX_LIMIT)?
-                .map(|n| n as usize)
-                .unwrap_or(d.limit),
+            limit: f.int_in("limit", 1, MAX_LIMIT)?.map(|n| n as usize).unwrap_or(d.limit),
         })
     }
 }
@@ -111,8 +101,7 @@ pub fn select(markets: &[MarketInfo], tickers: &[Ticker], ev: &ScanEvent) -> Sel
         .filter(|m| m.market.starts_with(QUOTE_PREFIX))
         .filter(|m| {
             let event = m.market_event.clone().unwrap_or_default();
-            let excluded = (ev.exclude_warning && event.warning)
-                || (ev.exclude_caution && event.any_caution());
+            let excluded = (ev.exclude_warning && event.warning) || (ev.exclude_caution && event.any_caution());
             !excluded
         })
         .filter_map(|m| value.get(m.market.as_str()).map(|v| (m.market.clone(), *v)))
@@ -120,23 +109,13 @@ pub fn select(markets: &[MarketInfo], tickers: &[Ticker], ev: &ScanEvent) -> Sel
         .collect();
     // Highest value first; ties by code so a scan is deterministic.
     candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let selected = candidates
-        .iter()
-        .take(ev.limit)
-        .map(|(m, _)| m.clone())
-        .collect();
-    Selection {
-        candidates,
-        selected,
-    }
+    let selected = candidates.iter().take(ev.limit).map(|(m, _)| m.clone()).collect();
+    Selection { candidates, selected }
 }
 
 /// Tickers for `markets`, in chunks. One unknown or just-delisted code makes Upbit fail a whole multi-market
 /// call with 404, so a 404 chunk is split in halves until the bad codes are isolated and skipped.
-pub async fn fetch_tickers(
-    client: &CoreClient,
-    markets: &[String],
-) -> Result<Vec<Ticker>, PipelineError> {
+pub async fn fetch_tickers(client: &CoreClient, markets: &[String]) -> Result<Vec<Ticker>, PipelineError> {
     let mut queue: Vec<&[String]> = markets.chunks(MAX_MARKETS_PER_TICKER_CALL).rev().collect();
     let mut out = Vec::with_capacity(markets.len());
     while let Some(chunk) = queue.pop() {
@@ -181,7 +160,13 @@ pub fn upsert_markets_statement(markets: &[&MarketInfo]) -> Statement {
          ON CONFLICT (market) DO UPDATE SET korean_name = EXCLUDED.korean_name, \
          english_name = EXCLUDED.english_name, warning = EXCLUDED.warning, caution = EXCLUDED.caution, \
          updated_at = EXCLUDED.updated_at",
-        vec![Value::Array(codes), Value::Array(korean), Value::Array(english), Value::Array(warning), Value::Array(caution)],
+        vec![
+            Value::Array(codes),
+            Value::Array(korean),
+            Value::Array(english),
+            Value::Array(warning),
+            Value::Array(caution),
+        ],
     )
 }
 
@@ -199,15 +184,9 @@ pub fn insert_scan_statement(ev: &ScanEvent, selection: &Selection) -> Statement
 }
 
 /// Run a scan: fetch, filter, store, return the selection.
-pub async fn run_scanner(
-    client: &CoreClient,
-    event: ScanEvent,
-) -> Result<ScanResult, PipelineError> {
+pub async fn run_scanner(client: &CoreClient, event: ScanEvent) -> Result<ScanResult, PipelineError> {
     let all = upbit::market_all(client).await?;
-    let krw: Vec<&MarketInfo> = all
-        .iter()
-        .filter(|m| m.market.starts_with(QUOTE_PREFIX))
-        .collect();
+    let krw: Vec<&MarketInfo> = all.iter().filter(|m| m.market.starts_with(QUOTE_PREFIX)).collect();
     let codes: Vec<String> = krw.iter().map(|m| m.market.clone()).collect();
     let tickers = fetch_tickers(client, &codes).await?;
     let selection = select(&all, &tickers, &event);
@@ -232,10 +211,7 @@ pub async fn run_scanner(
         .rows
         .first()
         .and_then(|r| r.first())
-        .and_then(|v| {
-            v.as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        })
+        .and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
         .ok_or_else(|| PipelineError::BadReply {
             source_name: "core",
             message: "scan insert returned no id".into(),
@@ -261,10 +237,7 @@ mod tests {
             market: code.into(),
             korean_name: String::new(),
             english_name: String::new(),
-            market_event: Some(MarketEvent {
-                warning,
-                caution: c,
-            }),
+            market_event: Some(MarketEvent { warning, caution: c }),
         }
     }
 
@@ -286,21 +259,11 @@ mod tests {
             ScanEvent::from_value(&json!({})).expect("defaults"),
             ScanEvent::default()
         );
+        assert_eq!(ScanEvent::from_value(&Value::Null).expect("null"), ScanEvent::default());
+        let e = ScanEvent::from_value(&json!({"min_trade_value_24h": 5e8, "exclude_caution": true, "limit": 3}))
+            .expect("valid");
         assert_eq!(
-            ScanEvent::from_value(&Value::Null).expect("null"),
-            ScanEvent::default()
-        );
-        let e = ScanEvent::from_value(
-            &json!({"min_trade_value_24h": 5e8, "exclude_caution": true, "limit": 3}),
-        )
-        .expect("valid");
-        assert_eq!(
-            (
-                e.min_trade_value_24h,
-                e.exclude_caution,
-                e.exclude_warning,
-                e.limit
-            ),
+            (e.min_trade_value_24h, e.exclude_caution, e.exclude_warning, e.limit),
             (5e8, true, true, 3)
         );
         for bad in [
@@ -370,8 +333,7 @@ mod tests {
         let st = insert_scan_statement(&ScanEvent::default(), &sel);
         assert_eq!(st.params[1], json!(["KRW-BTC"]));
         assert_eq!(st.params[2], json!(1));
-        let params: Value =
-            serde_json::from_str(st.params[0].as_str().expect("text")).expect("json");
+        let params: Value = serde_json::from_str(st.params[0].as_str().expect("text")).expect("json");
         assert_eq!(params["limit"], json!(10));
     }
 }

@@ -108,10 +108,7 @@ pub async fn market_all(client: &CoreClient) -> Result<Vec<MarketInfo>, Pipeline
 }
 
 /// `GET /v1/ticker?markets=A,B,...` for one chunk (at most [`MAX_MARKETS_PER_TICKER_CALL`] codes).
-pub async fn tickers(
-    client: &CoreClient,
-    markets: &[String],
-) -> Result<Vec<Ticker>, PipelineError> {
+pub async fn tickers(client: &CoreClient, markets: &[String]) -> Result<Vec<Ticker>, PipelineError> {
     // Market codes are validated to [A-Z0-9-] (or come from Upbit itself), so the comma list needs no escaping
     // beyond what Upbit documents (commas are sent as is, as the official clients do).
     client
@@ -127,9 +124,7 @@ pub async fn candles(
     count: u32,
     to: Option<&str>,
 ) -> Result<Vec<Candle>, PipelineError> {
-    client
-        .upbit_get(&candles_path(interval_path, market, count, to))
-        .await
+    client.upbit_get(&candles_path(interval_path, market, count, to)).await
 }
 
 /// The request path for one page of candles (pure, for tests).
@@ -195,8 +190,6 @@ mod tests {
             candles_path("minutes/5", "KRW-BTC", 200, Some("2024-01-01T00:00:00")),
             "/v1/candles/minutes/5?market=KRW-BTC&count=200&to=2024-01-01T00:00:00Z"
         );
-        assert!(
-            candles_path("days", "KRW-BTC", 1, Some("2024-01-01T00:00:00Z")).ends_with("00:00:00Z")
-        );
+        assert!(candles_path("days", "KRW-BTC", 1, Some("2024-01-01T00:00:00Z")).ends_with("00:00:00Z"));
     }
 }

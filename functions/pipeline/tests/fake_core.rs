@@ -10,8 +10,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use makenaide_pipeline::{
-    run_collector, run_migrations, run_orchestrator, run_scanner, CollectEvent, CoreClient,
-    OrchestrateEvent, PipelineError, ScanEvent,
+    run_collector, run_migrations, run_orchestrator, run_scanner, CollectEvent, CoreClient, OrchestrateEvent,
+    PipelineError, ScanEvent,
 };
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -35,12 +35,7 @@ type Shared = Arc<Mutex<State>>;
 fn day(i: usize) -> String {
     // Day i back from 2026-11-24 (i = 0 is the newest); plain arithmetic over a 30-day month is fine for a fake.
     let n = 2026 * 360 + 10 * 30 + 23 - i;
-    format!(
-        "{:04}-{:02}-{:02}T00:00:00",
-        n / 360,
-        n % 360 / 30 + 1,
-        n % 30 + 1
-    )
+    format!("{:04}-{:02}-{:02}T00:00:00", n / 360, n % 360 / 30 + 1, n % 30 + 1)
 }
 
 fn candles(market: &str, count: usize, to: Option<&str>) -> Vec<Value> {
@@ -106,7 +101,14 @@ fn upbit(path: &str, query: &str) -> Response<Full<Bytes>> {
                 "KRW-WARN" => 8e11,
                 _ => 1e8,
             };
-            reply(200, "upbit", json!(markets.iter().map(|m| json!({"market": m, "trade_price": 1.0, "acc_trade_price_24h": value(m)})).collect::<Vec<_>>()))
+            reply(
+                200,
+                "upbit",
+                json!(markets
+                    .iter()
+                    .map(|m| json!({"market": m, "trade_price": 1.0, "acc_trade_price_24h": value(m)}))
+                    .collect::<Vec<_>>()),
+            )
         }
         p if p.starts_with("/v1/candles/") => {
             let market = q.get("market").cloned().unwrap_or_default();
@@ -114,9 +116,17 @@ fn upbit(path: &str, query: &str) -> Response<Full<Bytes>> {
                 return not_found();
             }
             let count = q.get("count").and_then(|c| c.parse().ok()).unwrap_or(1);
-            reply(200, "upbit", json!(candles(&market, count, q.get("to").map(String::as_str))))
+            reply(
+                200,
+                "upbit",
+                json!(candles(&market, count, q.get("to").map(String::as_str))),
+            )
         }
-        _ => reply(404, "core", json!({"error": {"code": "not_found", "message": "unknown route"}})),
+        _ => reply(
+            404,
+            "core",
+            json!({"error": {"code": "not_found", "message": "unknown route"}}),
+        ),
     }
 }
 
@@ -125,9 +135,7 @@ fn db_result(sql: &str, params: &[Value]) -> Value {
     if sql.contains("WITH up AS") {
         let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
         for m in params[1].as_array().expect("markets") {
-            *counts
-                .entry(m.as_str().expect("market").to_owned())
-                .or_default() += 1;
+            *counts.entry(m.as_str().expect("market").to_owned()).or_default() += 1;
         }
         let rows: Vec<Value> = counts.into_iter().map(|(m, n)| json!([m, n])).collect();
         return json!({"columns": [{"name": "market", "type": "text"}, {"name": "stored", "type": "int8"}], "row_count": rows.len(), "rows": rows});
@@ -147,27 +155,16 @@ fn db_result(sql: &str, params: &[Value]) -> Value {
     json!({"columns": [], "rows": [], "row_count": 0})
 }
 
-async fn handle(
-    state: Shared,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let header = |n: &str| {
-        req.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let (token, deadline) = (
-        header("x-makenaide-token"),
-        header("x-makenaide-deadline-ms"),
-    );
+async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (token, deadline) = (header("x-makenaide-token"), header("x-makenaide-deadline-ms"));
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
-    state.lock().expect("state").requests.push((
-        format!("{path}?{query}"),
-        token.clone(),
-        deadline,
-    ));
+    state
+        .lock()
+        .expect("state")
+        .requests
+        .push((format!("{path}?{query}"), token.clone(), deadline));
     if token.as_deref() != Some(TOKEN) {
         return Ok(reply(
             401,
@@ -179,8 +176,7 @@ async fn handle(
         return Ok(upbit(&path, &query));
     }
     let body: Value =
-        serde_json::from_slice(&req.into_body().collect().await.expect("body").to_bytes())
-            .expect("json body");
+        serde_json::from_slice(&req.into_body().collect().await.expect("body").to_bytes()).expect("json body");
     if state.lock().expect("state").db_down {
         return Ok(reply(
             503,
@@ -248,10 +244,8 @@ async fn start() -> (CoreClient, Shared) {
 async fn collector_pages_back_stops_on_empty_and_reports_bad_markets() {
     let (client, state) = start().await;
     let client = client.with_deadline_ms(Some(makenaide_pipeline::client::now_ms() + 30_000));
-    let event = CollectEvent::from_value(
-        &json!({"markets": ["KRW-BTC", "KRW-NOPE", "KRW-ETH"], "count": 450}),
-    )
-    .expect("event");
+    let event =
+        CollectEvent::from_value(&json!({"markets": ["KRW-BTC", "KRW-NOPE", "KRW-ETH"], "count": 450})).expect("event");
     let r = run_collector(&client, event).await.expect("collect");
 
     assert_eq!(
@@ -262,10 +256,7 @@ async fn collector_pages_back_stops_on_empty_and_reports_bad_markets() {
     assert_eq!(r.stored.get("KRW-ETH"), Some(&5));
     assert_eq!(r.rows_stored, BTC_HISTORY as u64 + 5);
     let failed = &r.failed["KRW-NOPE"];
-    assert_eq!(
-        (failed.status, failed.message.as_str()),
-        (404, "Code not found")
-    );
+    assert_eq!((failed.status, failed.message.as_str()), (404, "Code not found"));
     assert!(!r.stored.contains_key("KRW-NOPE"));
 
     let s = state.lock().expect("state");
@@ -299,18 +290,13 @@ async fn collector_pages_back_stops_on_empty_and_reports_bad_markets() {
         .collect();
     assert_eq!(upserts.len(), 1);
     assert_eq!(upserts[0].1[0], json!("days"));
-    assert_eq!(
-        upserts[0].1[2].as_array().expect("utc").len(),
-        BTC_HISTORY + 5
-    );
+    assert_eq!(upserts[0].1[2].as_array().expect("utc").len(), BTC_HISTORY + 5);
 }
 
 #[tokio::test]
 async fn collector_defaults_to_latest_scan() {
     let (client, _state) = start().await;
-    let r = run_collector(&client, CollectEvent::default())
-        .await
-        .expect("collect");
+    let r = run_collector(&client, CollectEvent::default()).await.expect("collect");
     assert_eq!(r.scan_id, Some(41));
     assert_eq!(r.stored.get("KRW-ETH"), Some(&3));
     assert_eq!((r.interval.as_str(), r.count), ("days", 3));
@@ -319,16 +305,11 @@ async fn collector_defaults_to_latest_scan() {
 #[tokio::test]
 async fn scanner_filters_and_stores() {
     let (client, state) = start().await;
-    let r = run_scanner(&client, ScanEvent::default())
-        .await
-        .expect("scan");
+    let r = run_scanner(&client, ScanEvent::default()).await.expect("scan");
     assert_eq!(r.selected, vec!["KRW-BTC", "KRW-ETH"]); // KRW-WARN excluded, KRW-XRP below 1e9
     assert_eq!((r.scan_id, r.candidates, r.krw_markets), (42, 2, 4));
     let s = state.lock().expect("state");
-    assert!(s
-        .requests
-        .iter()
-        .any(|r| r.0 == "/v1/market/all?is_details=true"));
+    assert!(s.requests.iter().any(|r| r.0 == "/v1/market/all?is_details=true"));
     let markets = s
         .statements
         .iter()
@@ -366,17 +347,12 @@ async fn errors_carry_error_types() {
         "{e}"
     );
 
-    let event =
-        CollectEvent::from_value(&json!({"markets": ["KRW-BTC", "KRW-ETH"]})).expect("event");
-    let e = run_collector(&client, event)
-        .await
-        .expect_err("db down at upsert");
+    let event = CollectEvent::from_value(&json!({"markets": ["KRW-BTC", "KRW-ETH"]})).expect("event");
+    let e = run_collector(&client, event).await.expect_err("db down at upsert");
     assert_eq!(e.error_type(), "DatabaseError");
 
     let bad_token = CoreClient::new(client.port(), "wrong");
-    let e = run_scanner(&bad_token, ScanEvent::default())
-        .await
-        .expect_err("token");
+    let e = run_scanner(&bad_token, ScanEvent::default()).await.expect_err("token");
     assert_eq!(e.error_type(), "CoreUnavailable");
 
     // Nothing listening: retried briefly, then CoreUnavailable.
@@ -404,9 +380,7 @@ async fn connection_refused_is_retried_until_the_extension_listens() {
         let state = state.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(150)).await; // the fault being injected
-            let listener = TcpListener::bind(("127.0.0.1", port))
-                .await
-                .expect("rebind");
+            let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("rebind");
             serve(listener, state).await;
         })
     };
@@ -421,10 +395,8 @@ async fn connection_refused_is_retried_until_the_extension_listens() {
 async fn keep_alive_connection_is_reused() {
     let (client, state) = start().await;
     for _ in 0..20 {
-        let m: Vec<makenaide_pipeline::upbit::MarketInfo> = client
-            .upbit_get("/v1/market/all?is_details=true")
-            .await
-            .expect("get");
+        let m: Vec<makenaide_pipeline::upbit::MarketInfo> =
+            client.upbit_get("/v1/market/all?is_details=true").await.expect("get");
         assert_eq!(m.len(), 5);
     }
     assert_eq!(

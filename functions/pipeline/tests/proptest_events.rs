@@ -24,8 +24,15 @@ fn run_counted<S: Strategy>(name: &str, strategy: S, check: impl Fn(S::Value) ->
 where
     S::Value: std::fmt::Debug,
 {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_CASES);
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CASES);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
     let ran = Cell::new(0u32);
     if let Err(e) = runner.run(&strategy, |v| {
         ran.set(ran.get() + 1);
@@ -55,13 +62,23 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         ".{0,16}".prop_map(Value::from),
         "(KRW|BTC|USDT|krw)-[A-Z0-9a-z&=/.%-]{0,8}".prop_map(Value::from),
-        prop::sample::select(vec!["days", "weeks", "months", "minutes/1", "minutes/7", "minutes/", "years", "../x"])
-            .prop_map(Value::from),
+        prop::sample::select(vec![
+            "days",
+            "weeks",
+            "months",
+            "minutes/1",
+            "minutes/7",
+            "minutes/",
+            "years",
+            "../x"
+        ])
+        .prop_map(Value::from),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z_]{0,8}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map("[a-z_]{0,8}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -94,7 +111,9 @@ fn check_collect(e: &CollectEvent) -> Result<(), TestCaseError> {
         prop_assert!(m.len() <= MAX_MARKETS);
         for code in m {
             prop_assert!(is_market_code(code), "{code:?} accepted");
-            prop_assert!(code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-'));
+            prop_assert!(code
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-'));
         }
     }
     prop_assert!(Interval::parse(&e.interval.as_string()).is_ok());
@@ -140,21 +159,28 @@ fn orchestrator_event_parser() {
 #[test]
 fn interval_and_market_code_parsers() {
     let text = prop_oneof![any::<String>(), "minutes/[0-9]{0,12}", "[A-Za-z0-9-]{0,30}"];
-    run_counted("Interval::parse + is_market_code + validate_markets", prop::collection::vec(text, 0..8), |list| {
-        for s in &list {
-            if let Ok(iv) = Interval::parse(s) {
-                // Accepted spellings are normalised ("minutes/05" -> "minutes/5"); the URL uses the normal form.
-                prop_assert_eq!(Interval::parse(&iv.as_string()).unwrap(), iv);
-                prop_assert!(iv.as_string().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'/'));
+    run_counted(
+        "Interval::parse + is_market_code + validate_markets",
+        prop::collection::vec(text, 0..8),
+        |list| {
+            for s in &list {
+                if let Ok(iv) = Interval::parse(s) {
+                    // Accepted spellings are normalised ("minutes/05" -> "minutes/5"); the URL uses the normal form.
+                    prop_assert_eq!(Interval::parse(&iv.as_string()).unwrap(), iv);
+                    prop_assert!(iv
+                        .as_string()
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'/'));
+                }
             }
-        }
-        let refs: Vec<&str> = list.iter().map(String::as_str).collect();
-        if let Ok(valid) = validate_markets(&refs) {
-            prop_assert!(valid.iter().all(|m| is_market_code(m)));
-            prop_assert!(valid.len() <= refs.len());
-        }
-        Ok(())
-    });
+            let refs: Vec<&str> = list.iter().map(String::as_str).collect();
+            if let Ok(valid) = validate_markets(&refs) {
+                prop_assert!(valid.iter().all(|m| is_market_code(m)));
+                prop_assert!(valid.len() <= refs.len());
+            }
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -163,10 +189,14 @@ fn upbit_reply_decoding() {
         prop::collection::vec(any::<u8>(), 0..256),
         json_value().prop_map(|v| serde_json::to_vec(&json!([v])).unwrap()),
     ];
-    run_counted("serde decoding of Upbit replies (Candle, Ticker, MarketInfo)", bytes, |b| {
-        let _ = serde_json::from_slice::<Vec<Candle>>(&b);
-        let _ = serde_json::from_slice::<Vec<Ticker>>(&b);
-        let _ = serde_json::from_slice::<Vec<MarketInfo>>(&b);
-        Ok(())
-    });
+    run_counted(
+        "serde decoding of Upbit replies (Candle, Ticker, MarketInfo)",
+        bytes,
+        |b| {
+            let _ = serde_json::from_slice::<Vec<Candle>>(&b);
+            let _ = serde_json::from_slice::<Vec<Ticker>>(&b);
+            let _ = serde_json::from_slice::<Vec<MarketInfo>>(&b);
+            Ok(())
+        },
+    );
 }

@@ -53,19 +53,16 @@ pub fn tls_connector(ca_pem: &Path) -> Result<MakeRustlsConnect> {
     for cert in CertificateDer::pem_file_iter(ca_pem)
         .map_err(|e| HarnessError::State(format!("CA file {}: {e}", ca_pem.display())))?
     {
-        let cert =
-            cert.map_err(|e| HarnessError::State(format!("CA file {}: {e}", ca_pem.display())))?;
+        let cert = cert.map_err(|e| HarnessError::State(format!("CA file {}: {e}", ca_pem.display())))?;
         roots
             .add(cert)
             .map_err(|e| HarnessError::State(format!("CA certificate: {e}")))?;
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| HarnessError::State(format!("rustls: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HarnessError::State(format!("rustls: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(MakeRustlsConnect::new(cfg))
 }
 
@@ -90,18 +87,13 @@ pub struct DirectConfig {
 
 impl DirectConfig {
     pub fn from_env() -> Result<Self> {
-        let var = |k: &str| {
-            std::env::var(k).map_err(|_| HarnessError::State(format!("{k} is not set")))
-        };
+        let var = |k: &str| std::env::var(k).map_err(|_| HarnessError::State(format!("{k} is not set")));
         lambda_simulator::ensure_default_crypto_provider();
         Ok(Self {
             database_url: var(DATABASE_URL_ENV)?,
             tls: tls_connector(Path::new(&var(PG_CA_FILE_ENV)?))?,
             upbit_base: var(UPBIT_BASE_URL_ENV)?.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .tcp_nodelay(true)
-                .build()?,
+            http: reqwest::Client::builder().no_proxy().tcp_nodelay(true).build()?,
         })
     }
 }
@@ -148,19 +140,12 @@ pub async fn collect(cfg: &DirectConfig, event: &Value) -> Result<Value> {
     let markets: Vec<String> = event
         .get("markets")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|m| m.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     let mut cols = Columns::default();
     let mut failed = serde_json::Map::new();
     for market in &markets {
-        let url = format!(
-            "{}/v1/candles/{interval}?market={market}&count={count}",
-            cfg.upbit_base
-        );
+        let url = format!("{}/v1/candles/{interval}?market={market}&count={count}", cfg.upbit_base);
         let resp = cfg.http.get(&url).send().await?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await?;

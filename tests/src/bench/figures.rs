@@ -9,8 +9,7 @@ use serde_json::{json, Value};
 
 use super::direct::{self, ROW_UPSERT_SQL};
 use super::report::{
-    Bulk, BulkRun, Cold, ColdVariant, Hop, HopRow, SizeRow, Sizes, Throughput, ThroughputRun,
-    Variant, Warm,
+    Bulk, BulkRun, Cold, ColdVariant, Hop, HopRow, SizeRow, Sizes, Throughput, ThroughputRun, Variant, Warm,
 };
 use super::stats::{median, ratio, Summary};
 use super::{Bench, ENV_UPBIT_CACHE_TTL_MS, ENV_UPBIT_RATE_PER_SEC};
@@ -66,7 +65,9 @@ fn expect_rows(out: &InvokeOutcome, rows: u64, what: &str) -> Result<Value> {
         .ok_or_else(|| state(format!("{what}: no result in {v}")))?;
     let stored = result.get("rows_stored").and_then(Value::as_u64);
     if stored != Some(rows) {
-        return Err(state(format!("{what}: stored {stored:?} rows, expected {rows}: {result}")));
+        return Err(state(format!(
+            "{what}: stored {stored:?} rows, expected {rows}: {result}"
+        )));
     }
     Ok(result)
 }
@@ -188,9 +189,7 @@ pub async fn hop(b: &mut Bench) -> Result<()> {
     let sim_port = sim.addr().port();
     type Rows = Vec<(String, Vec<Duration>)>;
     let (raw, parts) = tokio::task::spawn_blocking(move || -> Result<(Rows, Rows)> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let main_port = ext[0].clone();
         let raw = rt.block_on(hop_loop(ext, url.clone(), ca.clone(), n))?;
         let parts = rt.block_on(components(main_port, sim_port, url, ca))?;
@@ -318,8 +317,7 @@ async fn hop_loop(
                             "BEGIN"
                         };
                         // tokio-postgres pipelines requests issued together on one client.
-                        let (b, r) =
-                            futures_join(pg.batch_execute(begin), pg.query_one(&stmt, &[])).await;
+                        let (b, r) = futures_join(pg.batch_execute(begin), pg.query_one(&stmt, &[])).await;
                         b?;
                         let r: i32 = r?.get(0);
                         pg.batch_execute("COMMIT").await?;
@@ -333,11 +331,7 @@ async fn hop_loop(
         }
         done += block;
     }
-    Ok(names
-        .iter()
-        .map(|s| s.to_string())
-        .zip(out)
-        .collect())
+    Ok(names.iter().map(|s| s.to_string()).zip(out).collect())
 }
 
 /// Both futures polled together (the first one first), like `futures::join`.
@@ -394,8 +388,17 @@ async fn components(
                     pg.query(
                         &prepared,
                         &[
-                            &"days", &cols.market, &cols.utc, &cols.kst, &cols.open, &cols.high, &cols.low,
-                            &cols.close, &cols.volume, &cols.turnover, &cols.ts,
+                            &"days",
+                            &cols.market,
+                            &cols.utc,
+                            &cols.kst,
+                            &cols.open,
+                            &cols.high,
+                            &cols.low,
+                            &cols.close,
+                            &cols.volume,
+                            &cols.turnover,
+                            &cols.ts,
                         ],
                     )
                     .await?;
@@ -439,8 +442,7 @@ pub async fn cold(b: &mut Bench) -> Result<()> {
     let mut init: [Vec<f64>; 3] = Default::default();
     let mut first: [Vec<f64>; 3] = Default::default();
     let mut total: [Vec<f64>; 3] = Default::default();
-    let (mut reg_log, mut ready_log, mut reg_spawn, mut ready_spawn) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut reg_log, mut ready_log, mut reg_spawn, mut ready_spawn) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..k {
         for (j, (_, label, cfg)) in cfgs.iter().enumerate() {
             let env = LambdaEnv::start(cfg.clone()).await?;
@@ -526,8 +528,16 @@ pub async fn throughput(b: &mut Bench) -> Result<()> {
     let event = collect_event(&markets, 3);
     let mut runs = Vec::new();
     for (label, cfg, mem_label) in [
-        ("makenaide-core (collector, 8 in flight, extension governor)", b.core_env(&url), MEM_RUST_FN),
-        ("old approach: Python baseline, serial + sleep(0.05)", b.python_env(&url), MEM_PY_FN),
+        (
+            "makenaide-core (collector, 8 in flight, extension governor)",
+            b.core_env(&url),
+            MEM_RUST_FN,
+        ),
+        (
+            "old approach: Python baseline, serial + sleep(0.05)",
+            b.python_env(&url),
+            MEM_PY_FN,
+        ),
     ] {
         b.truncate().await?;
         sim.reset();
@@ -622,7 +632,10 @@ pub async fn bulk(b: &mut Bench) -> Result<()> {
     let total = rows.len() as u64;
     let mut runs = Vec::new();
     let mut record = |name: &str, stored: u64, secs: f64| {
-        eprintln!("   {name}: {stored} rows in {secs:.2} s ({:.0} rows/s)", stored as f64 / secs);
+        eprintln!(
+            "   {name}: {stored} rows in {secs:.2} s ({:.0} rows/s)",
+            stored as f64 / secs
+        );
         runs.push(BulkRun {
             name: name.to_string(),
             rows: stored,
@@ -800,10 +813,11 @@ pub async fn sizes(b: &mut Bench) -> Result<()> {
             } else {
                 FUNCTION_BUDGET
             };
-            let modified = meta
-                .modified()
-                .ok()
-                .map(|t| chrono::DateTime::<chrono::Utc>::from(t).format("%Y-%m-%d %H:%M UTC").to_string());
+            let modified = meta.modified().ok().map(|t| {
+                chrono::DateTime::<chrono::Utc>::from(t)
+                    .format("%Y-%m-%d %H:%M UTC")
+                    .to_string()
+            });
             zips.push(SizeRow {
                 name,
                 bytes: meta.len(),
@@ -851,8 +865,15 @@ async fn python_deps_bytes(python: &std::path::Path) -> Option<u64> {
         .ok()?;
     let site = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     let wanted = [
-        "awslambdaric", "requests", "urllib3", "idna", "certifi", "charset_normalizer", "psycopg2",
-        "simplejson", "snapshot_restore_py",
+        "awslambdaric",
+        "requests",
+        "urllib3",
+        "idna",
+        "certifi",
+        "charset_normalizer",
+        "psycopg2",
+        "simplejson",
+        "snapshot_restore_py",
     ];
     let mut total = 0;
     for e in std::fs::read_dir(&site).ok()?.filter_map(|e| e.ok()) {

@@ -75,7 +75,8 @@ pub struct Options {
 }
 
 impl Options {
-    pub const USAGE: &'static str = "usage: makenaide-bench --python VENV_PYTHON [--out DIR] [--docs DIR] [--python-dir DIR]
+    pub const USAGE: &'static str =
+        "usage: makenaide-bench --python VENV_PYTHON [--out DIR] [--docs DIR] [--python-dir DIR]
                        [--dist DIR] [--notes FILE] [--warm N] [--hop N] [--cold N] [--quick] [--skip-python-bulk]
                        [--only 1,2,...]
   --python PATH   the benchmark venv's python (awslambdaric, requests, psycopg2-binary), required
@@ -120,7 +121,11 @@ impl Options {
                 "--only" => {
                     o.only = val("--only")?
                         .split(',')
-                        .map(|f| f.trim().parse::<u8>().map_err(|_| format!("--only: `{f}` is not a figure number")))
+                        .map(|f| {
+                            f.trim()
+                                .parse::<u8>()
+                                .map_err(|_| format!("--only: `{f}` is not a figure number"))
+                        })
                         .collect::<std::result::Result<_, _>>()?;
                 }
                 "-h" | "--help" => return Err(Self::USAGE.into()),
@@ -206,7 +211,8 @@ impl Bench {
         )
         .await?;
         let out = env.invoke(serde_json::json!({})).await?;
-        out.ok().map_err(|e| HarnessError::State(format!("db-initializer: {e}")))?;
+        out.ok()
+            .map_err(|e| HarnessError::State(format!("db-initializer: {e}")))?;
         env.shutdown(Duration::from_secs(2)).await?;
         Ok(())
     }
@@ -251,11 +257,7 @@ impl Bench {
 
     /// Rows in `ohlcv`.
     pub async fn count_rows(&self) -> Result<i64> {
-        Ok(self
-            .admin
-            .query_one("select count(*) from ohlcv", &[])
-            .await?
-            .get(0))
+        Ok(self.admin.query_one("select count(*) from ohlcv", &[]).await?.get(0))
     }
 
     /// Runs every figure, then writes the report files.
@@ -265,16 +267,14 @@ impl Bench {
             .await;
         self.run_figure(2, "2 localhost hop", |b| Box::pin(figures::hop(b)))
             .await;
-        self.run_figure(3, "3 cold start", |b| Box::pin(figures::cold(b)))
-            .await;
+        self.run_figure(3, "3 cold start", |b| Box::pin(figures::cold(b))).await;
         self.run_figure(4, "4 throughput under Upbit's limit", |b| {
             Box::pin(figures::throughput(b))
         })
         .await;
         self.run_figure(5, "5 bulk storage", |b| Box::pin(figures::bulk(b)))
             .await;
-        self.run_figure(7, "7 sizes", |b| Box::pin(figures::sizes(b)))
-            .await;
+        self.run_figure(7, "7 sizes", |b| Box::pin(figures::sizes(b))).await;
         self.report.finish_memory();
         self.write()?;
         Ok(())
@@ -285,11 +285,7 @@ impl Bench {
         &mut self,
         number: u8,
         name: &str,
-        f: impl for<'a> FnOnce(
-            &'a mut Bench,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<()>> + 'a>,
-        >,
+        f: impl for<'a> FnOnce(&'a mut Bench) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>,
     ) {
         if !self.opts.only.is_empty() && !self.opts.only.contains(&number) {
             return;
@@ -324,8 +320,5 @@ pub async fn main_with(opts: Options) -> Result<()> {
 /// `path` relative to the workspace root, for display.
 pub fn rel(path: &Path) -> String {
     let root = crate::lambda_env::bins::workspace_root();
-    path.strip_prefix(&root)
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(&root).unwrap_or(path).display().to_string()
 }

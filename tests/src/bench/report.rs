@@ -264,8 +264,7 @@ impl Report {
              was measured side by side in the same run. Samples: warm {} invocations per variant, hop {} \
              requests per variant, cold {} starts per variant. Raw data: `bench-out/results.json`; chart: \
              `docs/benchmarks.png`.\n",
-            self.generated_at, m.cpu, m.cpus, m.kernel, m.python, self.setup_note, self.warm_n, self.hop_n,
-            self.cold_n
+            self.generated_at, m.cpu, m.cpus, m.kernel, m.python, self.setup_note, self.warm_n, self.hop_n, self.cold_n
         );
         let _ = writeln!(
             s,
@@ -496,7 +495,11 @@ impl Report {
                 let _ = writeln!(s, "|---|---|---|---|");
                 for r in &h.components {
                     let x = &r.summary;
-                    let _ = writeln!(s, "| {} | {:.1} | {:.1} | {:.1} |", r.name, x.p50_us, x.p99_us, x.mean_us);
+                    let _ = writeln!(
+                        s,
+                        "| {} | {:.1} | {:.1} | {:.1} |",
+                        r.name, x.p50_us, x.p99_us, x.mean_us
+                    );
                 }
                 let _ = writeln!(s);
             }
@@ -510,7 +513,10 @@ impl Report {
                  variant, rotated.\n",
                 self.cold_n
             );
-            let _ = writeln!(s, "| variant | Init ms | first invocation ms | spawn → first response ms | max ms |");
+            let _ = writeln!(
+                s,
+                "| variant | Init ms | first invocation ms | spawn → first response ms | max ms |"
+            );
             let _ = writeln!(s, "|---|---|---|---|---|");
             for v in &c.variants {
                 let _ = writeln!(
@@ -550,8 +556,15 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "| {} | {:.2} | {:.1} % | {} | {} | {} | {} / {} | {} |",
-                    r.name, r.wall_s, r.pct_of_limit, r.candle_requests, r.responses_429, r.responses_418,
-                    r.rows_stored, r.rows_expected, r.failed_markets
+                    r.name,
+                    r.wall_s,
+                    r.pct_of_limit,
+                    r.candle_requests,
+                    r.responses_429,
+                    r.responses_418,
+                    r.rows_stored,
+                    r.rows_expected,
+                    r.failed_markets
                 );
             }
             let _ = writeln!(s);

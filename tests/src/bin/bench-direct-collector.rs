@@ -14,9 +14,7 @@ use serde_json::{json, Value};
 
 fn main() -> Result<(), Error> {
     let cfg = Arc::new(direct::DirectConfig::from_env()?);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let cfg = &cfg;
     rt.block_on(lambda_runtime::run(service_fn(
         move |ev: LambdaEvent<Value>| async move {

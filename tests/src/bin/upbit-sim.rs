@@ -27,7 +27,10 @@ env: UPBIT_SIM_ADDR, UPBIT_SIM_KRW_MARKETS, UPBIT_SIM_LATENCY_MS, UPBIT_SIM_RATE
      UPBIT_SIM_READY_FILE (flags win)";
 
 fn option(args: &[String], flag: &str, env: &str) -> Option<String> {
-    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1).cloned()).or_else(|| std::env::var(env).ok())
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| std::env::var(env).ok())
 }
 
 fn config(args: &[String]) -> Result<(SimConfig, Option<String>), String> {

@@ -53,11 +53,7 @@ pub fn candidates(name: &str) -> Vec<PathBuf> {
             dir.join("functions").join(name).join("bootstrap"),
         ];
     }
-    let own = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
+    let own = if cfg!(debug_assertions) { "debug" } else { "release" };
     let profiles: Vec<String> = match std::env::var(BIN_PROFILE_ENV) {
         Ok(p) if !p.is_empty() => vec![p],
         _ => vec![

@@ -39,10 +39,7 @@ impl CoreReply {
 
     /// A response header as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
     }
 }
 
@@ -156,9 +153,7 @@ impl CoreClient {
 
     /// The backend pid of the connection the extension used for one `/db/query`.
     pub async fn backend_pid(&self) -> Result<i64> {
-        let v = self
-            .query("select pg_backend_pid() as pid", json!([]))
-            .await?;
+        let v = self.query("select pg_backend_pid() as pid", json!([])).await?;
         v.pointer("/rows/0/0")
             .and_then(Value::as_i64)
             .ok_or_else(|| HarnessError::State(format!("unexpected /db/query reply: {v}")))
@@ -169,9 +164,5 @@ async fn reply(r: reqwest::Response) -> Result<CoreReply> {
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = r.bytes().await?;
-    Ok(CoreReply {
-        status,
-        headers,
-        body,
-    })
+    Ok(CoreReply { status, headers, body })
 }

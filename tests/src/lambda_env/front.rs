@@ -85,8 +85,7 @@ impl Front {
         let addr = listener.local_addr()?;
         let shared = Arc::new(FrontShared::default());
         let (close, close_rx) = watch::channel(false);
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let ctx = Arc::new(Ctx {
             cfg,
             journal,
@@ -109,8 +108,7 @@ impl Front {
                         let ctx = ctx.clone();
                         async move { Ok::<_, Infallible>(ctx.handle(req).await) }
                     });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc);
+                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
                     tokio::select! {
                         _ = conn => {}
                         _ = close_conn.changed() => {}
@@ -151,10 +149,8 @@ type Resp = Response<Full<Bytes>>;
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -166,10 +162,7 @@ fn lambda_error(status: StatusCode, error_type: &str, message: &str) -> Resp {
 }
 
 fn header(req: &http::request::Parts, name: &str) -> Option<String> {
-    req.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 impl Ctx {
@@ -180,17 +173,10 @@ impl Ctx {
             Err(_) => return reply(StatusCode::BAD_REQUEST, "body read error"),
         };
         let full_path = parts.uri.path().to_string();
-        let Some(path) = full_path
-            .strip_prefix(self.cfg.prefix.as_str())
-            .map(str::to_string)
-        else {
+        let Some(path) = full_path.strip_prefix(self.cfg.prefix.as_str()).map(str::to_string) else {
             return reply(StatusCode::NOT_FOUND, "unknown path prefix");
         };
-        let query = parts
-            .uri
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
+        let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
         let ext_id = header(&parts, "Lambda-Extension-Identifier");
 
         if let Some(id) = &ext_id {
@@ -207,15 +193,9 @@ impl Ctx {
             (&Method::POST, p) if p == format!("{EXT_BASE}/register") => {
                 self.register(&parts, body, &path, &query).await
             }
-            (&Method::POST, p)
-                if p == format!("{EXT_BASE}/init/error")
-                    || p == format!("{EXT_BASE}/exit/error") =>
-            {
-                let name = ext_id
-                    .as_ref()
-                    .and_then(|id| lock(&self.shared.names).get(id).cloned());
-                let error_type =
-                    header(&parts, "Lambda-Extension-Function-Error-Type").unwrap_or_default();
+            (&Method::POST, p) if p == format!("{EXT_BASE}/init/error") || p == format!("{EXT_BASE}/exit/error") => {
+                let name = ext_id.as_ref().and_then(|id| lock(&self.shared.names).get(id).cloned());
+                let error_type = header(&parts, "Lambda-Extension-Function-Error-Type").unwrap_or_default();
                 let body = String::from_utf8_lossy(&body).into_owned();
                 if let Some(id) = &ext_id {
                     lock(&self.shared.errored).insert(id.clone());
@@ -262,8 +242,7 @@ impl Ctx {
                     .or_else(|| error_type_of(&body))
                     .unwrap_or_default();
                 let body = String::from_utf8_lossy(&body).into_owned();
-                self.journal
-                    .push(ApiEventKind::RuntimeInitError { error_type, body });
+                self.journal.push(ApiEventKind::RuntimeInitError { error_type, body });
                 reply(StatusCode::ACCEPTED, r#"{"status":"OK"}"#)
             }
             (&Method::POST, p) if p.starts_with(&format!("{RT_BASE}/invocation/")) => {
@@ -286,9 +265,9 @@ impl Ctx {
                             request_id: rid,
                             error_type,
                         }),
-                        None if what == "response" => self
-                            .journal
-                            .push(ApiEventKind::RuntimeResponse { request_id: rid }),
+                        None if what == "response" => {
+                            self.journal.push(ApiEventKind::RuntimeResponse { request_id: rid })
+                        }
                         None => {}
                     }
                 }
@@ -298,13 +277,7 @@ impl Ctx {
         }
     }
 
-    async fn register(
-        &self,
-        parts: &http::request::Parts,
-        body: Bytes,
-        path: &str,
-        query: &str,
-    ) -> Resp {
+    async fn register(&self, parts: &http::request::Parts, body: Bytes, path: &str, query: &str) -> Resp {
         let name = header(parts, "Lambda-Extension-Name").unwrap_or_default();
         let events: Vec<String> = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -321,16 +294,10 @@ impl Ctx {
                 status: 403,
                 reason: reason.clone(),
             });
-            return lambda_error(
-                StatusCode::FORBIDDEN,
-                "Extension.InvalidExtensionName",
-                &reason,
-            );
+            return lambda_error(StatusCode::FORBIDDEN, "Extension.InvalidExtensionName", &reason);
         }
         if self.cfg.managed_instances && events.iter().any(|e| e.eq_ignore_ascii_case("INVOKE")) {
-            let reason =
-                "INVOKE is not a valid event on Lambda Managed Instances (register SHUTDOWN only)"
-                    .to_string();
+            let reason = "INVOKE is not a valid event on Lambda Managed Instances (register SHUTDOWN only)".to_string();
             self.journal.push(ApiEventKind::ExtensionRegisterRejected {
                 name,
                 status: 403,
@@ -362,21 +329,12 @@ impl Ctx {
         resp
     }
 
-    async fn extension_next(
-        &self,
-        parts: &http::request::Parts,
-        ext_id: Option<String>,
-        path: &str,
-    ) -> Resp {
+    async fn extension_next(&self, parts: &http::request::Parts, ext_id: Option<String>, path: &str) -> Resp {
         let id = ext_id.unwrap_or_default();
-        let name = lock(&self.shared.names)
-            .get(&id)
-            .cloned()
-            .unwrap_or_default();
+        let name = lock(&self.shared.names).get(&id).cloned().unwrap_or_default();
         if lock(&self.shared.shutdown_delivered).contains(&id) {
             // Done with SHUTDOWN: Lambda never answers this; it kills the process once all are done.
-            self.journal
-                .push(ApiEventKind::ExtensionNextAfterShutdown { id, name });
+            self.journal.push(ApiEventKind::ExtensionNextAfterShutdown { id, name });
             std::future::pending::<()>().await;
             unreachable!();
         }
@@ -389,11 +347,7 @@ impl Ctx {
             return resp;
         }
         let (mut rparts, body) = resp.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let Ok(mut event) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
             return Response::from_parts(rparts, Full::new(bytes));
         };
@@ -402,10 +356,7 @@ impl Ctx {
             .and_then(|v| v.as_str())
             .unwrap_or_default()
             .to_string();
-        let request_id = event
-            .get("requestId")
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
+        let request_id = event.get("requestId").and_then(|v| v.as_str()).map(str::to_string);
         if event_type == "SHUTDOWN" {
             lock(&self.shared.shutdown_delivered).insert(id.clone());
             let over = lock(&self.shared.shutdown_override).clone();
@@ -430,9 +381,7 @@ impl Ctx {
         });
         let seq = self.event_seq.fetch_add(1, Ordering::SeqCst);
         if let Ok(v) = HeaderValue::from_str(&format!("00000000-0000-4000-8000-{seq:012x}")) {
-            rparts
-                .headers
-                .insert("Lambda-Extension-Event-Identifier", v);
+            rparts.headers.insert("Lambda-Extension-Event-Identifier", v);
         }
         let body = Bytes::from(event.to_string());
         rparts
@@ -441,13 +390,7 @@ impl Ctx {
         Response::from_parts(rparts, Full::new(body))
     }
 
-    async fn forward(
-        &self,
-        parts: &http::request::Parts,
-        body: Bytes,
-        path: &str,
-        query: &str,
-    ) -> Resp {
+    async fn forward(&self, parts: &http::request::Parts, body: Bytes, path: &str, query: &str) -> Resp {
         let uri = format!("http://{}{}{}", self.cfg.upstream, path, query);
         let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
         for (k, v) in &parts.headers {
@@ -470,10 +413,7 @@ impl Ctx {
                     Err(_) => reply(StatusCode::BAD_GATEWAY, "simulator body error"),
                 }
             }
-            Err(e) => reply(
-                StatusCode::BAD_GATEWAY,
-                format!("simulator unreachable: {e}"),
-            ),
+            Err(e) => reply(StatusCode::BAD_GATEWAY, format!("simulator unreachable: {e}")),
         }
     }
 }

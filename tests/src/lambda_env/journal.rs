@@ -78,11 +78,7 @@ pub enum ApiEventKind {
         events: Vec<String>,
     },
     /// `POST /extension/register` was refused by the harness (name or event rules) or the simulator.
-    ExtensionRegisterRejected {
-        name: String,
-        status: u16,
-        reason: String,
-    },
+    ExtensionRegisterRejected { name: String, status: u16, reason: String },
     /// An extension called `GET /extension/event/next`.
     ExtensionNext { id: String, name: String },
     /// An event was delivered to an extension.
@@ -115,10 +111,7 @@ pub enum ApiEventKind {
     /// `POST /runtime/invocation/{id}/response`.
     RuntimeResponse { request_id: String },
     /// `POST /runtime/invocation/{id}/error`.
-    RuntimeError {
-        request_id: String,
-        error_type: String,
-    },
+    RuntimeError { request_id: String, error_type: String },
     /// `POST /runtime/init/error`.
     RuntimeInitError { error_type: String, body: String },
     /// A process of the environment ended.

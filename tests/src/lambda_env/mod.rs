@@ -337,10 +337,7 @@ impl InvokeOutcome {
     pub fn ok(&self) -> std::result::Result<&Value, String> {
         match (self.status, &self.response, &self.error) {
             (InvokeStatus::Success, Some(v), _) => Ok(v),
-            (_, _, Some(e)) => Err(format!(
-                "{:?}: {}: {}",
-                self.status, e.error_type, e.message
-            )),
+            (_, _, Some(e)) => Err(format!("{:?}: {}: {}", self.status, e.error_type, e.message)),
             _ => Err(format!("{:?} with no response", self.status)),
         }
     }
@@ -422,19 +419,10 @@ impl LambdaEnv {
         let echo = cfg.echo_logs || std::env::var(HARNESS_LOGS_ENV).is_ok_and(|v| v == "1");
         let journal = Arc::new(Journal::new(echo));
         let function_path = bins::locate(&cfg.function)?;
-        let ext_paths: Vec<PathBuf> = cfg
-            .extensions
-            .iter()
-            .map(|e| bins::locate(e))
-            .collect::<Result<_>>()?;
+        let ext_paths: Vec<PathBuf> = cfg.extensions.iter().map(|e| bins::locate(e)).collect::<Result<_>>()?;
         let ext_names: Vec<String> = ext_paths
             .iter()
-            .map(|p| {
-                p.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            })
+            .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
             .collect();
         let freeze_mode = cfg.freeze && !cfg.managed_instances;
 
@@ -496,19 +484,13 @@ impl LambdaEnv {
         );
         env.insert("AWS_SECRET_ACCESS_KEY".into(), random_hex(20));
         env.insert("AWS_SESSION_TOKEN".into(), session_token);
-        env.insert(
-            "AWS_LAMBDA_FUNCTION_ARN".into(),
-            function_arn(&cfg.function_name),
-        );
+        env.insert("AWS_LAMBDA_FUNCTION_ARN".into(), function_arn(&cfg.function_name));
         if cfg.managed_instances {
             env.insert(
                 "AWS_LAMBDA_INITIALIZATION_TYPE".into(),
                 "lambda-managed-instances".into(),
             );
-            env.insert(
-                "AWS_LAMBDA_MAX_CONCURRENCY".into(),
-                cfg.max_concurrency.to_string(),
-            );
+            env.insert("AWS_LAMBDA_MAX_CONCURRENCY".into(), cfg.max_concurrency.to_string());
         }
         env.insert(CORE_PORT_ENV.into(), core_port.to_string());
         if cfg.token != CoreToken::SessionToken {
@@ -586,9 +568,7 @@ impl LambdaEnv {
                 if let Some(fail) = init_problem(ev) {
                     return Some(Err(fail));
                 }
-                let runtime_next = ev
-                    .iter()
-                    .any(|e| matches!(e.kind, ApiEventKind::RuntimeNext));
+                let runtime_next = ev.iter().any(|e| matches!(e.kind, ApiEventKind::RuntimeNext));
                 let ext_next = ev
                     .iter()
                     .filter_map(|e| match &e.kind {
@@ -600,17 +580,9 @@ impl LambdaEnv {
                 (runtime_next && ext_next >= n_ext).then_some(Ok(()))
             })
             .await
-            .unwrap_or_else(|| {
-                Err(format!(
-                    "Init did not complete within {:?}",
-                    cfg.init_timeout
-                ))
-            });
+            .unwrap_or_else(|| Err(format!("Init did not complete within {:?}", cfg.init_timeout)));
         if let Err(reason) = ready {
-            let procs: Vec<Proc> = extensions
-                .into_iter()
-                .chain(std::iter::once(runtime))
-                .collect();
+            let procs: Vec<Proc> = extensions.into_iter().chain(std::iter::once(runtime)).collect();
             return Err(init_failed(reason, procs, &journal).await);
         }
 
@@ -689,11 +661,7 @@ impl LambdaEnv {
     }
 
     /// Waits until some process writes a line matching `pred`.
-    pub async fn wait_for_log(
-        &self,
-        timeout: Duration,
-        pred: impl Fn(&LogLine) -> bool,
-    ) -> Result<LogLine> {
+    pub async fn wait_for_log(&self, timeout: Duration, pred: impl Fn(&LogLine) -> bool) -> Result<LogLine> {
         let deadline = tokio::time::Instant::now() + timeout;
         self.journal
             .wait_for(deadline, |_, logs| logs.iter().find(|l| pred(l)).cloned())
@@ -706,8 +674,7 @@ impl LambdaEnv {
 
     /// Whether the processes are frozen right now.
     pub fn is_frozen(&self) -> bool {
-        self.manual_frozen.load(Ordering::SeqCst)
-            || self.sim().map(|s| s.is_frozen()).unwrap_or(false)
+        self.manual_frozen.load(Ordering::SeqCst) || self.sim().map(|s| s.is_frozen()).unwrap_or(false)
     }
 
     /// Freezes every process now (SIGSTOP), e.g. to freeze right after Init. The next invoke thaws them.
@@ -727,10 +694,7 @@ impl LambdaEnv {
                 p.signal(Signal::SIGCONT);
             }
         }
-        ThawGuard {
-            env: self,
-            refreeze,
-        }
+        ThawGuard { env: self, refreeze }
     }
 
     /// Invokes the function and waits for the result (and, in on-demand mode, for the freeze that follows).
@@ -771,13 +735,10 @@ impl LambdaEnv {
             .journal
             .wait_for(tokio::time::Instant::from_std(pending.deadline), |ev, _| {
                 ev.iter().find_map(|e| match &e.kind {
-                    ApiEventKind::RuntimeResponse { request_id } if *request_id == rid => {
-                        Some((e.at, None))
+                    ApiEventKind::RuntimeResponse { request_id } if *request_id == rid => Some((e.at, None)),
+                    ApiEventKind::RuntimeError { request_id, error_type } if *request_id == rid => {
+                        Some((e.at, Some(error_type.clone())))
                     }
-                    ApiEventKind::RuntimeError {
-                        request_id,
-                        error_type,
-                    } if *request_id == rid => Some((e.at, Some(error_type.clone()))),
                     ApiEventKind::ProcessExited {
                         role: Role::Runtime,
                         exit,
@@ -794,10 +755,7 @@ impl LambdaEnv {
                 response: None,
                 error: Some(FunctionError {
                     error_type: "Sandbox.Timedout".into(),
-                    message: format!(
-                        "Task timed out after {:.2} seconds",
-                        self.cfg.timeout.as_secs_f64()
-                    ),
+                    message: format!("Task timed out after {:.2} seconds", self.cfg.timeout.as_secs_f64()),
                 }),
                 duration: pending.deadline - pending.enqueued_at,
                 extensions_overhead: None,
@@ -827,14 +785,7 @@ impl LambdaEnv {
                     .map(|e| e.error_type.clone())
                     .filter(|t| !t.is_empty() && t != "UnknownError")
                     .unwrap_or(error_type);
-                (
-                    InvokeStatus::Error,
-                    None,
-                    Some(FunctionError {
-                        error_type,
-                        message,
-                    }),
-                )
+                (InvokeStatus::Error, None, Some(FunctionError { error_type, message }))
             }
         };
 
@@ -907,11 +858,7 @@ impl LambdaEnv {
 
     /// Shutdown: SIGTERM to the runtime (SIGKILL after 300 ms), SHUTDOWN with `deadlineMs` = start + `budget`
     /// to the extensions, SIGKILL for those still running at the deadline.
-    pub async fn shutdown_with(
-        mut self,
-        reason: ShutdownReason,
-        budget: Duration,
-    ) -> Result<ShutdownReport> {
+    pub async fn shutdown_with(mut self, reason: ShutdownReason, budget: Duration) -> Result<ShutdownReport> {
         let t0 = Instant::now();
         let deadline = t0 + budget;
         let deadline_ms = epoch_ms() + budget.as_millis() as i64;
@@ -1010,10 +957,7 @@ impl LambdaEnv {
             let killed = exited_before.is_none() && p.signal(Signal::SIGKILL);
             let exit = match exited_before {
                 Some(e) => Some(e),
-                None => {
-                    p.wait_exit(tokio::time::Instant::now() + Duration::from_secs(2))
-                        .await
-                }
+                None => p.wait_exit(tokio::time::Instant::now() + Duration::from_secs(2)).await,
             };
             let id = self.ext_ids.get(&p.name).cloned().unwrap_or_default();
             let received_shutdown = events.iter().any(|e| {
@@ -1029,19 +973,14 @@ impl LambdaEnv {
                 received_shutdown,
                 acknowledged_via_next,
                 exit: exit.map(|(_, e)| e),
-                exited_within_deadline: !killed
-                    && exited_before.is_some_and(|(at, _)| at <= deadline),
+                exited_within_deadline: !killed && exited_before.is_some_and(|(at, _)| at <= deadline),
                 killed,
                 elapsed: exit.map(|(at, _)| at.saturating_duration_since(dispatched)),
             });
         }
         let elapsed = t0.elapsed();
         let drain = tokio::time::Instant::now() + Duration::from_secs(2);
-        for p in self
-            .extensions
-            .iter_mut()
-            .chain(std::iter::once(&mut self.runtime))
-        {
+        for p in self.extensions.iter_mut().chain(std::iter::once(&mut self.runtime)) {
             p.drain_logs(drain).await;
         }
         self.front.close();
@@ -1066,9 +1005,7 @@ impl Drop for LambdaEnv {
             p.abort_tasks();
         }
         if let Some(sim) = lock(&self.sim).take() {
-            if let (Ok(handle), Ok(sim)) =
-                (tokio::runtime::Handle::try_current(), Arc::try_unwrap(sim))
-            {
+            if let (Ok(handle), Ok(sim)) = (tokio::runtime::Handle::try_current(), Arc::try_unwrap(sim)) {
                 handle.spawn(sim.shutdown());
             }
         }
@@ -1094,27 +1031,19 @@ impl Drop for ThawGuard<'_> {
 /// The first problem that fails Init, if any.
 fn init_problem(ev: &[ApiEvent]) -> Option<String> {
     ev.iter().find_map(|e| match &e.kind {
-        ApiEventKind::ExtensionInitError {
-            name, error_type, ..
-        } => Some(format!(
+        ApiEventKind::ExtensionInitError { name, error_type, .. } => Some(format!(
             "extension {} reported init error {error_type}",
             name.clone().unwrap_or_default()
         )),
-        ApiEventKind::ExtensionExitError {
-            name, error_type, ..
-        } => Some(format!(
+        ApiEventKind::ExtensionExitError { name, error_type, .. } => Some(format!(
             "extension {} reported exit error {error_type}",
             name.clone().unwrap_or_default()
         )),
         ApiEventKind::ExtensionRegisterRejected { name, reason, .. } => {
             Some(format!("registration of {name} refused: {reason}"))
         }
-        ApiEventKind::RuntimeInitError { error_type, .. } => {
-            Some(format!("runtime init error {error_type}"))
-        }
-        ApiEventKind::ProcessExited {
-            role, name, exit, ..
-        } => Some(format!(
+        ApiEventKind::RuntimeInitError { error_type, .. } => Some(format!("runtime init error {error_type}")),
+        ApiEventKind::ProcessExited { role, name, exit, .. } => Some(format!(
             "{} {name} exited during Init ({exit}): {}",
             if *role == Role::Extension {
                 "extension"
@@ -1138,8 +1067,9 @@ async fn init_failed(reason: String, mut procs: Vec<Proc>, journal: &Arc<Journal
         .events()
         .iter()
         .filter_map(|e| match &e.kind {
-            ApiEventKind::ExtensionInitError { name, .. }
-            | ApiEventKind::ExtensionExitError { name, .. } => name.clone(),
+            ApiEventKind::ExtensionInitError { name, .. } | ApiEventKind::ExtensionExitError { name, .. } => {
+                name.clone()
+            }
             _ => None,
         })
         .collect();
@@ -1160,22 +1090,13 @@ async fn init_failed(reason: String, mut procs: Vec<Proc>, journal: &Arc<Journal
         .iter()
         .filter_map(|e| match &e.kind {
             ApiEventKind::ExtensionInitError {
-                name,
-                error_type,
-                body,
-                ..
-            } => Some((
-                name.clone().unwrap_or_default(),
-                error_type.clone(),
-                body.clone(),
-            )),
+                name, error_type, body, ..
+            } => Some((name.clone().unwrap_or_default(), error_type.clone(), body.clone())),
             _ => None,
         })
         .collect();
     let runtime_init_error = events.iter().find_map(|e| match &e.kind {
-        ApiEventKind::RuntimeInitError { error_type, body } => {
-            Some((error_type.clone(), body.clone()))
-        }
+        ApiEventKind::RuntimeInitError { error_type, body } => Some((error_type.clone(), body.clone())),
         _ => None,
     });
     let exits = procs

@@ -88,12 +88,7 @@ impl Proc {
                     let exit = ExitInfo::from_status(status);
                     exited.store(true, Ordering::SeqCst);
                     let _ = exit_tx.send(Some((Instant::now(), exit)));
-                    journal.push(ApiEventKind::ProcessExited {
-                        role,
-                        name,
-                        pid,
-                        exit,
-                    });
+                    journal.push(ApiEventKind::ProcessExited { role, name, pid, exit });
                 }
             }));
         }
@@ -179,8 +174,7 @@ impl Proc {
         if self.has_exited() || self.pid == 0 {
             return false;
         }
-        killpg(Pid::from_raw(self.pid as i32), signal).is_ok()
-            || kill(Pid::from_raw(self.pid as i32), signal).is_ok()
+        killpg(Pid::from_raw(self.pid as i32), signal).is_ok() || kill(Pid::from_raw(self.pid as i32), signal).is_ok()
     }
 
     /// Aborts the reader tasks (used on drop, after the process is gone).
@@ -219,9 +213,7 @@ fn isolate(cmd: &mut tokio::process::Command) {
     cmd.process_group(0);
     // SAFETY: the closure only calls prctl, which is async-signal-safe, between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
     }
 }
 

@@ -55,7 +55,9 @@ impl Route {
                     "months" => Self::Candles(Ok(Interval::Months)),
                     "years" => Self::Candles(Ok(Interval::Years)),
                     _ => {
-                        let unit = rest.strip_prefix("minutes/").filter(|u| !u.is_empty() && !u.contains('/'))?;
+                        let unit = rest
+                            .strip_prefix("minutes/")
+                            .filter(|u| !u.is_empty() && !u.contains('/'))?;
                         Self::Candles(match unit.parse::<u32>() {
                             Ok(u) if Interval::MINUTE_UNITS.contains(&u) => Ok(Interval::Minutes(u)),
                             Ok(_) => Err(MSG_UNIT),
@@ -122,12 +124,18 @@ impl Query {
 
     /// First value of the first of `names` present (spelling aliases, e.g. `is_details` / `isDetails`).
     pub fn get(&self, names: &[&str]) -> Option<&str> {
-        names.iter().find_map(|n| self.0.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()))
+        names
+            .iter()
+            .find_map(|n| self.0.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()))
     }
 
     /// Comma-separated values over every occurrence of `name` (`markets=A,B` and `markets=A&markets=B`).
     pub fn list(&self, name: &str) -> Vec<String> {
-        self.0.iter().filter(|(k, _)| k == name).flat_map(|(_, v)| v.split(',').map(str::to_string)).collect()
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .flat_map(|(_, v)| v.split(',').map(str::to_string))
+            .collect()
     }
 
     /// Every market code the request names (for fault filters).
@@ -150,7 +158,10 @@ impl ApiError {
         Self { status: 400, message }
     }
     fn not_found() -> Self {
-        Self { status: 404, message: MSG_CODE }
+        Self {
+            status: 404,
+            message: MSG_CODE,
+        }
     }
 
     /// The JSON body, with the integer `name` quotation errors use (§4).
@@ -164,7 +175,13 @@ impl ApiError {
         struct Outer<'a> {
             error: Inner<'a>,
         }
-        serde_json::to_vec(&Outer { error: Inner { name: self.status, message: self.message } }).unwrap_or_default()
+        serde_json::to_vec(&Outer {
+            error: Inner {
+                name: self.status,
+                message: self.message,
+            },
+        })
+        .unwrap_or_default()
     }
 }
 
@@ -175,7 +192,10 @@ pub struct Reply {
 }
 
 fn json<T: Serialize>(v: &T) -> Reply {
-    Reply { body: serde_json::to_vec(v).unwrap_or_default(), candles: None }
+    Reply {
+        body: serde_json::to_vec(v).unwrap_or_default(),
+        candles: None,
+    }
 }
 
 /// A required parameter: missing or empty is 400 "Missing request parameter".
@@ -184,7 +204,9 @@ fn required<'a>(q: &'a Query, names: &[&str]) -> Result<&'a str, ApiError> {
 }
 
 fn int_param(q: &Query, names: &[&str]) -> Result<Option<i64>, ApiError> {
-    q.get(names).map(|v| v.trim().parse::<i64>().map_err(|_| ApiError::bad(MSG_TYPE))).transpose()
+    q.get(names)
+        .map(|v| v.trim().parse::<i64>().map_err(|_| ApiError::bad(MSG_TYPE)))
+        .transpose()
 }
 
 fn bool_param(q: &Query, names: &[&str]) -> Result<bool, ApiError> {
@@ -209,7 +231,10 @@ pub fn dispatch(data: &MarketData, route: Route, q: &Query, now: DateTime<Utc>) 
                     market: m.code.clone(),
                     korean_name: m.korean_name.clone(),
                     english_name: m.english_name.clone(),
-                    market_event: details.then_some(MarketEvent { warning: m.warning, caution: m.caution }),
+                    market_event: details.then_some(MarketEvent {
+                        warning: m.warning,
+                        caution: m.caution,
+                    }),
                 })
                 .collect();
             Ok(json(&items))
@@ -231,9 +256,14 @@ pub fn dispatch(data: &MarketData, route: Route, q: &Query, now: DateTime<Utc>) 
                 (Interval::Days, Some(u)) if !u.is_empty() => return Err(ApiError::bad(MSG_INVALID)),
                 _ => false,
             };
-            let candles = data.candles(market, interval, to, count, now, convert).ok_or(ApiError::not_found())?;
+            let candles = data
+                .candles(market, interval, to, count, now, convert)
+                .ok_or(ApiError::not_found())?;
             let body = serde_json::to_vec(&candles).unwrap_or_default();
-            Ok(Reply { body, candles: Some((interval, candles)) })
+            Ok(Reply {
+                body,
+                candles: Some((interval, candles)),
+            })
         }
         Route::Ticker => {
             let specs = markets_param(data, q)?;
@@ -241,7 +271,11 @@ pub fn dispatch(data: &MarketData, route: Route, q: &Query, now: DateTime<Utc>) 
         }
         Route::TickerAll => {
             required(q, &["quote_currencies", "quoteCurrencies"])?;
-            let name = if q.get(&["quote_currencies"]).is_some() { "quote_currencies" } else { "quoteCurrencies" };
+            let name = if q.get(&["quote_currencies"]).is_some() {
+                "quote_currencies"
+            } else {
+                "quoteCurrencies"
+            };
             let quotes = q.list(name);
             let known: Vec<&str> = data.catalog.markets.iter().map(|m| m.quote()).collect();
             if quotes.iter().any(|c| !known.iter().any(|k| k.eq_ignore_ascii_case(c))) {
@@ -249,7 +283,12 @@ pub fn dispatch(data: &MarketData, route: Route, q: &Query, now: DateTime<Utc>) 
             }
             let mut out = Vec::new();
             for quote in &quotes {
-                for m in data.catalog.markets.iter().filter(|m| m.quote().eq_ignore_ascii_case(quote)) {
+                for m in data
+                    .catalog
+                    .markets
+                    .iter()
+                    .filter(|m| m.quote().eq_ignore_ascii_case(quote))
+                {
                     out.push(data.ticker(m, now));
                 }
             }
@@ -257,7 +296,9 @@ pub fn dispatch(data: &MarketData, route: Route, q: &Query, now: DateTime<Utc>) 
         }
         Route::Orderbook => {
             let specs = markets_param(data, q)?;
-            let count = int_param(q, &["count"])?.unwrap_or(MAX_ORDERBOOK_UNITS).clamp(1, MAX_ORDERBOOK_UNITS) as usize;
+            let count = int_param(q, &["count"])?
+                .unwrap_or(MAX_ORDERBOOK_UNITS)
+                .clamp(1, MAX_ORDERBOOK_UNITS) as usize;
             let (level, level_json) = match q.get(&["level"]).filter(|l| !l.is_empty()) {
                 None => (0.0, serde_json::Number::from(0)),
                 Some(l) => {
@@ -280,7 +321,10 @@ pub fn dispatch(data: &MarketData, route: Route, q: &Query, now: DateTime<Utc>) 
                     if m.quote() != "KRW" {
                         continue;
                     }
-                    let ok = data.supported_levels(m, now).iter().any(|s| s.parse::<f64>().is_ok_and(|x| x == level));
+                    let ok = data
+                        .supported_levels(m, now)
+                        .iter()
+                        .any(|s| s.parse::<f64>().is_ok_and(|x| x == level));
                     if !ok {
                         return Err(ApiError::bad(MSG_INVALID));
                     }
@@ -332,5 +376,8 @@ fn markets_param<'a>(data: &'a MarketData, q: &Query) -> Result<Vec<&'a super::c
     if codes.iter().all(|c| c.is_empty()) {
         return Err(ApiError::bad(MSG_MISSING));
     }
-    codes.iter().map(|c| data.catalog.find(c).ok_or(ApiError::not_found())).collect()
+    codes
+        .iter()
+        .map(|c| data.catalog.find(c).ok_or(ApiError::not_found()))
+        .collect()
 }

@@ -82,7 +82,13 @@ impl MarketSpec {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         let listed = u64::from(self.listed.num_days_from_ce().unsigned_abs());
-        mix(&[h, self.base_price.to_bits(), self.daily_turnover.to_bits(), self.trade_rate.to_bits(), listed])
+        mix(&[
+            h,
+            self.base_price.to_bits(),
+            self.daily_turnover.to_bits(),
+            self.trade_rate.to_bits(),
+            listed,
+        ])
     }
 }
 
@@ -111,8 +117,24 @@ const KRW_ROWS: [Row; 42] = [
     ("TRX", "트론", "TRON", 350.0, 20e9, 2.0, (2018, 4, 1)),
     ("AVAX", "아발란체", "Avalanche", 40_000.0, 15e9, 2.0, (2022, 1, 20)),
     ("LINK", "체인링크", "Chainlink", 25_000.0, 12e9, 2.0, (2020, 9, 1)),
-    ("BCH", "비트코인캐시", "Bitcoin Cash", 650_000.0, 10e9, 1.2, (2017, 11, 13)),
-    ("ETC", "이더리움클래식", "Ethereum Classic", 35_000.0, 9e9, 1.0, (2017, 9, 25)),
+    (
+        "BCH",
+        "비트코인캐시",
+        "Bitcoin Cash",
+        650_000.0,
+        10e9,
+        1.2,
+        (2017, 11, 13),
+    ),
+    (
+        "ETC",
+        "이더리움클래식",
+        "Ethereum Classic",
+        35_000.0,
+        9e9,
+        1.0,
+        (2017, 9, 25),
+    ),
     ("PEPE", "페페", "Pepe", 0.02, 8e9, 1.5, (2023, 12, 1)),
     ("DOT", "폴카닷", "Polkadot", 8_000.0, 8e9, 1.5, (2020, 10, 1)),
     ("XLM", "스텔라루멘", "Lumen", 400.0, 7e9, 1.0, (2017, 10, 10)),
@@ -128,10 +150,26 @@ const KRW_ROWS: [Row; 42] = [
     ("SEI", "세이", "Sei", 350.0, 2e9, 0.5, (2023, 8, 15)),
     ("MANA", "디센트럴랜드", "Decentraland", 400.0, 1.5e9, 0.4, (2017, 12, 1)),
     ("ALGO", "알고랜드", "Algorand", 300.0, 1.5e9, 0.3, (2020, 9, 1)),
-    ("AXS", "엑시인피니티", "Axie Infinity", 7_000.0, 1.2e9, 0.3, (2020, 12, 1)),
+    (
+        "AXS",
+        "엑시인피니티",
+        "Axie Infinity",
+        7_000.0,
+        1.2e9,
+        0.3,
+        (2020, 12, 1),
+    ),
     ("STX", "스택스", "Stacks", 1_500.0, 1.2e9, 0.3, (2021, 3, 1)),
     ("IMX", "이뮤터블엑스", "ImmutableX", 1_200.0, 0.9e9, 0.2, (2022, 2, 1)),
-    ("ENS", "이더리움네임서비스", "Ethereum Name Service", 30_000.0, 0.9e9, 0.15, (2022, 6, 1)),
+    (
+        "ENS",
+        "이더리움네임서비스",
+        "Ethereum Name Service",
+        30_000.0,
+        0.9e9,
+        0.15,
+        (2022, 6, 1),
+    ),
     ("EOS", "이오스", "EOS", 1_000.0, 0.8e9, 0.2, (2017, 11, 1)),
     ("CHZ", "칠리즈", "Chiliz", 100.0, 0.7e9, 0.2, (2021, 3, 1)),
     ("NEO", "네오", "NEO", 15_000.0, 0.6e9, 0.15, (2017, 9, 25)),

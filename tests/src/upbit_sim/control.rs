@@ -32,17 +32,27 @@ use super::server::{lock, response, Shared, SimBody};
 const MAX_BODY: usize = 1 << 20;
 
 fn ok(v: &impl Serialize) -> Response<SimBody> {
-    response(200, "application/json", SimBody::full(serde_json::to_vec(v).unwrap_or_default()))
+    response(
+        200,
+        "application/json",
+        SimBody::full(serde_json::to_vec(v).unwrap_or_default()),
+    )
 }
 
 fn err(status: u16, msg: impl std::fmt::Display) -> Response<SimBody> {
-    response(status, "application/json", SimBody::full(json!({"error": msg.to_string()}).to_string()))
+    response(
+        status,
+        "application/json",
+        SimBody::full(json!({"error": msg.to_string()}).to_string()),
+    )
 }
 
 /// Applies a JSON patch (an object with some of the fields) to `cur`.
 fn patch<T: Serialize + DeserializeOwned>(cur: &T, body: &Value) -> Result<T, String> {
     let mut v = serde_json::to_value(cur).map_err(|e| e.to_string())?;
-    let (Value::Object(dst), Value::Object(src)) = (&mut v, body) else { return Err("expected a JSON object".into()) };
+    let (Value::Object(dst), Value::Object(src)) = (&mut v, body) else {
+        return Err("expected a JSON object".into());
+    };
     for (k, x) in src {
         if !dst.contains_key(k) {
             return Err(format!("unknown field `{k}`"));
@@ -63,8 +73,11 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
     if body.len() > MAX_BODY {
         return err(413, "body too large");
     }
-    let parsed: Result<Value, String> =
-        if body.is_empty() { Ok(json!({})) } else { serde_json::from_slice(&body).map_err(|e| e.to_string()) };
+    let parsed: Result<Value, String> = if body.is_empty() {
+        Ok(json!({}))
+    } else {
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    };
     let route = path.trim_start_matches("/__sim").trim_end_matches('/');
     match (method, route) {
         (Method::GET, "/stats") => ok(&shared.snapshot()),
@@ -88,7 +101,9 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
                 Ok(v) => v.clone(),
                 Err(e) => return err(400, e),
             };
-            let Some(ms) = v.get("ms").and_then(Value::as_u64) else { return err(400, "expected {\"ms\": <u64>}") };
+            let Some(ms) = v.get("ms").and_then(Value::as_u64) else {
+                return err(400, "expected {\"ms\": <u64>}");
+            };
             lock(&shared.knobs).latency = std::time::Duration::from_millis(ms);
             ok(&json!({"latency_ms": ms}))
         }
@@ -179,9 +194,14 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
             ok(&served)
         }
         (Method::GET, "/expected-candles") => {
-            let Some(market) = q.get(&["market"]) else { return err(400, "market is required") };
+            let Some(market) = q.get(&["market"]) else {
+                return err(400, "market is required");
+            };
             let Some(interval) = Interval::parse(q.get(&["interval"]).unwrap_or("days")) else {
-                return err(400, "bad interval (seconds, minutes/<unit>, days, weeks, months, years)");
+                return err(
+                    400,
+                    "bad interval (seconds, minutes/<unit>, days, weeks, months, years)",
+                );
             };
             let to = match q.get(&["to"]) {
                 None => None,
@@ -190,8 +210,11 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
                     None => return err(400, format!("cannot parse `to` {t}")),
                 },
             };
-            let count =
-                q.get(&["count"]).and_then(|c| c.parse::<usize>().ok()).unwrap_or(1).min(super::api::MAX_CANDLES);
+            let count = q
+                .get(&["count"])
+                .and_then(|c| c.parse::<usize>().ok())
+                .unwrap_or(1)
+                .min(super::api::MAX_CANDLES);
             match shared.data.candles(market, interval, to, count, shared.now(), false) {
                 Some(c) => ok(&c),
                 None => err(404, "unknown market"),

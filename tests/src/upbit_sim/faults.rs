@@ -66,12 +66,21 @@ pub struct FaultRule {
 impl FaultRule {
     /// `fault` on the next request, whatever it is.
     pub fn once(fault: Fault) -> Self {
-        Self { fault, times: 1, group: None, path: None, market: None }
+        Self {
+            fault,
+            times: 1,
+            group: None,
+            path: None,
+            market: None,
+        }
     }
 
     /// `fault` on the next `times` requests.
     pub fn times(fault: Fault, times: u32) -> Self {
-        Self { times, ..Self::once(fault) }
+        Self {
+            times,
+            ..Self::once(fault)
+        }
     }
 
     /// Restricts the rule to one rate-limit group.
@@ -89,7 +98,10 @@ impl FaultRule {
     pub(crate) fn matches(&self, group: &str, path: &str, markets: &[String]) -> bool {
         self.group.as_deref().is_none_or(|g| g == group)
             && self.path.as_deref().is_none_or(|p| path.starts_with(p))
-            && self.market.as_deref().is_none_or(|m| markets.iter().any(|x| x.eq_ignore_ascii_case(m)))
+            && self
+                .market
+                .as_deref()
+                .is_none_or(|m| markets.iter().any(|x| x.eq_ignore_ascii_case(m)))
     }
 }
 
@@ -118,8 +130,18 @@ impl FaultProbabilities {
         let u = (mix(&[self.seed, 0xfa17, n]) >> 11) as f64 / (1u64 << 53) as f64;
         let options = [
             (self.too_many_requests, Fault::TooManyRequests),
-            (self.blocked, Fault::Blocked { secs: self.blocked_secs.max(1) }),
-            (self.server_error, Fault::ServerError { status: [500, 502, 503][(mix(&[self.seed, n]) % 3) as usize] }),
+            (
+                self.blocked,
+                Fault::Blocked {
+                    secs: self.blocked_secs.max(1),
+                },
+            ),
+            (
+                self.server_error,
+                Fault::ServerError {
+                    status: [500, 502, 503][(mix(&[self.seed, n]) % 3) as usize],
+                },
+            ),
             (self.reset, Fault::Reset),
             (self.slow, Fault::Slow { ms: self.slow_ms }),
             (self.malformed_json, Fault::MalformedJson),

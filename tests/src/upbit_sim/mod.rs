@@ -292,7 +292,9 @@ impl SimHandle {
         to: Option<DateTime<Utc>>,
         count: usize,
     ) -> Option<Vec<Candle>> {
-        self.shared.data.candles(market, interval, to, count.min(api::MAX_CANDLES), self.now(), false)
+        self.shared
+            .data
+            .candles(market, interval, to, count.min(api::MAX_CANDLES), self.now(), false)
     }
 
     /// Every candle sent so far, in order.
@@ -305,7 +307,14 @@ impl SimHandle {
     pub fn served_latest(&self) -> BTreeMap<(String, String, String), Candle> {
         let mut out = BTreeMap::new();
         for s in lock(&self.shared.served).iter().filter(|s| s.delivered) {
-            out.insert((s.market.clone(), s.interval.clone(), s.candle.candle_date_time_utc.clone()), s.candle.clone());
+            out.insert(
+                (
+                    s.market.clone(),
+                    s.interval.clone(),
+                    s.candle.candle_date_time_utc.clone(),
+                ),
+                s.candle.clone(),
+            );
         }
         out
     }

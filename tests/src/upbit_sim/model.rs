@@ -34,7 +34,9 @@ fn splitmix(mut z: u64) -> u64 {
 
 /// Mixes several words into one well-distributed hash.
 pub fn mix(parts: &[u64]) -> u64 {
-    parts.iter().fold(0x1234_5678_9abc_def0, |h, &p| splitmix(h ^ splitmix(p)))
+    parts
+        .iter()
+        .fold(0x1234_5678_9abc_def0, |h, &p| splitmix(h ^ splitmix(p)))
 }
 
 /// A hash as a float in [0, 1).
@@ -172,12 +174,17 @@ fn kst(t: NaiveDateTime) -> NaiveDateTime {
 /// (reference §2.3).
 pub fn parse_to(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
-    let t_form =
-        if s.len() > 10 && s.as_bytes()[10] == b' ' { format!("{}T{}", &s[..10], &s[11..]) } else { s.to_string() };
+    let t_form = if s.len() > 10 && s.as_bytes()[10] == b' ' {
+        format!("{}T{}", &s[..10], &s[11..])
+    } else {
+        s.to_string()
+    };
     if let Ok(d) = DateTime::parse_from_rfc3339(&t_form) {
         return Some(d.with_timezone(&Utc));
     }
-    NaiveDateTime::parse_from_str(&t_form, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|n| n.and_utc())
+    NaiveDateTime::parse_from_str(&t_form, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|n| n.and_utc())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -243,7 +250,10 @@ impl Tick {
 
     /// The tick times `10^k`.
     fn scaled(&self, k: i32) -> Self {
-        Self { m: self.m, e: self.e + k }
+        Self {
+            m: self.m,
+            e: self.e + k,
+        }
     }
 
     /// Decimal rendering, as `orderbook/instruments` sends it (`"1000"`, `"0.01"`).
@@ -374,7 +384,15 @@ fn generic_bar(spec: &MarketSpec, seed: u64, kind: u64, start: i64, len: i64, no
     let progress = ((last - start - first_off + 1) as f64 / (last_off - first_off + 1) as f64).clamp(0.0, 1.0);
     let volume = round8(volume_rate(spec) * (len as f64 / 1000.0) / p * (0.3 + 1.4 * unit(hs[3])) * progress);
     let value = round8(volume * (open + high + low + close) / 4.0);
-    Some(Bar { open, high, low, close, volume, value, ts: last })
+    Some(Bar {
+        open,
+        high,
+        low,
+        close,
+        volume,
+        value,
+        ts: last,
+    })
 }
 
 type DayKey = (u64, i32);
@@ -469,7 +487,11 @@ fn agg_bar(spec: &MarketSpec, seed: u64, from: NaiveDate, to: NaiveDate, now: i6
         }
         d += Duration::days(1);
     }
-    acc.map(|a| Bar { volume: round8(a.volume), value: round8(a.value), ..a })
+    acc.map(|a| Bar {
+        volume: round8(a.volume),
+        value: round8(a.value),
+        ..a
+    })
 }
 
 /// The bar of `interval` starting at `start`, as seen at `now` (ms).
@@ -485,7 +507,15 @@ pub fn bar(spec: &MarketSpec, seed: u64, interval: Interval, start: NaiveDateTim
             }
             let t = trade_at(spec, seed, s / 1000).filter(|t| t.ts <= now)?;
             let value = round8(t.price * t.volume);
-            Some(Bar { open: t.price, high: t.price, low: t.price, close: t.price, volume: t.volume, value, ts: t.ts })
+            Some(Bar {
+                open: t.price,
+                high: t.price,
+                low: t.price,
+                close: t.price,
+                volume: t.volume,
+                value,
+                ts: t.ts,
+            })
         }
         Interval::Minutes(u) => {
             if s < listed_ms(spec) {
@@ -743,9 +773,12 @@ impl MarketData {
             "USDT" => "KRW-USDT",
             _ => return serde_json::Value::Null,
         };
-        let Some(q) = self.catalog.find(via) else { return serde_json::Value::Null };
-        day_bar(q, self.seed(q), day, now)
-            .map_or(serde_json::Value::Null, |qb| serde_json::json!(round8(close * qb.close)))
+        let Some(q) = self.catalog.find(via) else {
+            return serde_json::Value::Null;
+        };
+        day_bar(q, self.seed(q), day, now).map_or(serde_json::Value::Null, |qb| {
+            serde_json::json!(round8(close * qb.close))
+        })
     }
 
     /// The ticker of `spec` at `now` (the UTC day is the reference for open/high/low/acc and the previous close).
@@ -855,8 +888,16 @@ impl MarketData {
         let n_bid = (mid / tick.value()).floor() as i64;
         let base = volume_rate(spec) * 30.0;
         let h = mix(&[seed, 4, ts as u64]);
-        let bid_depth = if spec.trade_rate < 0.05 { 3 + (h % 5) as usize } else { usize::MAX };
-        let group = if level > 0.0 { (level / tick.value()).round().max(1.0) } else { 1.0 };
+        let bid_depth = if spec.trade_rate < 0.05 {
+            3 + (h % 5) as usize
+        } else {
+            usize::MAX
+        };
+        let group = if level > 0.0 {
+            (level / tick.value()).round().max(1.0)
+        } else {
+            1.0
+        };
         let size =
             |side: u64, i: usize| round8(base * (0.05 + 2.0 * unit(mix(&[h, side, i as u64]))) * group.min(50.0));
         let mut units = Vec::with_capacity(count);
@@ -864,13 +905,24 @@ impl MarketData {
             let (ask_price, bid_price) = if level > 0.0 {
                 let best_ask = tick.of_units(n_bid + 1);
                 let best_bid = tick.of_units(n_bid);
-                (((best_ask / level).ceil() + i as f64) * level, ((best_bid / level).floor() - i as f64) * level)
+                (
+                    ((best_ask / level).ceil() + i as f64) * level,
+                    ((best_bid / level).floor() - i as f64) * level,
+                )
             } else {
                 (tick.of_units(n_bid + 1 + i as i64), tick.of_units(n_bid - i as i64))
             };
-            let (bid_price, bid_size) =
-                if i < bid_depth && bid_price > 0.0 { (bid_price, size(2, i)) } else { (0.0, 0.0) };
-            units.push(OrderbookUnit { ask_price, bid_price, ask_size: size(1, i), bid_size });
+            let (bid_price, bid_size) = if i < bid_depth && bid_price > 0.0 {
+                (bid_price, size(2, i))
+            } else {
+                (0.0, 0.0)
+            };
+            units.push(OrderbookUnit {
+                ask_price,
+                bid_price,
+                ask_size: size(1, i),
+                bid_size,
+            });
         }
         Orderbook {
             market: spec.code.clone(),

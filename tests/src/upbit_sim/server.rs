@@ -128,7 +128,10 @@ impl Shared {
         lock(&self.served).clear();
         self.update_stats(|st| {
             let open = st.stats.connections_open;
-            st.stats = SimStats { connections_open: open, ..SimStats::default() };
+            st.stats = SimStats {
+                connections_open: open,
+                ..SimStats::default()
+            };
             st.conns.retain(|_, c| c.open);
             for c in st.conns.values_mut() {
                 c.requests = 0;
@@ -197,9 +200,21 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             id = st.next_conn;
             st.stats.connections_accepted += 1;
             st.stats.connections_open += 1;
-            st.conns.insert(id, ConnStats { id, peer: peer.to_string(), requests: 0, control_requests: 0, open: true });
+            st.conns.insert(
+                id,
+                ConnStats {
+                    id,
+                    peer: peer.to_string(),
+                    requests: 0,
+                    control_requests: 0,
+                    open: true,
+                },
+            );
         });
-        let ctl = Arc::new(ConnCtl { kill: Notify::new(), reset: AtomicBool::new(false) });
+        let ctl = Arc::new(ConnCtl {
+            kill: Notify::new(),
+            reset: AtomicBool::new(false),
+        });
         lock(&shared.conns).insert(id, ctl.clone());
         tokio::spawn(serve_conn(shared.clone(), stream, peer, id, ctl));
     }
@@ -225,8 +240,9 @@ async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, id
             let c = c.clone();
             async move { Ok::<_, Infallible>(handle(sh, peer, id, c, req).await) }
         });
-        let conn =
-            hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), svc);
         tokio::pin!(conn);
         let mut shutdown = shared.shutdown.subscribe();
         tokio::select! {
@@ -260,11 +276,19 @@ pub(crate) struct SimBody {
 impl SimBody {
     pub fn full(b: impl Into<Bytes>) -> Self {
         let data: Bytes = b.into();
-        Self { len: data.len() as u64, data: Some(data), truncate: None }
+        Self {
+            len: data.len() as u64,
+            data: Some(data),
+            truncate: None,
+        }
     }
 
     fn truncated(b: Bytes) -> Self {
-        Self { len: 0, data: Some(b), truncate: Some(Box::pin(tokio::time::sleep(Duration::from_millis(50)))) }
+        Self {
+            len: 0,
+            data: Some(b),
+            truncate: Some(Box::pin(tokio::time::sleep(Duration::from_millis(50)))),
+        }
     }
 }
 
@@ -360,7 +384,10 @@ async fn handle(
     }
     let q = Query::parse(req.uri().query().unwrap_or(""));
     let route = Route::of(req.method(), &path);
-    let origin = req.headers().get(http::header::ORIGIN).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let origin = req
+        .headers()
+        .get(http::header::ORIGIN)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let group = route.map(|r| r.group());
     shared.update_stats(|st| {
         st.stats.requests_total += 1;
@@ -443,8 +470,17 @@ async fn answer(
         }
         Some(Fault::ServerError { status }) => {
             return if *status == 500 {
-                let body = api::ApiError { status: 500, message: "Internal Server Error" }.body();
-                routed(response(500, JSON, SimBody::full(body)), limit_group, min, limit.saturating_sub(1))
+                let body = api::ApiError {
+                    status: 500,
+                    message: "Internal Server Error",
+                }
+                .body();
+                routed(
+                    response(500, JSON, SimBody::full(body)),
+                    limit_group,
+                    min,
+                    limit.saturating_sub(1),
+                )
             } else {
                 let text = format!(
                     "<html><head><title>{status}</title></head><body><center><h1>{status}</h1></center></body></html>"
@@ -484,7 +520,14 @@ async fn answer(
     let now = shared.now();
     let reply = match api::dispatch(&shared.data, route, q, now) {
         Ok(r) => r,
-        Err(e) => return routed(response(e.status, JSON, SimBody::full(e.body())), limit_group, min, remaining),
+        Err(e) => {
+            return routed(
+                response(e.status, JSON, SimBody::full(e.body())),
+                limit_group,
+                min,
+                remaining,
+            )
+        }
     };
     let body = match &fault {
         Some(Fault::MalformedJson) => {

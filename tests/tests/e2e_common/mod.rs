@@ -81,10 +81,7 @@ impl Backends {
     /// Runs the db-initializer once (its own environment), so a collector finds the schema.
     pub async fn init_schema(&self) {
         let env = self.start_env(INITIALIZER).await;
-        let out = env
-            .invoke(serde_json::json!({}))
-            .await
-            .expect("invoke db-initializer");
+        let out = env.invoke(serde_json::json!({})).await.expect("invoke db-initializer");
         out.ok().expect("db-initializer succeeds");
         env.shutdown(SHUTDOWN_BUDGET).await.expect("shutdown");
     }
@@ -98,10 +95,7 @@ pub fn result_of(response: &Value) -> &Value {
         "not a success envelope: {response}"
     );
     assert!(
-        response
-            .get("execution_time")
-            .and_then(Value::as_f64)
-            .is_some(),
+        response.get("execution_time").and_then(Value::as_f64).is_some(),
         "no execution_time: {response}"
     );
     assert!(

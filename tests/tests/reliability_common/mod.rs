@@ -119,9 +119,7 @@ pub fn dead_upbit() -> String {
 /// The environment's makenaide-core client, once `/ping` reports the database ready (bounded: 10 s).
 pub async fn ready_core(env: &LambdaEnv) -> CoreClient {
     let core = env.core();
-    core.wait_ready(true, Duration::from_secs(10))
-        .await
-        .unwrap();
+    core.wait_ready(true, Duration::from_secs(10)).await.unwrap();
     core
 }
 
@@ -230,10 +228,7 @@ impl PgProxy {
         let (scheme_auth, rest) = direct_url.split_once('@').unwrap();
         let path = &rest[rest.find('/').unwrap()..];
         let path = path.split('?').next().unwrap();
-        format!(
-            "{scheme_auth}@127.0.0.1:{}{path}?sslmode=disable",
-            self.port
-        )
+        format!("{scheme_auth}@127.0.0.1:{}{path}?sslmode=disable", self.port)
     }
 }
 
@@ -312,8 +307,7 @@ impl FrontendParser {
             if t == 'Q' {
                 let body = &self.buf[5..1 + len];
                 let text = body.split(|b| *b == 0).next().unwrap_or_default();
-                st.simple_queries
-                    .push(String::from_utf8_lossy(text).into_owned());
+                st.simple_queries.push(String::from_utf8_lossy(text).into_owned());
             }
             drop(st);
             self.buf.drain(..1 + len);
@@ -353,12 +347,9 @@ impl PgBouncer {
     }
 
     pub async fn start(upstream_port: u16, default_pool_size: u32) -> Self {
-        let (_, version) = Self::installed_version()
-            .expect("pgbouncer is not installed (scripts/setup.sh installs Debian's package)");
-        let dir = tempfile::Builder::new()
-            .prefix("mk-pgb-")
-            .tempdir()
-            .unwrap();
+        let (_, version) =
+            Self::installed_version().expect("pgbouncer is not installed (scripts/setup.sh installs Debian's package)");
+        let dir = tempfile::Builder::new().prefix("mk-pgb-").tempdir().unwrap();
         let port = free_port();
         let auth = dir.path().join("userlist.txt");
         std::fs::write(&auth, "\"postgres\" \"\"\n").unwrap();
@@ -402,20 +393,13 @@ impl PgBouncer {
             }
         })
         .await;
-        assert!(
-            ready.is_some(),
-            "pgbouncer did not become ready: {}",
-            me.log()
-        );
+        assert!(ready.is_some(), "pgbouncer did not become ready: {}", me.log());
         me
     }
 
     /// URL of database `db` through PgBouncer.
     pub fn url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
-            self.port
-        )
+        format!("postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable", self.port)
     }
 
     pub fn log(&self) -> String {
@@ -424,9 +408,7 @@ impl PgBouncer {
 
     /// `SHOW POOLS` etc. through the admin console (simple protocol only).
     pub async fn admin(&self, command: &str) -> Vec<BTreeMap<String, String>> {
-        let c = makenaide_tests::pg::connect(&self.url("pgbouncer"))
-            .await
-            .unwrap();
+        let c = makenaide_tests::pg::connect(&self.url("pgbouncer")).await.unwrap();
         let msgs = c.simple_query(command).await.unwrap();
         msgs.iter()
             .filter_map(|m| match m {
@@ -434,9 +416,7 @@ impl PgBouncer {
                     r.columns()
                         .iter()
                         .enumerate()
-                        .map(|(i, col)| {
-                            (col.name().to_string(), r.get(i).unwrap_or("").to_string())
-                        })
+                        .map(|(i, col)| (col.name().to_string(), r.get(i).unwrap_or("").to_string()))
                         .collect(),
                 ),
                 _ => None,
