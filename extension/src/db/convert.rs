@@ -224,7 +224,8 @@ fn as_str<'a>(value: &'a Value, expected: &str) -> Result<&'a str, String> {
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
+/// "a string", "an array", ...: how error messages name the JSON type a caller sent.
+pub(crate) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -2,7 +2,7 @@
 //! (hand-written so every message names the field at fault), and rendering of replies and errors.
 
 use super::Body;
-use crate::db::StatementRequest;
+use crate::db::{convert::kind_of, StatementRequest};
 use crate::error::Error;
 use crate::state::AppState;
 use bytes::Bytes;
@@ -211,7 +211,7 @@ fn parse_statement(map: &Map<String, Value>, at: &str) -> Result<StatementReques
     let sql = match map.get("sql") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         Some(Value::String(_)) => return Err(format!("{at}sql is empty")),
-        Some(other) => return Err(format!("{at}sql must be a string, not {}", json_kind(other))),
+        Some(other) => return Err(format!("{at}sql must be a string, not {}", kind_of(other))),
         None => return Err(format!("{at}sql is required")),
     };
     if let Some(word) = transaction_control(&sql) {
@@ -224,7 +224,7 @@ fn parse_statement(map: &Map<String, Value>, at: &str) -> Result<StatementReques
     let params = match map.get("params") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items.clone(),
-        Some(other) => return Err(format!("{at}params must be an array, not {}", json_kind(other))),
+        Some(other) => return Err(format!("{at}params must be an array, not {}", kind_of(other))),
     };
     Ok(StatementRequest { sql, params })
 }
@@ -292,7 +292,7 @@ fn parse_timeout(map: &Map<String, Value>) -> Result<Option<Duration>, Error> {
         },
         Some(other) => Err(Error::invalid_request(format!(
             "timeout_ms must be a number, not {}",
-            json_kind(other)
+            kind_of(other)
         ))),
     }
 }
@@ -320,7 +320,7 @@ pub(crate) fn parse_transaction(body: &[u8]) -> Result<(Vec<StatementRequest>, O
         Some(other) => {
             return Err(Error::invalid_request(format!(
                 "statements must be an array, not {}",
-                json_kind(other)
+                kind_of(other)
             )))
         }
         None => return Err(Error::invalid_request("statements is required")),
@@ -341,17 +341,6 @@ pub(crate) fn parse_transaction(body: &[u8]) -> Result<(Vec<StatementRequest>, O
         stmts.push(parse_statement(m, &at).map_err(fail)?);
     }
     Ok((stmts, parse_timeout(&map)?))
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {

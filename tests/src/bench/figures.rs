@@ -16,7 +16,7 @@ use super::{Bench, ENV_UPBIT_CACHE_TTL_MS, ENV_UPBIT_RATE_PER_SEC};
 use crate::error::{HarnessError, Result};
 use crate::lambda_env::{InvokeOutcome, LambdaEnv, EXTENSION};
 use crate::upbit_sim::{Catalog, Interval as SimInterval, RateLimit, SimConfig, SimHandle, UpbitSim};
-use makenaide_pipeline::collector::{upsert_statement, upsert_statements, Interval};
+use makenaide_pipeline::collector::{upsert_statement, Interval, ROWS_PER_STATEMENT};
 use makenaide_pipeline::upbit::Candle;
 use makenaide_pipeline::CoreClient;
 
@@ -30,8 +30,8 @@ const BULK_CANDLES: usize = 200;
 const UPBIT_LIMIT_PER_SEC: f64 = 10.0;
 /// Latency the throughput figure adds to each simulated Upbit request.
 const THROUGHPUT_LATENCY: Duration = Duration::from_millis(30);
-/// Rows per statement of figure 5's second extension run (the collector sends up to 5,000).
-const SMALL_STATEMENT_ROWS: usize = 1000;
+/// The statement size the collector used before `ROWS_PER_STATEMENT` became 1,000 (figure 5 compares both).
+const LARGE_STATEMENT_ROWS: usize = 5000;
 /// Requests per block in figure 2 (variants rotate block by block so drift hits them alike).
 const HOP_BLOCK: usize = 100;
 
@@ -624,8 +624,43 @@ fn bulk_rows() -> Vec<Candle> {
     rows
 }
 
+/// One bulk store of `rows` through a fresh extension in statements of `per_statement` rows: (rows stored,
+/// seconds, the extension's peak RSS in KiB).
+async fn bulk_through_extension(
+    b: &mut Bench,
+    upbit_url: &str,
+    rows: &[Candle],
+    per_statement: usize,
+) -> Result<(u64, f64, Option<u64>)> {
+    let env = LambdaEnv::start(b.core_env(upbit_url).freeze(false)).await?;
+    let client = CoreClient::new(env.core_port(), env.core_token());
+    // One small query first so the pool is warm, as in a warm invocation.
+    makenaide_pipeline::db::query(&client, "select 1", &[], None)
+        .await
+        .map_err(|e| state(format!("extension: {e}")))?;
+    b.truncate().await?;
+    let t = Instant::now();
+    for chunk in rows.chunks(per_statement) {
+        let st = upsert_statement(Interval::Days, chunk);
+        makenaide_pipeline::db::query(&client, &st.sql, &st.params, Some(60_000))
+            .await
+            .map_err(|e| state(format!("bulk upsert through the extension: {e}")))?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let stored = b.count_rows().await? as u64;
+    Ok((stored, secs, env.extension(EXTENSION).and_then(|p| p.peak_rss_kib())))
+}
+
+fn thousands(n: usize) -> String {
+    if n >= 1000 && n % 1000 == 0 {
+        format!("{},000", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
 /// Figure 5: storing 46,000 candles. Through the extension exactly as the collector does it (`unnest` upserts of
-/// up to 5,000 rows per `/db/query`) against row-by-row upserts (one round trip per row, one commit per market)
+/// `ROWS_PER_STATEMENT` rows per `/db/query`), and with 5,000-row statements, against row-by-row upserts (one round trip per row, one commit per market)
 /// on a direct tokio-postgres connection, and the old way in Python (psycopg2 `execute` per row).
 pub async fn bulk(b: &mut Bench) -> Result<()> {
     let rows = bulk_rows();
@@ -644,54 +679,22 @@ pub async fn bulk(b: &mut Bench) -> Result<()> {
         });
     };
 
-    // Through the extension.
+    // Through the extension: the collector's own statement size first (the ratios below use it), then 5,000-row
+    // statements, each through a fresh extension so its peak RSS belongs to that statement size alone.
     let sim = free_sim().await?;
-    let env = LambdaEnv::start(b.core_env(&sim.base_url()).freeze(false)).await?;
-    let client = CoreClient::new(env.core_port(), env.core_token());
-    // One small query first so the pool is warm, as in a warm invocation.
-    makenaide_pipeline::db::query(&client, "select 1", &[], None)
-        .await
-        .map_err(|e| state(format!("extension: {e}")))?;
-    b.truncate().await?;
-    let t = Instant::now();
-    for st in upsert_statements(Interval::Days, &rows) {
-        makenaide_pipeline::db::query(&client, &st.sql, &st.params, Some(60_000))
-            .await
-            .map_err(|e| state(format!("bulk upsert through the extension: {e}")))?;
+    let mut peaks = Vec::new();
+    for per_statement in [ROWS_PER_STATEMENT, LARGE_STATEMENT_ROWS] {
+        let (stored, secs, peak) = bulk_through_extension(b, &sim.base_url(), &rows, per_statement).await?;
+        record(
+            &format!(
+                "makenaide-core: `unnest` upsert, {} rows per /db/query",
+                thousands(per_statement)
+            ),
+            stored,
+            secs,
+        );
+        peaks.push((per_statement, peak));
     }
-    let secs = t.elapsed().as_secs_f64();
-    let stored = b.count_rows().await? as u64;
-    record(
-        "makenaide-core: `unnest` upsert, 5,000 rows per /db/query",
-        stored,
-        secs,
-    );
-    let ext_peak = env.extension(EXTENSION).and_then(|p| p.peak_rss_kib());
-    drop(env);
-
-    // The same through a fresh extension with 1,000-row statements: what the statement size costs in memory.
-    let env = LambdaEnv::start(b.core_env(&sim.base_url()).freeze(false)).await?;
-    let client = CoreClient::new(env.core_port(), env.core_token());
-    makenaide_pipeline::db::query(&client, "select 1", &[], None)
-        .await
-        .map_err(|e| state(format!("extension: {e}")))?;
-    b.truncate().await?;
-    let t = Instant::now();
-    for chunk in rows.chunks(SMALL_STATEMENT_ROWS) {
-        let st = upsert_statement(Interval::Days, chunk);
-        makenaide_pipeline::db::query(&client, &st.sql, &st.params, Some(60_000))
-            .await
-            .map_err(|e| state(format!("bulk upsert through the extension: {e}")))?;
-    }
-    let secs = t.elapsed().as_secs_f64();
-    let stored = b.count_rows().await? as u64;
-    record(
-        "makenaide-core: `unnest` upsert, 1,000 rows per /db/query",
-        stored,
-        secs,
-    );
-    let small_peak = env.extension(EXTENSION).and_then(|p| p.peak_rss_kib());
-    drop(env);
 
     // Row by row on a direct connection (the same driver the extension uses, so only batching differs).
     b.truncate().await?;
@@ -763,19 +766,11 @@ pub async fn bulk(b: &mut Bench) -> Result<()> {
             secs,
         );
     }
-    if let Some(kib) = ext_peak {
-        b.report.add_memory(
-            "extension makenaide-core",
-            "46,000-row bulk, 5,000-row statements (fig. 5)",
-            kib,
-        );
-    }
-    if let Some(kib) = small_peak {
-        b.report.add_memory(
-            "extension makenaide-core",
-            "46,000-row bulk, 1,000-row statements (fig. 5)",
-            kib,
-        );
+    for (per_statement, peak) in peaks {
+        if let Some(kib) = peak {
+            let phase = format!("46,000-row bulk, {}-row statements (fig. 5)", thousands(per_statement));
+            b.report.add_memory("extension makenaide-core", &phase, kib);
+        }
     }
     let ext_rate = runs[0].rows_per_s;
     b.report.bulk = Some(Bulk {

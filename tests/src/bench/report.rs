@@ -369,7 +369,7 @@ impl Report {
         if let Some(b) = &self.bulk {
             let _ = writeln!(
                 s,
-                "| 5 | bulk storage, extension (5,000-row statements) vs row-by-row (Rust) | **{:.1}×** the rows/s{} | (no goal) | – |",
+                "| 5 | bulk storage, extension (the collector's statements) vs row-by-row (Rust) | **{:.1}×** the rows/s{} | (no goal) | – |",
                 b.ratio_vs_rust_row_by_row,
                 b.ratio_vs_python_row_by_row
                     .map(|r| format!("; {r:.1}× Python row-by-row"))
