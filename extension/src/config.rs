@@ -5,6 +5,7 @@
 //!
 //! Secrets (the token, the database password) never appear in `Debug` output or in error messages.
 
+use makenaide_contract::env::Token;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,11 +17,11 @@ pub const ENV_DATABASE_URL: &str = "MAKENAIDE_DATABASE_URL";
 /// Upbit REST base URL, without `/v1`. Default [`DEFAULT_UPBIT_BASE_URL`].
 pub const ENV_UPBIT_BASE_URL: &str = "MAKENAIDE_UPBIT_BASE_URL";
 /// Localhost port of the extension's API (bound on 127.0.0.1 only). Default [`DEFAULT_PORT`].
-pub const ENV_PORT: &str = "MAKENAIDE_CORE_PORT";
+pub use makenaide_contract::env::CORE_PORT as ENV_PORT;
 /// Shared secret expected in header `X-Makenaide-Token`. Falls back to [`ENV_AWS_SESSION_TOKEN`].
-pub const ENV_TOKEN: &str = "MAKENAIDE_CORE_TOKEN";
+pub use makenaide_contract::env::CORE_TOKEN as ENV_TOKEN;
 /// Lambda's session token: the token fallback (as AWS's Parameters and Secrets extension does).
-pub const ENV_AWS_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+pub use makenaide_contract::env::AWS_SESSION_TOKEN as ENV_AWS_SESSION_TOKEN;
 /// Max PostgreSQL connections of this environment. Default 4.
 pub const ENV_DB_POOL_SIZE: &str = "MAKENAIDE_DB_POOL_SIZE";
 /// Connect + pool checkout bound in ms: a down database answers 503 within it. Default 2000.
@@ -50,7 +51,7 @@ pub const ENV_AWS_LAMBDA_RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
 
 /// Default localhost port: not used by any well-known layer (2772/2773 AWS agents, 4000 demos, 8124-8126 Datadog,
 /// 9001 Lambda, 9002/9003 lambda-extension listeners).
-pub const DEFAULT_PORT: u16 = 4571;
+pub const DEFAULT_PORT: u16 = makenaide_contract::env::DEFAULT_CORE_PORT;
 /// Default Upbit base URL.
 pub const DEFAULT_UPBIT_BASE_URL: &str = "https://api.upbit.com";
 /// Value of [`ENV_AWS_LAMBDA_INITIALIZATION_TYPE`] on Lambda Managed Instances.
@@ -223,15 +224,14 @@ impl Config {
             None => DEFAULT_PORT,
             Some(v) => parse_port(&v)?,
         };
-        let token = get(ENV_TOKEN).or_else(|| get(ENV_AWS_SESSION_TOKEN)).ok_or_else(|| {
-            invalid(
-                ENV_TOKEN,
-                format!(
-                    "no token: set {ENV_TOKEN} to a shared secret (the functions send it as X-Makenaide-Token); \
-                     {ENV_AWS_SESSION_TOKEN}, the fallback, is not set either (e.g. under SnapStart)"
-                ),
-            )
-        })?;
+        // Not through `get`: an empty AWS_SESSION_TOKEN (what the RIE passes without credentials) deserves its
+        // own message.
+        let token = match Token::resolve(get(ENV_TOKEN).as_deref(), lookup(ENV_AWS_SESSION_TOKEN).map(|v| v.trim().to_owned()).as_deref()) {
+            Token::Found { value, .. } => value,
+            Token::Missing { session_token_empty } => {
+                return Err(invalid(ENV_TOKEN, Token::missing_message(session_token_empty)))
+            }
+        };
         let database = get(ENV_DATABASE_URL).map(|url| parse_database_url(&url)).transpose()?;
         let upbit_base_url = parse_upbit_base_url(get(ENV_UPBIT_BASE_URL).as_deref())?;
 
@@ -500,6 +500,16 @@ mod tests {
         let e = cfg(&[]).unwrap_err();
         assert_eq!(e.var, ENV_TOKEN);
         assert!(e.message.contains("MAKENAIDE_CORE_TOKEN"));
+        assert!(e.message.contains("is not set"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_session_token_is_named_as_empty() {
+        // The Runtime Interface Emulator, given no credentials, passes AWS_SESSION_TOKEN="".
+        let e = cfg(&[(ENV_AWS_SESSION_TOKEN, "")]).unwrap_err();
+        assert_eq!(e.var, ENV_TOKEN);
+        assert!(e.message.contains("is set but empty"), "{e}");
+        assert!(e.message.contains("set MAKENAIDE_CORE_TOKEN"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! are variants too, so `run` and `main` speak the same type.
 
 use http::StatusCode;
-use serde_json::{json, Map, Value};
+use makenaide_contract::{ErrorBody, ErrorCode, ErrorDetail};
+use serde_json::Value;
 
 /// Every failure the extension reports. `Clone` so one upstream result can be shared by coalesced callers.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -143,53 +144,43 @@ macro_rules! with_statement_index {
 }
 
 impl Error {
-    /// The stable machine-readable code.
+    /// The stable machine-readable code (the contract's enum).
     #[must_use]
-    pub fn code(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorCode {
         match self {
-            Self::InvalidJson(_) => "invalid_json",
-            Self::InvalidRequest { .. } => "invalid_request",
-            Self::InvalidParam { .. } => "invalid_param",
-            Self::Sql { .. } => "sql_error",
-            Self::Forwarded => "forwarded_request",
-            Self::MissingToken => "missing_token",
-            Self::InvalidToken => "invalid_token",
-            Self::ReadOnly { .. } => "read_only",
-            Self::NotFound(_) => "not_found",
-            Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::BodyTooLarge { .. } => "body_too_large",
-            Self::TooManyConnections { .. } => "too_many_connections",
-            Self::DbNotConfigured => "db_not_configured",
-            Self::DbUnavailable { .. } => "db_unavailable",
-            Self::DbTimeout { .. } => "db_timeout",
-            Self::Upstream(_) => "upstream_error",
-            Self::UpstreamDeadline(_) => "upstream_deadline",
-            Self::ShuttingDown => "shutting_down",
-            Self::Config(_) => "config_invalid",
-            Self::Lambda(_) | Self::Internal(_) => "internal",
+            Self::InvalidJson(_) => ErrorCode::InvalidJson,
+            Self::InvalidRequest { .. } => ErrorCode::InvalidRequest,
+            Self::InvalidParam { .. } => ErrorCode::InvalidParam,
+            Self::Sql { .. } => ErrorCode::SqlError,
+            Self::Forwarded => ErrorCode::ForwardedRequest,
+            Self::MissingToken => ErrorCode::MissingToken,
+            Self::InvalidToken => ErrorCode::InvalidToken,
+            Self::ReadOnly { .. } => ErrorCode::ReadOnly,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            Self::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            Self::TooManyConnections { .. } => ErrorCode::TooManyConnections,
+            Self::DbNotConfigured => ErrorCode::DbNotConfigured,
+            Self::DbUnavailable { .. } => ErrorCode::DbUnavailable,
+            Self::DbTimeout { .. } => ErrorCode::DbTimeout,
+            Self::Upstream(_) => ErrorCode::UpstreamError,
+            Self::UpstreamDeadline(_) => ErrorCode::UpstreamDeadline,
+            Self::ShuttingDown => ErrorCode::ShuttingDown,
+            Self::Config(_) => ErrorCode::ConfigInvalid,
+            Self::Lambda(_) | Self::Internal(_) => ErrorCode::Internal,
         }
     }
 
-    /// The HTTP status of the error reply.
+    /// The code's wire string.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// The HTTP status of the error reply (the contract's, per code).
     #[must_use]
     pub fn status(&self) -> StatusCode {
-        match self {
-            Self::InvalidJson(_)
-            | Self::InvalidRequest { .. }
-            | Self::InvalidParam { .. }
-            | Self::Sql { .. }
-            | Self::Forwarded => StatusCode::BAD_REQUEST,
-            Self::MissingToken => StatusCode::UNAUTHORIZED,
-            Self::InvalidToken | Self::ReadOnly { .. } => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::DbNotConfigured | Self::DbUnavailable { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            Self::DbTimeout { .. } | Self::UpstreamDeadline(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Self::Config(_) | Self::Lambda(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::from_u16(self.kind().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     fn sqlstate(&self) -> Option<&str> {
@@ -229,17 +220,21 @@ impl Error {
 
     /// The contract's JSON body.
     #[must_use]
+    pub fn to_body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+                sqlstate: self.sqlstate().map(str::to_owned),
+                statement_index: self.statement_index(),
+            },
+        }
+    }
+
+    /// [`Error::to_body`] as a JSON value.
+    #[must_use]
     pub fn to_json(&self) -> Value {
-        let mut inner = Map::new();
-        inner.insert("code".into(), Value::from(self.code()));
-        inner.insert("message".into(), Value::from(self.to_string()));
-        if let Some(s) = self.sqlstate() {
-            inner.insert("sqlstate".into(), Value::from(s));
-        }
-        if let Some(i) = self.statement_index() {
-            inner.insert("statement_index".into(), Value::from(i));
-        }
-        json!({ "error": inner })
+        serde_json::to_value(self.to_body()).unwrap_or(Value::Null)
     }
 }
 
@@ -247,6 +242,7 @@ impl Error {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn bodies_are_stable() {

@@ -68,8 +68,24 @@ pub use error::Error;
 pub use server::serve;
 pub use state::AppState;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use lambda::now_ms;
+use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// Binds the localhost API on `127.0.0.1:port`, only loopback: the API must not be reachable from any other
+/// address. The error says what to fix, for `/extension/init/error`.
+///
+/// # Errors
+/// The port is taken (another layer?) or cannot be bound.
+pub async fn bind(port: u16) -> Result<TcpListener, String> {
+    tokio::net::TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!("127.0.0.1:{port} is already in use (another layer?): set MAKENAIDE_CORE_PORT to a free port")
+        } else {
+            format!("cannot listen on 127.0.0.1:{port} ({e}): set MAKENAIDE_CORE_PORT to a usable port")
+        }
+    })
+}
 
 /// Shutdown budget when SHUTDOWN carries no usable deadline (Lambda gives external extensions ~1.5-1.7 s).
 const DEFAULT_SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
@@ -154,12 +170,6 @@ pub async fn run(config: Config, listener: TcpListener, started: std::time::Inst
 
 fn elapsed_us(since: std::time::Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// SIGTERM / SIGINT: Lambda itself never signals an extension that subscribed to SHUTDOWN, but emulators and local

@@ -1,6 +1,6 @@
-//! Entry point of the `makenaide-core` extension: bind, then hand over to [`makenaide_core::run`].
-//! Everything that can fail before the lifecycle starts (configuration, the port) is reported to Lambda through
-//! `/extension/init/error` with a message that says what to fix, then the process exits.
+//! Entry point of the `makenaide-core` extension: read the configuration, bind, then hand over to
+//! [`makenaide_core::run`]. What fails before the lifecycle starts (configuration, the port) is reported to Lambda
+//! through `/extension/init/error` with a message that says what to fix, then the process exits.
 
 use makenaide_core::{config::Config, lambda, logging};
 use std::process::ExitCode;
@@ -12,11 +12,7 @@ fn main() -> ExitCode {
     // One thread: the work is loopback and network I/O, and a request handed between worker threads costs more
     // (futex wake-ups, measured in docs/benchmarks.md) than it could gain. Lambda gives small functions less than
     // one vCPU anyway; Managed Instances' concurrent requests are served concurrently on this one thread.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("makenaide-core")
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -24,29 +20,14 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let config = match Config::from_env() {
-            Ok(config) => config,
-            Err(e) => {
-                lambda::fail_init(lambda::ERROR_TYPE_CONFIG, &format!("invalid configuration: {e}")).await;
-                return ExitCode::FAILURE;
-            }
+        let setup = match Config::from_env() {
+            Ok(config) => makenaide_core::bind(config.port).await.map(|l| (config, l)),
+            Err(e) => Err(format!("invalid configuration: {e}")),
         };
-        // 127.0.0.1 only: the API must not be reachable from any other address.
-        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-                    format!(
-                        "127.0.0.1:{} is already in use (another layer?): set MAKENAIDE_CORE_PORT to a free port",
-                        config.port
-                    )
-                } else {
-                    format!(
-                        "cannot listen on 127.0.0.1:{} ({e}): set MAKENAIDE_CORE_PORT to a usable port",
-                        config.port
-                    )
-                };
-                lambda::fail_init(lambda::ERROR_TYPE_CONFIG, &hint).await;
+        let (config, listener) = match setup {
+            Ok(ok) => ok,
+            Err(message) => {
+                lambda::fail_init(lambda::ERROR_TYPE_CONFIG, &message).await;
                 return ExitCode::FAILURE;
             }
         };

@@ -17,13 +17,44 @@ use lambda_extension::requests::{init_error, ErrorRequest};
 use lambda_extension::{service_fn, Extension, LambdaEvent, NextEvent};
 use std::convert::Infallible;
 use std::future::Future;
+use makenaide_contract::{Deadline, DeadlineProblem};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 /// `Lambda-Extension-Function-Error-Type` for a configuration problem.
 pub const ERROR_TYPE_CONFIG: &str = "Extension.ConfigInvalid";
 /// Fallback registration name when argv\[0\] has no usable file name.
 const DEFAULT_NAME: &str = "makenaide-core";
+
+/// Current Unix epoch time in milliseconds.
+#[must_use]
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Logs, once per process and `source`, that a deadline was not a plausible absolute time (see
+/// `makenaide_contract::deadline`: emulators send durations, 0 or expired times) and is ignored.
+pub fn warn_implausible_deadline(source: &'static str, value_ms: u64, problem: DeadlineProblem) {
+    static WARNED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let first = WARNED.lock().is_ok_and(|mut w| {
+        let first = !w.contains(&source);
+        if first {
+            w.push(source);
+        }
+        first
+    });
+    if first {
+        tracing::warn!(
+            value_ms,
+            %problem,
+            "{source} = {value_ms} is not a plausible deadline ({problem}): ignored, the default bounds apply \
+             (an emulator's quirk; Lambda sends an epoch time at most 15 minutes ahead)"
+        );
+    }
+}
 
 /// A SHUTDOWN event.
 #[derive(Debug, Clone)]
@@ -100,6 +131,12 @@ pub async fn register(
                 // Nothing to do per invocation: answering at once lets the crate call `next` right away, so the
                 // extension never holds up the function (a stalled `next` stalls every invocation).
                 NextEvent::Invoke(invoke) => {
+                    // Only checked, never used to bound requests: the function's next request can reach us
+                    // before this event does, and the previous invocation's deadline would then cut it short.
+                    // Requests carry their own deadline header.
+                    if let Deadline::Unknown(problem) = Deadline::classify(Some(invoke.deadline_ms), now_ms()) {
+                        warn_implausible_deadline("the INVOKE event's deadlineMs", invoke.deadline_ms, problem);
+                    }
                     tracing::trace!(request_id = %invoke.request_id, "invoke");
                 }
                 NextEvent::Shutdown(s) => {

@@ -10,17 +10,13 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use makenaide_contract::Deadline;
+use std::time::Duration;
 use tokio::time::Instant;
 
-/// Token header (value: `MAKENAIDE_CORE_TOKEN`, else `AWS_SESSION_TOKEN`).
-pub const HEADER_TOKEN: &str = "x-makenaide-token";
-/// Absolute Unix epoch ms after which the extension must not work on the request.
-pub const HEADER_DEADLINE: &str = "x-makenaide-deadline-ms";
-/// Who produced the reply: `upbit`, `cache` or `core`.
-pub const HEADER_SOURCE: &str = "x-makenaide-source";
-/// Refused: this API is for the local function only, never behind a proxy.
-pub const HEADER_FORWARDED_FOR: &str = "x-forwarded-for";
+pub use makenaide_contract::headers::{
+    DEADLINE as HEADER_DEADLINE, FORWARDED_FOR as HEADER_FORWARDED_FOR, SOURCE as HEADER_SOURCE, TOKEN as HEADER_TOKEN,
+};
 
 const MAX_STATEMENTS: usize = 1000;
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
@@ -133,7 +129,10 @@ fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
     }
 }
 
-/// `X-Makenaide-Deadline-Ms` (absolute epoch ms) as a monotonic instant.
+/// `X-Makenaide-Deadline-Ms` (absolute epoch ms) as a monotonic instant. A number that is not a plausible absolute
+/// time (0, a duration such as cargo-lambda's `600000`, an expired time, more than 15 minutes ahead) is ignored
+/// with one warning per process, so a caller under an emulator gets the default bounds instead of failing at once.
+/// Text that is not a number at all is the caller's bug: 400.
 fn deadline(headers: &HeaderMap) -> Result<Option<Instant>, Error> {
     let Some(v) = headers.get(HEADER_DEADLINE) else {
         return Ok(None);
@@ -141,11 +140,14 @@ fn deadline(headers: &HeaderMap) -> Result<Option<Instant>, Error> {
     let ms: u64 = v.to_str().ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
         Error::invalid_request("header X-Makenaide-Deadline-Ms must be an absolute Unix epoch time in milliseconds")
     })?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let left = Duration::from_millis(ms.saturating_sub(now_ms).min(24 * 3_600_000));
-    Ok(Some(Instant::now() + left))
+    let now_ms = crate::lambda::now_ms();
+    match Deadline::classify(Some(ms), now_ms) {
+        Deadline::At(at) => Ok(Some(Instant::now() + Duration::from_millis(at - now_ms))),
+        Deadline::Unknown(problem) => {
+            crate::lambda::warn_implausible_deadline("X-Makenaide-Deadline-Ms", ms, problem);
+            Ok(None)
+        }
+    }
 }
 
 /// Past the limit the rest of the body is read and dropped (up to this many bytes in all) before the 413 goes out:

@@ -24,32 +24,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::error::Error as _;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use crate::deadline;
+pub use crate::deadline::now_ms;
+use makenaide_contract::env::Token;
+use std::time::Duration;
 
-/// Env var: localhost port of the extension's API (shared with the extension).
-pub const ENV_CORE_PORT: &str = "MAKENAIDE_CORE_PORT";
-/// Default for [`ENV_CORE_PORT`].
-pub const DEFAULT_CORE_PORT: u16 = 4571;
-/// Env var: shared secret sent as [`TOKEN_HEADER`]. Never logged.
-pub const ENV_CORE_TOKEN: &str = "MAKENAIDE_CORE_TOKEN";
-/// Env var used when [`ENV_CORE_TOKEN`] is unset (the extension does the same). Never logged.
-pub const ENV_AWS_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+pub use makenaide_contract::env::{
+    AWS_SESSION_TOKEN as ENV_AWS_SESSION_TOKEN, CORE_PORT as ENV_CORE_PORT, CORE_TOKEN as ENV_CORE_TOKEN,
+    DEFAULT_CORE_PORT,
+};
+pub use makenaide_contract::headers::{DEADLINE as DEADLINE_HEADER, SOURCE as SOURCE_HEADER, TOKEN as TOKEN_HEADER};
 
-/// Request header carrying the token.
-pub const TOKEN_HEADER: &str = "x-makenaide-token";
-/// Request header: absolute unix epoch ms after which the extension must stop working on the request.
-pub const DEADLINE_HEADER: &str = "x-makenaide-deadline-ms";
-/// Response header: who produced the reply (`upbit`, `cache` or `core`).
-pub const SOURCE_HEADER: &str = "x-makenaide-source";
-
-/// Taken off the Lambda deadline before it is passed to the extension: time left for us to store what we have,
-/// build the result and return it before Lambda kills the invocation.
-pub const DEADLINE_MARGIN: Duration = Duration::from_millis(750);
-/// Extra time we wait for an answer past the deadline we gave the extension (it needs a moment to answer
-/// `upstream_deadline`), still well inside [`DEADLINE_MARGIN`].
-const DEADLINE_GRACE: Duration = Duration::from_millis(250);
-/// Per-request bound when no deadline is set (tests, local runs).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long we keep retrying "connection refused" (extension not listening yet).
 const CONNECT_RETRY_BUDGET: Duration = Duration::from_secs(2);
 /// Idle keep-alive sockets older than this are not reused.
@@ -126,11 +111,15 @@ impl CoreClient {
             })?,
             _ => DEFAULT_CORE_PORT,
         };
-        let token = std::env::var(ENV_CORE_TOKEN)
-            .ok()
-            .filter(|t| !t.is_empty())
-            .or_else(|| std::env::var(ENV_AWS_SESSION_TOKEN).ok())
-            .unwrap_or_default();
+        // The same rule as the extension's; with no token the request goes without one and the extension's
+        // `missing_token` answer says what to set.
+        let token = match Token::resolve(
+            std::env::var(ENV_CORE_TOKEN).ok().as_deref(),
+            std::env::var(ENV_AWS_SESSION_TOKEN).ok().as_deref(),
+        ) {
+            Token::Found { value, .. } => value,
+            Token::Missing { .. } => String::new(),
+        };
         Ok(Self::new(port, token))
     }
 
@@ -142,11 +131,10 @@ impl CoreClient {
         }
     }
 
-    /// The same client with the deadline derived from a Lambda context deadline (epoch ms) minus
-    /// [`DEADLINE_MARGIN`].
+    /// The same client with the deadline derived from the Runtime API's deadline for this invocation
+    /// ([`deadline::for_invocation`]: implausible emulator values are replaced, a margin is kept).
     pub fn for_lambda_deadline(&self, lambda_deadline_ms: u64) -> Self {
-        let margin = DEADLINE_MARGIN.as_millis() as u64;
-        self.with_deadline_ms(Some(lambda_deadline_ms.saturating_sub(margin)))
+        self.with_deadline_ms(deadline::for_invocation(lambda_deadline_ms))
     }
 
     /// Port of the extension this client talks to.
@@ -279,28 +267,13 @@ impl CoreClient {
             .map_err(|e| PipelineError::CoreUnavailable(format!("cannot build request for {uri}: {e}")))
     }
 
-    /// Time until the deadline we gave the extension plus a little grace; the default bound without one.
     fn request_timeout(&self) -> Duration {
-        match self.deadline_ms {
-            Some(_) => self.time_left() + DEADLINE_GRACE,
-            None => DEFAULT_REQUEST_TIMEOUT,
-        }
+        deadline::request_timeout(self.deadline_ms)
     }
 
     fn time_left(&self) -> Duration {
-        match self.deadline_ms {
-            Some(d) => Duration::from_millis(d.saturating_sub(now_ms())),
-            None => DEFAULT_REQUEST_TIMEOUT,
-        }
+        deadline::time_left(self.deadline_ms)
     }
-}
-
-/// Current unix epoch in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -395,7 +368,7 @@ fn parse_core_error(status: u16, body: &[u8]) -> Option<CoreError> {
 
 /// An error reply on an Upbit mirror path: Upbit's own (passed through) or the extension's.
 fn upbit_or_core_error(reply: &Reply) -> PipelineError {
-    let from_core = reply.source.as_deref() == Some("core");
+    let from_core = reply.source.as_deref() == Some(makenaide_contract::headers::SOURCE_CORE);
     if from_core {
         return core_error(reply);
     }
@@ -492,6 +465,7 @@ mod tests {
     #[test]
     fn lambda_deadline_gets_a_margin() {
         let c = CoreClient::new(1, "");
-        assert_eq!(c.for_lambda_deadline(10_000).deadline_ms(), Some(10_000 - 750));
+        let lambda_deadline = now_ms() + 10_000;
+        assert_eq!(c.for_lambda_deadline(lambda_deadline).deadline_ms(), Some(lambda_deadline - 750));
     }
 }

@@ -31,9 +31,6 @@ pub const CONCURRENCY: usize = 8;
 /// Rows per upsert statement (≈ 200 KB of JSON). 5,000-row statements were no faster and took the extension to a
 /// 20 MiB peak while it held the decoded parameters; 1,000 keeps it under 10 MiB (docs/benchmarks.md, figure 6).
 pub const ROWS_PER_STATEMENT: usize = 1000;
-/// Extra time the final store gets past the fetch deadline: taken from the client's 750 ms
-/// `DEADLINE_MARGIN` (the client waits at most 250 ms more for the reply, still 150 ms before Lambda's deadline).
-pub const STORE_GRACE: std::time::Duration = std::time::Duration::from_millis(350);
 /// Minute units Upbit serves.
 pub const MINUTE_UNITS: [u32; 8] = [1, 3, 5, 10, 15, 30, 60, 240];
 
@@ -343,8 +340,8 @@ async fn flush(client: &CoreClient, interval: Interval, rows: &[Candle]) -> Resu
     for st in upsert_statements(interval, rows) {
         let r = db::query(client, &st.sql, &st.params, None).await?;
         for row in &r.rows {
-            let market = r.get(row, "market")?.as_str().unwrap_or_default().to_owned();
-            let n = r.get(row, "stored")?;
+            let market = db::get(&r, row, "market")?.as_str().unwrap_or_default().to_owned();
+            let n = db::get(&r, row, "stored")?;
             counts.push((
                 market,
                 n.as_u64()
@@ -374,8 +371,8 @@ pub async fn latest_selection(client: &CoreClient) -> Result<Option<(i64, Vec<St
     let Some(row) = r.rows.first() else {
         return Ok(None);
     };
-    let id = r.get(row, "id")?.as_i64().unwrap_or_default();
-    let sel = r.get(row, "selected")?;
+    let id = db::get(&r, row, "id")?.as_i64().unwrap_or_default();
+    let sel = db::get(&r, row, "selected")?;
     // json comes back as JSON; tolerate it arriving as JSON text too.
     let sel: Value = match sel {
         Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
@@ -446,8 +443,8 @@ pub async fn run_collector(client: &CoreClient, event: CollectEvent) -> Result<C
     }
     drop(fetches);
     // A fetch that ran into the deadline (a slow Upbit reply) ends at the deadline the client gives the extension;
-    // the rows already fetched must still be stored, in the part of `client::DEADLINE_MARGIN` kept for that.
-    let store_client = client.with_deadline_ms(client.deadline_ms().map(|d| d + STORE_GRACE.as_millis() as u64));
+    // the rows already fetched must still be stored, in the part of `deadline::DEADLINE_MARGIN` kept for that.
+    let store_client = client.with_deadline_ms(crate::deadline::for_store(client.deadline_ms()));
     add_counts(&mut stored, flush(&store_client, interval, &pending).await?);
     let rows_stored = stored.values().sum();
     tracing::info!(

@@ -4,6 +4,7 @@
 //! logs can tell a bad event from a down database from an Upbit 404 without parsing prose.
 
 use lambda_runtime::Diagnostic;
+use makenaide_contract::ErrorCode;
 use std::fmt;
 
 /// `errorType` values reported to Lambda (contract: docs/contracts.md "Functions").
@@ -34,22 +35,38 @@ pub struct CoreError {
 }
 
 impl CoreError {
+    /// The code as the contract's enum; `None` for a code newer than this build.
+    pub fn kind(&self) -> Option<ErrorCode> {
+        ErrorCode::parse(&self.code)
+    }
+
+    /// True when the extension is reporting a failure of Upbit (after its retries) or of Upbit's rate budget,
+    /// not of the database, the request or the extension itself.
+    pub fn is_upstream(&self) -> bool {
+        matches!(self.kind(), Some(ErrorCode::UpstreamError | ErrorCode::UpstreamDeadline))
+    }
+
     /// The `errorType` this extension error maps to.
     pub fn error_type(&self) -> &'static str {
-        match self.code.as_str() {
-            "upstream_error" | "upstream_deadline" => error_type::UPSTREAM_ERROR,
+        use ErrorCode::*;
+        match self.kind() {
+            Some(UpstreamError | UpstreamDeadline) => error_type::UPSTREAM_ERROR,
             // Problems reaching or talking to the extension itself, not the database behind it.
-            "missing_token"
-            | "invalid_token"
-            | "forwarded_request"
-            | "too_many_connections"
-            | "shutting_down"
-            | "not_found"
-            | "method_not_allowed" => error_type::CORE_UNAVAILABLE,
-            // db_not_configured, db_unavailable, db_timeout, sql_error, invalid_param, read_only, invalid_json,
-            // invalid_request, body_too_large and any future code: only the /db routes produce these.
-            _ => error_type::DATABASE_ERROR,
+            Some(
+                MissingToken | InvalidToken | ForwardedRequest | TooManyConnections | ShuttingDown | NotFound
+                | MethodNotAllowed | ConfigInvalid | Internal,
+            ) => error_type::CORE_UNAVAILABLE,
+            // Only the /db routes produce the others; an unknown (newer) code is most likely one of them too.
+            Some(
+                InvalidJson | InvalidRequest | InvalidParam | SqlError | ReadOnly | BodyTooLarge | DbNotConfigured
+                | DbUnavailable | DbTimeout,
+            )
+            | None => error_type::DATABASE_ERROR,
         }
+    }
+
+    fn is_token_problem(&self) -> bool {
+        matches!(self.kind(), Some(ErrorCode::MissingToken | ErrorCode::InvalidToken))
     }
 }
 
@@ -63,7 +80,7 @@ impl fmt::Display for CoreError {
             write!(f, ", statement {i}")?;
         }
         write!(f, "): {}", self.message)?;
-        if self.code == "missing_token" || self.code == "invalid_token" {
+        if self.is_token_problem() {
             f.write_str(
                 " (set MAKENAIDE_CORE_TOKEN to the extension's token, or leave both unset to use AWS_SESSION_TOKEN)",
             )?;
@@ -127,7 +144,11 @@ impl PipelineError {
     /// True when the failure is about one request to Upbit (a bad market, an Upbit timeout), not about the
     /// extension or the environment: the collector reports such a market as failed and goes on.
     pub fn is_per_market(&self) -> bool {
-        self.error_type() == error_type::UPSTREAM_ERROR
+        match self {
+            Self::Upbit { .. } | Self::BadReply { source_name: "upbit", .. } => true,
+            Self::Core(e) => e.is_upstream(),
+            Self::InvalidEvent(_) | Self::CoreUnavailable(_) | Self::BadReply { .. } => false,
+        }
     }
 
     /// HTTP status to report for a failed market (0 when there was no HTTP reply).
@@ -163,10 +184,10 @@ impl From<PipelineError> for Diagnostic {
 mod tests {
     use super::*;
 
-    fn core(code: &str) -> PipelineError {
+    fn core(code: ErrorCode) -> PipelineError {
         PipelineError::Core(CoreError {
-            status: 400,
-            code: code.into(),
+            status: code.status(),
+            code: code.as_str().into(),
             message: "m".into(),
             sqlstate: Some("42P01".into()),
             statement_index: Some(1),
@@ -180,11 +201,11 @@ mod tests {
             PipelineError::CoreUnavailable("x".into()).error_type(),
             "CoreUnavailable"
         );
-        assert_eq!(core("sql_error").error_type(), "DatabaseError");
-        assert_eq!(core("db_unavailable").error_type(), "DatabaseError");
-        assert_eq!(core("upstream_deadline").error_type(), "UpstreamError");
-        assert_eq!(core("invalid_token").error_type(), "CoreUnavailable");
-        assert_eq!(core("shutting_down").error_type(), "CoreUnavailable");
+        assert_eq!(core(ErrorCode::SqlError).error_type(), "DatabaseError");
+        assert_eq!(core(ErrorCode::DbUnavailable).error_type(), "DatabaseError");
+        assert_eq!(core(ErrorCode::UpstreamDeadline).error_type(), "UpstreamError");
+        assert_eq!(core(ErrorCode::InvalidToken).error_type(), "CoreUnavailable");
+        assert_eq!(core(ErrorCode::ShuttingDown).error_type(), "CoreUnavailable");
         let upbit = PipelineError::Upbit {
             status: 404,
             name: Some("404".into()),
@@ -192,12 +213,12 @@ mod tests {
         };
         assert_eq!(upbit.error_type(), "UpstreamError");
         assert!(upbit.is_per_market());
-        assert!(!core("db_timeout").is_per_market());
+        assert!(!core(ErrorCode::DbTimeout).is_per_market());
     }
 
     #[test]
     fn diagnostic_keeps_code_and_sqlstate() {
-        let d: Diagnostic = core("sql_error").into();
+        let d: Diagnostic = core(ErrorCode::SqlError).into();
         assert_eq!(d.error_type, "DatabaseError");
         assert!(d.error_message.contains("sql_error"), "{}", d.error_message);
         assert!(d.error_message.contains("sqlstate 42P01"), "{}", d.error_message);

@@ -1,6 +1,7 @@
 //! makenaide-pipeline: everything the four Makenaide functions share.
 //!
 //! - [`client`]: the loopback HTTP/1 client for the makenaide-core extension (no TLS, no PostgreSQL driver);
+//!   [`deadline`]: the invocation's time budget (emulators' implausible deadlines included);
 //! - [`upbit`] types and calls (through the extension's mirror of Upbit's paths), [`db`] helpers;
 //! - the business logic: [`migrations`] (db-initializer), [`scanner`], [`collector`], [`orchestrator`];
 //! - [`envelope`], [`error`], [`logging`] and [`runtime`], the glue for the tiny `main.rs` of each function.
@@ -11,6 +12,7 @@
 pub mod client;
 pub mod collector;
 pub mod db;
+pub mod deadline;
 pub mod envelope;
 pub mod error;
 mod event;

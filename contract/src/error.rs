@@ -1,0 +1,147 @@
+//! The stable error codes of the localhost API, each with its HTTP status, and the JSON error body
+//! `{"error":{"code","message","sqlstate"?,"statement_index"?}}` that carries them.
+
+use serde::{Deserialize, Serialize};
+
+/// Declares [`ErrorCode`] with its wire string and status in one table, so the three can never disagree.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $code:literal, $status:literal;)*) => {
+        /// Every error code the extension produces (docs/contracts.md lists exactly these).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order of docs/contracts.md.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The wire string (`"db_unavailable"`).
+            #[must_use]
+            pub const fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code,)* }
+            }
+
+            /// The HTTP status of a reply carrying this code.
+            #[must_use]
+            pub const fn status(self) -> u16 {
+                match self { $(ErrorCode::$variant => $status,)* }
+            }
+
+            /// The code for a wire string; `None` for a code this build does not know (a newer extension).
+            #[must_use]
+            pub fn parse(code: &str) -> Option<Self> {
+                match code { $($code => Some(ErrorCode::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The body is not JSON.
+    InvalidJson = "invalid_json", 400;
+    /// Wrong shape or types; the message names the field.
+    InvalidRequest = "invalid_request", 400;
+    /// A SQL parameter cannot be bound to the type PostgreSQL inferred; the message names `$n` and the type.
+    InvalidParam = "invalid_param", 400;
+    /// PostgreSQL rejected the statement (with `sqlstate`).
+    SqlError = "sql_error", 400;
+    /// `X-Forwarded-For` present: the API serves the local function only.
+    ForwardedRequest = "forwarded_request", 400;
+    /// No `X-Makenaide-Token`.
+    MissingToken = "missing_token", 401;
+    /// Wrong `X-Makenaide-Token`.
+    InvalidToken = "invalid_token", 403;
+    /// A write while `MAKENAIDE_DB_READ_ONLY=true` (sqlstate 25006).
+    ReadOnly = "read_only", 403;
+    /// No such route.
+    NotFound = "not_found", 404;
+    /// Wrong method for the route (`Allow` says which).
+    MethodNotAllowed = "method_not_allowed", 405;
+    /// Body over `MAKENAIDE_MAX_BODY_BYTES`.
+    BodyTooLarge = "body_too_large", 413;
+    /// Inbound connection cap (`MAKENAIDE_MAX_CONNECTIONS`) reached.
+    TooManyConnections = "too_many_connections", 429;
+    /// No database configured.
+    DbNotConfigured = "db_not_configured", 503;
+    /// The database is unreachable or refused the connection.
+    DbUnavailable = "db_unavailable", 503;
+    /// A statement timeout or the caller's deadline (sqlstate 57014).
+    DbTimeout = "db_timeout", 504;
+    /// Upbit unreachable or answering garbage after the retries.
+    UpstreamError = "upstream_error", 502;
+    /// No rate slot or no answer from Upbit before the caller's deadline.
+    UpstreamDeadline = "upstream_deadline", 504;
+    /// SHUTDOWN has begun.
+    ShuttingDown = "shutting_down", 503;
+    /// Invalid configuration at start: reported through `/extension/init/error`, never on a route.
+    ConfigInvalid = "config_invalid", 500;
+    /// A bug in the extension, never expected.
+    Internal = "internal", 500;
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The JSON body of every error the extension produces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Inside [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// An [`ErrorCode`]'s wire string (kept as text so a caller can read codes newer than itself).
+    pub code: String,
+    /// For humans.
+    pub message: String,
+    /// PostgreSQL's SQLSTATE, where it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+    /// The failing statement of a `/db/transaction`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_index: Option<usize>,
+}
+
+impl ErrorDetail {
+    /// The code as the enum, `None` when this build does not know it.
+    #[must_use]
+    pub fn kind(&self) -> Option<ErrorCode> {
+        ErrorCode::parse(&self.code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(*c));
+            assert!(seen.insert(c.as_str()), "duplicate {c}");
+            assert!((400..600).contains(&c.status()));
+        }
+        assert_eq!(ErrorCode::parse("no_such_code"), None);
+    }
+
+    #[test]
+    fn body_omits_absent_fields() {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: ErrorCode::MissingToken.as_str().into(),
+                message: "m".into(),
+                sqlstate: None,
+                statement_index: None,
+            },
+        };
+        let json = serde_json::to_string(&body).unwrap_or_default();
+        assert_eq!(json, r#"{"error":{"code":"missing_token","message":"m"}}"#);
+    }
+}
