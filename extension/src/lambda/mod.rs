@@ -48,8 +48,6 @@ pub fn warn_implausible_deadline(source: &'static str, value_ms: u64, problem: D
     });
     if first {
         tracing::warn!(
-            value_ms,
-            %problem,
             "{source} = {value_ms} is not a plausible deadline ({problem}): ignored, the default bounds apply \
              (an emulator's quirk; Lambda sends an epoch time at most 15 minutes ahead)"
         );

@@ -49,8 +49,6 @@ pub fn for_invocation(runtime_deadline_ms: u64) -> Option<u64> {
                 ),
             };
             tracing::warn!(
-                value_ms = runtime_deadline_ms,
-                %problem,
                 "Lambda-Runtime-Deadline-Ms = {runtime_deadline_ms} is not a plausible deadline ({problem}); using \
                  {fallback} (an emulator's quirk; Lambda sends an epoch time at most 15 minutes ahead)"
             );
