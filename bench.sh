@@ -21,9 +21,8 @@ case "${1:-}" in
 esac
 
 echo "== build (release) =="
-cargo build --release \
-  -p makenaide-core -p makenaide-db-initializer -p makenaide-scanner \
-  -p makenaide-data-collector -p makenaide-integrated-orchestrator
+mapfile -t FUNCTIONS < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' functions/FUNCTIONS)   # the one list
+cargo build --release -p makenaide-core "${FUNCTIONS[@]/#/--package=}"
 cargo build --release -p makenaide-tests --bin makenaide-bench --bin bench-direct-collector
 
 echo "== python venv ($VENV) =="

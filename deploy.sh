@@ -57,7 +57,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # --- fixed facts ---------------------------------------------------------------------------------------------
 EXTENSION="makenaide-core"
-FUNCTIONS=(makenaide-db-initializer makenaide-scanner makenaide-data-collector makenaide-integrated-orchestrator)
+mapfile -t FUNCTIONS < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$ROOT/functions/FUNCTIONS")   # the one list
 FUNCTION_RUNTIME="provided.al2023"
 FUNCTION_HANDLER="bootstrap"
 # Every runtime the static extension runs in (it needs no libc from the image).

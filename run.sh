@@ -14,9 +14,8 @@ cd "$(dirname "$0")"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 
 echo "== building (release): makenaide-core and the four functions" >&2
-cargo build --release --quiet \
-  -p makenaide-core \
-  -p makenaide-db-initializer -p makenaide-scanner -p makenaide-data-collector -p makenaide-integrated-orchestrator
+mapfile -t FUNCTIONS < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' functions/FUNCTIONS)   # the one list
+cargo build --release --quiet -p makenaide-core "${FUNCTIONS[@]/#/--package=}"
 # The harness itself is only a driver: a debug build is quick to compile and shared with ./test.sh.
 echo "== building the local harness" >&2
 cargo build --quiet -p makenaide-tests --bin makenaide-local

@@ -18,7 +18,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXTENSION="makenaide-core"
-FUNCTIONS=(makenaide-db-initializer makenaide-scanner makenaide-data-collector makenaide-integrated-orchestrator)
+mapfile -t FUNCTIONS < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$ROOT/functions/FUNCTIONS")   # the one list
 MKZIP="${MAKENAIDE_MKZIP:-$ROOT/layer-build/mkzip.py}"
 
 die() { echo "assemble-tree: [ERROR] $*" >&2; exit 1; }

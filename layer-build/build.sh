@@ -31,10 +31,10 @@ FUNCTION_ZIP_BUDGET=$((560 * 1024))     # bytes, each dist/<function>-<arch>.zip
 
 # --- what is built -----------------------------------------------------------------------------------------
 EXTENSION="makenaide-core"               # binary == file under /opt/extensions == registered extension name
-FUNCTIONS=(makenaide-db-initializer makenaide-scanner makenaide-data-collector makenaide-integrated-orchestrator)
 ALL_ARCHS=(x86_64 arm64)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mapfile -t FUNCTIONS < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$ROOT/functions/FUNCTIONS")   # the one list
 REQUIREMENTS="$ROOT/layer-build/requirements.txt"   # pinned cargo-lambda + ziglang
 MKZIP="$ROOT/layer-build/mkzip.py"
 

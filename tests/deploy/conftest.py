@@ -30,11 +30,11 @@ MKZIP = ROOT / "layer-build" / "mkzip.py"
 ASSEMBLE = ROOT / "docker" / "assemble-tree.sh"
 
 EXTENSION = "makenaide-core"
+# The one list of functions (functions/FUNCTIONS), as the scripts read it.
 FUNCTIONS = [
-    "makenaide-db-initializer",
-    "makenaide-scanner",
-    "makenaide-data-collector",
-    "makenaide-integrated-orchestrator",
+    line.split("#", 1)[0].strip()
+    for line in (ROOT / "functions" / "FUNCTIONS").read_text().splitlines()
+    if line.split("#", 1)[0].strip()
 ]
 ARCHS = ["x86_64", "arm64"]
 LAYER_RUNTIMES = [

@@ -823,13 +823,7 @@ pub async fn sizes(b: &mut Bench) -> Result<()> {
         }
     }
     let mut binaries = Vec::new();
-    for name in [
-        EXTENSION,
-        "makenaide-db-initializer",
-        "makenaide-scanner",
-        "makenaide-data-collector",
-        "makenaide-integrated-orchestrator",
-    ] {
+    for name in std::iter::once(EXTENSION).chain(makenaide_contract::functions::all()) {
         if let Ok(path) = crate::lambda_env::bins::locate(name) {
             let bytes = std::fs::metadata(&path)?.len();
             binaries.push(SizeRow {

@@ -31,9 +31,9 @@ const BENCH_DB: &str = "bench";
 /// Password of the cluster's superuser (SCRAM-SHA-256).
 const BENCH_PASSWORD: &str = "bench-scram-7c1f";
 /// The data collector (variant a).
-pub const COLLECTOR: &str = "makenaide-data-collector";
+pub const COLLECTOR: &str = makenaide_contract::functions::DATA_COLLECTOR;
 /// The schema owner.
-const INITIALIZER: &str = "makenaide-db-initializer";
+const INITIALIZER: &str = makenaide_contract::functions::DB_INITIALIZER;
 /// Variant c's binary.
 pub const DIRECT_COLLECTOR: &str = "bench-direct-collector";
 /// Function timeout of every benchmark environment (the throughput run takes ~25 s).

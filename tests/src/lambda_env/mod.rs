@@ -52,13 +52,10 @@ pub const CORE_TOKEN_ENV: &str = "MAKENAIDE_CORE_TOKEN";
 pub const HARNESS_LOGS_ENV: &str = "MAKENAIDE_HARNESS_LOGS";
 /// File name of the extension (= registered name).
 pub const EXTENSION: &str = "makenaide-core";
-/// The four function binaries.
-pub const FUNCTIONS: [&str; 4] = [
-    "makenaide-db-initializer",
-    "makenaide-scanner",
-    "makenaide-data-collector",
-    "makenaide-integrated-orchestrator",
-];
+/// The function binaries (functions/FUNCTIONS, through the contract crate).
+pub fn functions() -> impl Iterator<Item = &'static str> {
+    makenaide_contract::functions::all()
+}
 /// Account id used in ARNs and registration replies.
 pub const ACCOUNT_ID: &str = "123456789012";
 

@@ -1,7 +1,7 @@
 //! Shared set-up of the end-to-end tests: a test database, the simulated Upbit and an emulated Lambda
 //! environment running the real extension and one real function.
 
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
 use std::time::Duration;
 
@@ -9,10 +9,10 @@ use makenaide_tests::lambda_env::{EnvConfig, LambdaEnv};
 use makenaide_tests::pg::TestDb;
 use serde_json::Value;
 
-pub const ORCHESTRATOR: &str = "makenaide-integrated-orchestrator";
-pub const COLLECTOR: &str = "makenaide-data-collector";
-pub const INITIALIZER: &str = "makenaide-db-initializer";
-pub const SCANNER: &str = "makenaide-scanner";
+pub use makenaide_contract::functions::ORCHESTRATOR;
+pub use makenaide_contract::functions::DATA_COLLECTOR as COLLECTOR;
+pub use makenaide_contract::functions::DB_INITIALIZER as INITIALIZER;
+pub use makenaide_contract::functions::SCANNER;
 pub const CORE_APP_NAME: &str = "makenaide-core";
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(2);
 

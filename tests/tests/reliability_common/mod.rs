@@ -3,7 +3,7 @@
 //! front of PostgreSQL (frontend messages per request, to show what the normal path costs), a PgBouncer child
 //! process, latency summaries, and the figures file each test appends to when `MAKENAIDE_REPORT_DIR` is set.
 
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::BTreeMap;
@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-pub const COLLECTOR: &str = "makenaide-data-collector";
-pub const INITIALIZER: &str = "makenaide-db-initializer";
+pub use makenaide_contract::functions::DATA_COLLECTOR as COLLECTOR;
+pub use makenaide_contract::functions::DB_INITIALIZER as INITIALIZER;
 pub const CORE_APP_NAME: &str = "makenaide-core";
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(2);
 /// The extension's default `MAKENAIDE_DB_CONNECT_TIMEOUT_MS` (contract): the bound of a 503 when the DB is down.
