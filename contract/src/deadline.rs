@@ -111,11 +111,17 @@ mod tests {
             // aws-lambda-go local invoke: the invocation's own timestamp.
             (Some(NOW), Deadline::Unknown(Past)),
             (Some(NOW - 1), Deadline::Unknown(Past)),
-            (Some(NOW + MAX_LAMBDA_TIMEOUT_MS + FUTURE_SLACK_MS + 1), Deadline::Unknown(TooFar)),
+            (
+                Some(NOW + MAX_LAMBDA_TIMEOUT_MS + FUTURE_SLACK_MS + 1),
+                Deadline::Unknown(TooFar),
+            ),
             (Some(u64::MAX), Deadline::Unknown(TooFar)),
             // Lambda itself: a real epoch deadline, 3 s and 15 min ahead.
             (Some(NOW + 3_000), Deadline::At(NOW + 3_000)),
-            (Some(NOW + MAX_LAMBDA_TIMEOUT_MS), Deadline::At(NOW + MAX_LAMBDA_TIMEOUT_MS)),
+            (
+                Some(NOW + MAX_LAMBDA_TIMEOUT_MS),
+                Deadline::At(NOW + MAX_LAMBDA_TIMEOUT_MS),
+            ),
         ];
         for (value, want) in cases {
             assert_eq!(Deadline::classify(value, NOW), want, "{value:?}");
@@ -126,11 +132,21 @@ mod tests {
     fn invocation_falls_back_to_the_function_timeout() {
         let inv = Deadline::for_invocation;
         assert_eq!(inv(Some(NOW + 5_000), Some("3"), NOW), (Some(NOW + 5_000), None));
-        assert_eq!(inv(Some(600_000), Some("300"), NOW), (Some(NOW + 300_000), Some(DeadlineProblem::Past)));
-        assert_eq!(inv(Some(0), Some(" 60 "), NOW), (Some(NOW + 60_000), Some(DeadlineProblem::Zero)));
+        assert_eq!(
+            inv(Some(600_000), Some("300"), NOW),
+            (Some(NOW + 300_000), Some(DeadlineProblem::Past))
+        );
+        assert_eq!(
+            inv(Some(0), Some(" 60 "), NOW),
+            (Some(NOW + 60_000), Some(DeadlineProblem::Zero))
+        );
         assert_eq!(inv(None, None, NOW), (None, Some(DeadlineProblem::Absent)));
         for bad in ["", "0", "abc", "901", "-1"] {
-            assert_eq!(inv(Some(600_000), Some(bad), NOW), (None, Some(DeadlineProblem::Past)), "{bad:?}");
+            assert_eq!(
+                inv(Some(600_000), Some(bad), NOW),
+                (None, Some(DeadlineProblem::Past)),
+                "{bad:?}"
+            );
         }
     }
 }

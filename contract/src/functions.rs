@@ -8,7 +8,9 @@ const LIST: &str = include_str!("../../functions/FUNCTIONS");
 
 /// The list's entries in order (comments and blank lines skipped).
 pub fn all() -> impl Iterator<Item = &'static str> {
-    LIST.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+    LIST.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 /// The db initializer (owns the schema).

@@ -120,10 +120,7 @@ pub mod env {
 
         #[test]
         fn core_token_wins_then_session_token_then_missing() {
-            let found = |v: &str, from| Token::Found {
-                value: v.into(),
-                from,
-            };
+            let found = |v: &str, from| Token::Found { value: v.into(), from };
             assert_eq!(Token::resolve(Some("a"), Some("b")), found("a", CORE_TOKEN));
             assert_eq!(Token::resolve(Some(""), Some("b")), found("b", AWS_SESSION_TOKEN));
             assert_eq!(Token::resolve(None, Some("b")), found("b", AWS_SESSION_TOKEN));

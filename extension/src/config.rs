@@ -16,12 +16,12 @@ use std::time::Duration;
 pub const ENV_DATABASE_URL: &str = "MAKENAIDE_DATABASE_URL";
 /// Upbit REST base URL, without `/v1`. Default [`DEFAULT_UPBIT_BASE_URL`].
 pub const ENV_UPBIT_BASE_URL: &str = "MAKENAIDE_UPBIT_BASE_URL";
+/// Lambda's session token: the token fallback (as AWS's Parameters and Secrets extension does).
+pub use makenaide_contract::env::AWS_SESSION_TOKEN as ENV_AWS_SESSION_TOKEN;
 /// Localhost port of the extension's API (bound on 127.0.0.1 only). Default [`DEFAULT_PORT`].
 pub use makenaide_contract::env::CORE_PORT as ENV_PORT;
 /// Shared secret expected in header `X-Makenaide-Token`. Falls back to [`ENV_AWS_SESSION_TOKEN`].
 pub use makenaide_contract::env::CORE_TOKEN as ENV_TOKEN;
-/// Lambda's session token: the token fallback (as AWS's Parameters and Secrets extension does).
-pub use makenaide_contract::env::AWS_SESSION_TOKEN as ENV_AWS_SESSION_TOKEN;
 /// Max PostgreSQL connections of this environment. Default 4.
 pub const ENV_DB_POOL_SIZE: &str = "MAKENAIDE_DB_POOL_SIZE";
 /// Connect + pool checkout bound in ms: a down database answers 503 within it. Default 2000.
@@ -226,7 +226,10 @@ impl Config {
         };
         // Not through `get`: an empty AWS_SESSION_TOKEN (what the RIE passes without credentials) deserves its
         // own message.
-        let token = match Token::resolve(get(ENV_TOKEN).as_deref(), lookup(ENV_AWS_SESSION_TOKEN).map(|v| v.trim().to_owned()).as_deref()) {
+        let token = match Token::resolve(
+            get(ENV_TOKEN).as_deref(),
+            lookup(ENV_AWS_SESSION_TOKEN).map(|v| v.trim().to_owned()).as_deref(),
+        ) {
             Token::Found { value, .. } => value,
             Token::Missing { session_token_empty } => {
                 return Err(invalid(ENV_TOKEN, Token::missing_message(session_token_empty)))

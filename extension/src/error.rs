@@ -253,7 +253,7 @@ mod tests {
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             e.to_json(),
-            json!({"error": {"code": "db_unavailable",
+            json!({"error": {"code": makenaide_contract::ErrorCode::DbUnavailable.as_str(),
                 "message": "PostgreSQL is unreachable: connection refused (retrying in the background)",
                 "sqlstate": "08006"}})
         );
@@ -266,9 +266,12 @@ mod tests {
         .at_statement(2);
         assert_eq!(
             e.to_json(),
-            json!({"error": {"code": "sql_error", "message": "syntax error", "sqlstate": "42601", "statement_index": 2}})
+            json!({"error": {"code": makenaide_contract::ErrorCode::SqlError.as_str(), "message": "syntax error", "sqlstate": "42601", "statement_index": 2}})
         );
-        assert_eq!(Error::MissingToken.to_json()["error"]["code"], "missing_token");
+        assert_eq!(
+            Error::MissingToken.to_json()["error"]["code"],
+            makenaide_contract::ErrorCode::MissingToken.as_str()
+        );
         assert!(Error::MissingToken.to_json()["error"].get("sqlstate").is_none());
         assert_eq!(
             Error::ReadOnly {
@@ -283,28 +286,52 @@ mod tests {
     #[test]
     fn statuses_match_the_contract() {
         let cases: Vec<(Error, u16, &str)> = vec![
-            (Error::InvalidJson("x".into()), 400, "invalid_json"),
-            (Error::invalid_request("x"), 400, "invalid_request"),
+            (
+                Error::InvalidJson("x".into()),
+                400,
+                makenaide_contract::ErrorCode::InvalidJson.as_str(),
+            ),
+            (
+                Error::invalid_request("x"),
+                400,
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+            ),
             (
                 Error::InvalidParam {
                     message: "x".into(),
                     statement_index: None,
                 },
                 400,
-                "invalid_param",
+                makenaide_contract::ErrorCode::InvalidParam.as_str(),
             ),
-            (Error::Forwarded, 400, "forwarded_request"),
-            (Error::MissingToken, 401, "missing_token"),
-            (Error::InvalidToken, 403, "invalid_token"),
+            (
+                Error::Forwarded,
+                400,
+                makenaide_contract::ErrorCode::ForwardedRequest.as_str(),
+            ),
+            (
+                Error::MissingToken,
+                401,
+                makenaide_contract::ErrorCode::MissingToken.as_str(),
+            ),
+            (
+                Error::InvalidToken,
+                403,
+                makenaide_contract::ErrorCode::InvalidToken.as_str(),
+            ),
             (
                 Error::ReadOnly {
                     message: "x".into(),
                     statement_index: None,
                 },
                 403,
-                "read_only",
+                makenaide_contract::ErrorCode::ReadOnly.as_str(),
             ),
-            (Error::NotFound("/x".into()), 404, "not_found"),
+            (
+                Error::NotFound("/x".into()),
+                404,
+                makenaide_contract::ErrorCode::NotFound.as_str(),
+            ),
             (
                 Error::MethodNotAllowed {
                     method: "GET".into(),
@@ -312,22 +339,46 @@ mod tests {
                     allow: "POST",
                 },
                 405,
-                "method_not_allowed",
+                makenaide_contract::ErrorCode::MethodNotAllowed.as_str(),
             ),
-            (Error::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
-            (Error::TooManyConnections { limit: 1 }, 429, "too_many_connections"),
-            (Error::DbNotConfigured, 503, "db_not_configured"),
+            (
+                Error::BodyTooLarge { limit: 1 },
+                413,
+                makenaide_contract::ErrorCode::BodyTooLarge.as_str(),
+            ),
+            (
+                Error::TooManyConnections { limit: 1 },
+                429,
+                makenaide_contract::ErrorCode::TooManyConnections.as_str(),
+            ),
+            (
+                Error::DbNotConfigured,
+                503,
+                makenaide_contract::ErrorCode::DbNotConfigured.as_str(),
+            ),
             (
                 Error::DbTimeout {
                     message: "x".into(),
                     statement_index: None,
                 },
                 504,
-                "db_timeout",
+                makenaide_contract::ErrorCode::DbTimeout.as_str(),
             ),
-            (Error::Upstream("x".into()), 502, "upstream_error"),
-            (Error::UpstreamDeadline("x".into()), 504, "upstream_deadline"),
-            (Error::ShuttingDown, 503, "shutting_down"),
+            (
+                Error::Upstream("x".into()),
+                502,
+                makenaide_contract::ErrorCode::UpstreamError.as_str(),
+            ),
+            (
+                Error::UpstreamDeadline("x".into()),
+                504,
+                makenaide_contract::ErrorCode::UpstreamDeadline.as_str(),
+            ),
+            (
+                Error::ShuttingDown,
+                503,
+                makenaide_contract::ErrorCode::ShuttingDown.as_str(),
+            ),
         ];
         for (e, status, code) in cases {
             assert_eq!(e.status().as_u16(), status, "{code}");

@@ -26,7 +26,11 @@ impl Reply {
 
 /// Sends `request` with the token and collects the whole reply.
 async fn send(request: reqwest::RequestBuilder) -> Reply {
-    let r = request.header("X-Makenaide-Token", TOKEN).send().await.unwrap();
+    let r = request
+        .header(makenaide_contract::headers::TOKEN, TOKEN)
+        .send()
+        .await
+        .unwrap();
     Reply {
         status: r.status().as_u16(),
         headers: r.headers().clone(),
@@ -69,17 +73,20 @@ async fn upbit_mirror_passthrough_cache_retries_and_warm_connection() {
     assert_eq!(r.body, r#"[{"market":"KRW-BTC","trade_price":95000000.0}]"#);
     assert_eq!(r.header("remaining-req"), "group=ticker; min=600; sec=9");
     assert_eq!(r.header("content-type"), "application/json;charset=UTF-8");
-    assert_eq!(r.header("x-makenaide-source"), "upbit");
+    assert_eq!(r.header(makenaide_contract::headers::SOURCE), "upbit");
     // Identical GET within the TTL: from the cache, Upbit not called again.
     let r = get(&c, ext.url("/v1/ticker?markets=KRW-BTC")).await;
-    assert_eq!((r.status, r.header("x-makenaide-source")), (200, "cache"));
+    assert_eq!(
+        (r.status, r.header(makenaide_contract::headers::SOURCE)),
+        (200, "cache")
+    );
     assert_eq!(upbit.seen.hits("/v1/ticker?markets=KRW-BTC"), 1);
 
     // Upbit's 404 is passed through unchanged and not retried.
     let r = get(&c, ext.url("/v1/candles/days?market=KRW-XXX&count=3")).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json(), json!({"error": {"name": 404, "message": "Code not found"}}));
-    assert_eq!(r.header("x-makenaide-source"), "upbit");
+    assert_eq!(r.header(makenaide_contract::headers::SOURCE), "upbit");
     assert_eq!(upbit.seen.hits("/v1/candles/days?market=KRW-XXX&count=3"), 1);
 
     // 5xx is retried with backoff until it succeeds.
@@ -95,7 +102,10 @@ async fn upbit_mirror_passthrough_cache_retries_and_warm_connection() {
     // Malformed JSON is never passed on: 502 after the retries.
     let r = get(&c, ext.url("/v1/orderbook?markets=KRW-BTC")).await;
     assert_eq!(r.status, 502);
-    assert_eq!(r.json()["error"]["code"], "upstream_error");
+    assert_eq!(
+        r.json()["error"]["code"],
+        makenaide_contract::ErrorCode::UpstreamError.as_str()
+    );
     assert!(r.json()["error"]["message"]
         .as_str()
         .unwrap()
@@ -126,14 +136,17 @@ async fn upbit_mirror_passthrough_cache_retries_and_warm_connection() {
         + 100;
     let r = c
         .get(ext.url("/v1/market/all?is_details=false"))
-        .header("X-Makenaide-Token", TOKEN)
-        .header("X-Makenaide-Deadline-Ms", deadline.to_string())
+        .header(makenaide_contract::headers::TOKEN, TOKEN)
+        .header(makenaide_contract::headers::DEADLINE, deadline.to_string())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 504);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "upstream_deadline");
+    assert_eq!(
+        body["error"]["code"],
+        makenaide_contract::ErrorCode::UpstreamDeadline.as_str()
+    );
 }
 
 #[tokio::test]
@@ -166,7 +179,7 @@ async fn database_routes_over_http() {
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("x-makenaide-source"), "core");
+    assert_eq!(r.header(makenaide_contract::headers::SOURCE), "core");
     assert_eq!(
         r.json(),
         json!({"columns": [{"name": "market", "type": "text"}, {"name": "trade_price", "type": "float8"},
@@ -177,7 +190,10 @@ async fn database_routes_over_http() {
 
     let r = post(&c, ext.url("/db/query"), json!({"sql": "select * from nope"})).await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.json()["error"]["code"], "sql_error");
+    assert_eq!(
+        r.json()["error"]["code"],
+        makenaide_contract::ErrorCode::SqlError.as_str()
+    );
     assert_eq!(r.json()["error"]["sqlstate"], "42P01");
 
     let r = post(
@@ -312,7 +328,7 @@ async fn dead_keepalive_connection_is_retried_transparently() {
     assert_eq!(r.status, 200);
     let r = get(&c, ext.url("/v1/ticker?markets=KRW-BTC")).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.header("x-makenaide-source"), "upbit");
+    assert_eq!(r.header(makenaide_contract::headers::SOURCE), "upbit");
     assert_eq!(
         accepted.load(std::sync::atomic::Ordering::SeqCst),
         2,

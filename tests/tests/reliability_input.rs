@@ -82,7 +82,7 @@ impl Api {
         let req = self
             .http
             .post(format!("{}{path}", self.base))
-            .header("X-Makenaide-Token", &self.token)
+            .header(makenaide_contract::headers::TOKEN, &self.token)
             .header("Content-Type", "application/json")
             .body(body);
         self.send(req).await
@@ -97,7 +97,7 @@ impl Api {
         let req = self
             .http
             .get(format!("{}{path}", self.base))
-            .header("X-Makenaide-Token", &self.token);
+            .header(makenaide_contract::headers::TOKEN, &self.token);
         self.send(req).await
     }
 }
@@ -105,7 +105,9 @@ impl Api {
 fn assert_error(r: &Reply, status: u16, code: &str, what: &str) {
     assert_eq!((r.status, r.code().as_str()), (status, code), "{what}: {}", r.text());
     assert_eq!(
-        r.headers.get("x-makenaide-source").map(|v| v.to_str().unwrap()),
+        r.headers
+            .get(makenaide_contract::headers::SOURCE)
+            .map(|v| v.to_str().unwrap()),
         Some("core"),
         "{what}"
     );
@@ -159,7 +161,7 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
             assert_error(
                 &r,
                 400,
-                "invalid_json",
+                makenaide_contract::ErrorCode::InvalidJson.as_str(),
                 &format!("{path} {:?}", String::from_utf8_lossy(&body[..body.len().min(30)])),
             );
         }
@@ -194,7 +196,12 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         ("/db/transaction", json!({"sql": "select 1"}), "sql"),
     ] {
         let r = api.post(path, body.to_string()).await;
-        assert_error(&r, 400, "invalid_request", &format!("{path} {body}"));
+        assert_error(
+            &r,
+            400,
+            makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+            &format!("{path} {body}"),
+        );
         assert!(
             r.message().contains(field),
             "{path} {body}: message should name {field}: {}",
@@ -215,18 +222,38 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         ("select $1::numeric", json!(["12abc"]), "numeric"),
     ] {
         let r = api.query(sql, params.clone()).await;
-        assert_error(&r, 400, "invalid_param", &format!("{sql} {params}"));
+        assert_error(
+            &r,
+            400,
+            makenaide_contract::ErrorCode::InvalidParam.as_str(),
+            &format!("{sql} {params}"),
+        );
         assert!(r.message().contains(needle), "{sql} {params}: {}", r.text());
     }
     let r = api.query("select $1::int4, $2::int4", json!([1])).await;
-    assert_error(&r, 400, "invalid_request", "too few params");
+    assert_error(
+        &r,
+        400,
+        makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+        "too few params",
+    );
     let r = api.query("select 1", json!([1, 2])).await;
-    assert_error(&r, 400, "invalid_request", "too many params");
+    assert_error(
+        &r,
+        400,
+        makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+        "too many params",
+    );
 
     // --- oversized bodies: declared and streamed ---
     let big = vec![b' '; DEFAULT_MAX_BODY + 1];
     let r = api.post("/db/query", big.clone()).await;
-    assert_error(&r, 413, "body_too_large", "6 MiB + 1 with Content-Length");
+    assert_error(
+        &r,
+        413,
+        makenaide_contract::ErrorCode::BodyTooLarge.as_str(),
+        "6 MiB + 1 with Content-Length",
+    );
     api.sent += 1;
     let head = post_chunked(env.core_port(), &api.token, "/db/transaction", DEFAULT_MAX_BODY + 1).await;
     assert!(head.starts_with("HTTP/1.1 413"), "6 MiB + 1 chunked: {head:?}");
@@ -258,7 +285,7 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         "/__sim/stats",
     ] {
         let r = api.get(path).await;
-        assert_error(&r, 404, "not_found", path);
+        assert_error(&r, 404, makenaide_contract::ErrorCode::NotFound.as_str(), path);
     }
     for (method, path, allow) in [
         (reqwest::Method::DELETE, "/db/query", "POST"),
@@ -270,9 +297,14 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         let req = api
             .http
             .request(method.clone(), format!("{}{path}", api.base))
-            .header("X-Makenaide-Token", &api.token);
+            .header(makenaide_contract::headers::TOKEN, &api.token);
         let r = api.send(req).await;
-        assert_error(&r, 405, "method_not_allowed", &format!("{method} {path}"));
+        assert_error(
+            &r,
+            405,
+            makenaide_contract::ErrorCode::MethodNotAllowed.as_str(),
+            &format!("{method} {path}"),
+        );
         assert_eq!(r.headers["allow"], allow);
     }
 
@@ -293,7 +325,7 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         ),
     ] {
         let r = api.query(sql, json!([])).await;
-        assert_error(&r, 400, "sql_error", sql);
+        assert_error(&r, 400, makenaide_contract::ErrorCode::SqlError.as_str(), sql);
         assert_eq!(r.json()["error"]["sqlstate"], json!(sqlstate), "{sql}: {}", r.text());
         assert!(r.message().contains(needle), "{sql}: {}", r.text());
     }
@@ -310,7 +342,12 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
             .to_string(),
         )
         .await;
-    assert_error(&r, 400, "sql_error", "duplicate key");
+    assert_error(
+        &r,
+        400,
+        makenaide_contract::ErrorCode::SqlError.as_str(),
+        "duplicate key",
+    );
     assert_eq!(r.json()["error"]["sqlstate"], json!("23505"));
     assert_eq!(r.json()["error"]["statement_index"], json!(1));
     let r = api
@@ -355,7 +392,12 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
     }
     let r = api.query("select $1::text", json!(["a\u{0}b"])).await;
     assert!(
-        r.status == 400 && ["invalid_param", "sql_error"].contains(&r.code().as_str()),
+        r.status == 400
+            && [
+                makenaide_contract::ErrorCode::InvalidParam.as_str(),
+                makenaide_contract::ErrorCode::SqlError.as_str()
+            ]
+            .contains(&r.code().as_str()),
         "NUL: {}",
         r.text()
     );
@@ -372,7 +414,7 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
     let r = api.get("/v1/candles/days?market=KRW-NOTACOIN&count=3").await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json(), json!({"error": {"name": 404, "message": "Code not found"}}));
-    assert_eq!(r.headers["x-makenaide-source"], "upbit");
+    assert_eq!(r.headers[makenaide_contract::headers::SOURCE], "upbit");
     assert!(r.headers.contains_key("remaining-req"));
     for (path, status, needle) in [
         (
@@ -394,7 +436,7 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
             assert_eq!(r.status, status, "{path}: {}", r.text());
         }
         assert!((400..500).contains(&r.status), "{path}: {}", r.text());
-        assert_eq!(r.headers["x-makenaide-source"], "upbit", "{path}");
+        assert_eq!(r.headers[makenaide_contract::headers::SOURCE], "upbit", "{path}");
         assert!(
             r.json()["error"]["message"].as_str().unwrap_or("").contains(needle),
             "{path}: {}",
@@ -407,10 +449,15 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         let req = api
             .http
             .get(format!("{}/v1/ticker?markets=KRW-BTC", api.base))
-            .header("X-Makenaide-Token", &api.token)
-            .header("X-Makenaide-Deadline-Ms", bad);
+            .header(makenaide_contract::headers::TOKEN, &api.token)
+            .header(makenaide_contract::headers::DEADLINE, bad);
         let r = api.send(req).await;
-        assert_error(&r, 400, "invalid_request", &format!("deadline {bad:?}"));
+        assert_error(
+            &r,
+            400,
+            makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+            &format!("deadline {bad:?}"),
+        );
     }
     // Numbers that are not a plausible absolute deadline (0, cargo-lambda's duration 600000, an expired time, far
     // future): ignored, the default bounds apply, the request is served (issue "First contact").
@@ -418,8 +465,8 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         let req = api
             .http
             .get(format!("{}/v1/ticker?markets=KRW-ETH", api.base))
-            .header("X-Makenaide-Token", &api.token)
-            .header("X-Makenaide-Deadline-Ms", &implausible);
+            .header(makenaide_contract::headers::TOKEN, &api.token)
+            .header(makenaide_contract::headers::DEADLINE, &implausible);
         let r = api.send(req).await;
         assert_eq!(r.status, 200, "deadline {implausible}: {}", r.text());
     }

@@ -22,7 +22,11 @@ const MARGIN: Duration = Duration::from_millis(1500);
 
 fn assert_db_unavailable(status: u16, body: &Value, elapsed: Duration, what: &str) {
     assert_eq!(status, 503, "{what}: {body}");
-    assert_eq!(body["error"]["code"], "db_unavailable", "{what}: {body}");
+    assert_eq!(
+        body["error"]["code"],
+        makenaide_contract::ErrorCode::DbUnavailable.as_str(),
+        "{what}: {body}"
+    );
     assert!(
         body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{what}: no message: {body}"
@@ -88,7 +92,11 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
         .clone()
         .unwrap_or_else(|| panic!("invoke succeeded with the DB down: {:?}", out.response));
     assert_eq!(err.error_type, "DatabaseError", "{err:?}");
-    assert!(err.message.contains("db_unavailable"), "{err:?}");
+    assert!(
+        err.message
+            .contains(makenaide_contract::ErrorCode::DbUnavailable.as_str()),
+        "{err:?}"
+    );
     assert!(fn_503 <= CONNECT_TIMEOUT + MARGIN, "function error took {fn_503:?}");
     figures.push(format!(
         "function error while down: `{}`: {}",
@@ -209,7 +217,11 @@ async fn a_hung_server_is_bounded_by_the_connect_timeout() {
 
     for (r, d, what) in [(&r, with_pooled, "pooled"), (&r2, fresh_only, "fresh")] {
         assert_eq!(r.status, 503, "{what}: {:?}", r.json());
-        assert_eq!(r.json()["error"]["code"], "db_unavailable", "{what}");
+        assert_eq!(
+            r.json()["error"]["code"],
+            makenaide_contract::ErrorCode::DbUnavailable.as_str(),
+            "{what}"
+        );
         // The contract: a down database answers 503 within the connect timeout (plus scheduling noise), also
         // when a pooled connection has to be found dead first.
         assert!(d <= CONNECT_TIMEOUT + MARGIN, "{what}: {d:?}");

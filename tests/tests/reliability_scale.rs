@@ -312,7 +312,11 @@ async fn too_few_server_connections_give_bounded_clear_503s() {
                 took_ok.push(*took);
             }
             503 => {
-                assert_eq!(body["error"]["code"], "db_unavailable", "{body}");
+                assert_eq!(
+                    body["error"]["code"],
+                    makenaide_contract::ErrorCode::DbUnavailable.as_str(),
+                    "{body}"
+                );
                 let msg = body["error"]["message"].as_str().unwrap_or_default();
                 if body["error"]["sqlstate"] == "53300" || msg.contains("too many") {
                     too_many += 1;

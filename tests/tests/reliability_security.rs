@@ -140,16 +140,24 @@ async fn token_loopback_only_and_forwarded_requests() {
     ] {
         let body = r#"{"sql":"select 1"}"#;
         let (s, v) = call(c.request(method.clone(), format!("{base}{path}")).body(body)).await;
-        assert_eq!((s, code(&v)), (401, "missing_token"), "{method} {path}");
+        assert_eq!(
+            (s, code(&v)),
+            (401, makenaide_contract::ErrorCode::MissingToken.as_str()),
+            "{method} {path}"
+        );
         checks += 1;
         for w in &wrong {
             let (s, v) = call(
                 c.request(method.clone(), format!("{base}{path}"))
-                    .header("X-Makenaide-Token", w)
+                    .header(makenaide_contract::headers::TOKEN, w)
                     .body(body),
             )
             .await;
-            assert_eq!((s, code(&v)), (403, "invalid_token"), "{method} {path} token {w:?}");
+            assert_eq!(
+                (s, code(&v)),
+                (403, makenaide_contract::ErrorCode::InvalidToken.as_str()),
+                "{method} {path} token {w:?}"
+            );
             checks += 1;
         }
     }
@@ -157,7 +165,7 @@ async fn token_loopback_only_and_forwarded_requests() {
     assert_eq!(upstream, 0, "an unauthenticated request reached Upbit");
     let (s, _) = call(
         c.post(format!("{base}/db/query"))
-            .header("X-Makenaide-Token", &token)
+            .header(makenaide_contract::headers::TOKEN, &token)
             .body(r#"{"sql":"select 1"}"#),
     )
     .await;
@@ -165,9 +173,9 @@ async fn token_loopback_only_and_forwarded_requests() {
 
     // X-Forwarded-For is refused everywhere, with or without a token, whatever its spelling or value.
     for (name, value) in [
-        ("X-Forwarded-For", "203.0.113.7"),
-        ("x-forwarded-for", "127.0.0.1"),
-        ("X-FORWARDED-FOR", ""),
+        (makenaide_contract::headers::FORWARDED_FOR, "203.0.113.7"),
+        (makenaide_contract::headers::FORWARDED_FOR, "127.0.0.1"),
+        (makenaide_contract::headers::FORWARDED_FOR, ""),
     ] {
         for (method, path) in [
             (reqwest::Method::GET, "/ping"),
@@ -176,14 +184,14 @@ async fn token_loopback_only_and_forwarded_requests() {
         ] {
             let (s, v) = call(
                 c.request(method.clone(), format!("{base}{path}"))
-                    .header("X-Makenaide-Token", &token)
+                    .header(makenaide_contract::headers::TOKEN, &token)
                     .header(name, value)
                     .body(r#"{"sql":"select 1"}"#),
             )
             .await;
             assert_eq!(
                 (s, code(&v)),
-                (400, "forwarded_request"),
+                (400, makenaide_contract::ErrorCode::ForwardedRequest.as_str()),
                 "{name}: {value:?} on {method} {path}"
             );
             checks += 1;
@@ -253,7 +261,7 @@ async fn ping_on_new_connection(port: u16) -> (TcpStream, u16) {
             rest.extend_from_slice(&buf[..n]);
         }
         assert!(
-            String::from_utf8_lossy(&rest).contains("too_many_connections"),
+            String::from_utf8_lossy(&rest).contains(makenaide_contract::ErrorCode::TooManyConnections.as_str()),
             "{}",
             String::from_utf8_lossy(&rest)
         );
@@ -454,7 +462,7 @@ async fn read_only_switch_refuses_every_write() {
         let r = core.query_raw(sql, json!([])).await.unwrap();
         assert_eq!(
             (r.status, r.error_code().as_deref()),
-            (403, Some("read_only")),
+            (403, Some(makenaide_contract::ErrorCode::ReadOnly.as_str())),
             "{sql}: {:?}",
             r.json()
         );
@@ -480,7 +488,8 @@ async fn read_only_switch_refuses_every_write() {
         let body = json!({"statements": stmts.iter().map(|s| json!({"sql": s})).collect::<Vec<_>>()});
         let r = core.post_json("/db/transaction", &body).await.unwrap();
         assert!(
-            (r.status == 403 && r.error_code().as_deref() == Some("read_only")) || (r.status == 400),
+            (r.status == 403 && r.error_code().as_deref() == Some(makenaide_contract::ErrorCode::ReadOnly.as_str()))
+                || (r.status == 400),
             "{stmts:?} must be refused: {} {:?}",
             r.status,
             r.json()

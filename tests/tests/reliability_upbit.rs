@@ -179,7 +179,10 @@ async fn every_fault_is_reported_exactly_and_the_database_agrees() {
                 assert_eq!(result["failed"][*market]["status"], json!(status), "{market}: {result}");
                 let msg = result["failed"][*market]["message"].as_str().unwrap();
                 if *status == 502 {
-                    assert!(msg.starts_with("upstream_error"), "{market}: {msg}");
+                    assert!(
+                        msg.starts_with(makenaide_contract::ErrorCode::UpstreamError.as_str()),
+                        "{market}: {msg}"
+                    );
                 } else {
                     assert!(msg.contains("Too many API requests"), "{market}: {msg}");
                 }
@@ -303,7 +306,7 @@ async fn a_reply_slower_than_the_deadline_fails_only_its_market() {
         result["failed"][&m[0]]["message"]
             .as_str()
             .unwrap()
-            .starts_with("upstream_deadline"),
+            .starts_with(makenaide_contract::ErrorCode::UpstreamDeadline.as_str()),
         "{result}"
     );
     assert_eq!(result["stored"], json!({&m[1]: 3, &m[2]: 3}), "{result}");

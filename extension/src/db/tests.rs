@@ -169,12 +169,12 @@ async fn nulls_arrays_and_inference() {
     assert_eq!(r.columns[2].1, "int8[]");
 
     let e = q(&db, "select $1 + 1", json!(["x"])).await.unwrap_err();
-    assert_eq!(e.code(), "invalid_param");
+    assert_eq!(e.code(), makenaide_contract::ErrorCode::InvalidParam.as_str());
     assert!(e.to_string().contains("$1") && e.to_string().contains("int4"), "{e}");
     assert!(e.statement_index().is_none(), "no index for /db/query");
 
     let e = q(&db, "select $1::int4, $2::int4", json!([1])).await.unwrap_err();
-    assert_eq!(e.code(), "invalid_request");
+    assert_eq!(e.code(), makenaide_contract::ErrorCode::InvalidRequest.as_str());
     assert!(e.to_string().contains("2 parameter"), "{e}");
 
     // 2-D arrays come out nested.
@@ -260,7 +260,7 @@ async fn transaction_is_all_or_nothing_with_statement_index() {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "sql_error");
+    assert_eq!(e.code(), makenaide_contract::ErrorCode::SqlError.as_str());
     assert_eq!(e.statement_index(), Some(1));
     assert_eq!(e.to_json()["error"]["sqlstate"], "23505");
     let n = q(&db, "select count(*) from kv", json!([])).await.unwrap();
@@ -278,13 +278,16 @@ async fn transaction_is_all_or_nothing_with_statement_index() {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "invalid_param");
+    assert_eq!(e.code(), makenaide_contract::ErrorCode::InvalidParam.as_str());
     assert_eq!(e.statement_index(), Some(1));
     let e = db
         .transaction(vec![stmt("selec 1", json!([]))], None, None)
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.statement_index()), ("sql_error", Some(0)));
+    assert_eq!(
+        (e.code(), e.statement_index()),
+        (makenaide_contract::ErrorCode::SqlError.as_str(), Some(0))
+    );
     assert_eq!(e.to_json()["error"]["sqlstate"], "42601");
     let n = q(&db, "select count(*) from kv", json!([])).await.unwrap();
     assert_eq!(n.rows[0][0], json!(1));
@@ -303,7 +306,7 @@ async fn statement_timeout_and_deadline() {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "db_timeout");
+    assert_eq!(e.code(), makenaide_contract::ErrorCode::DbTimeout.as_str());
     assert_eq!(e.status().as_u16(), 504);
     assert!(started.elapsed() < Duration::from_secs(2));
     // The deadline header caps the statement timeout.
@@ -315,7 +318,7 @@ async fn statement_timeout_and_deadline() {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "db_timeout");
+    assert_eq!(e.code(), makenaide_contract::ErrorCode::DbTimeout.as_str());
     // The connection is fine afterwards.
     assert_eq!(q(&db, "select 1 as one", json!([])).await.unwrap().rows[0][0], json!(1));
 }
@@ -331,7 +334,7 @@ async fn read_only_switch() {
     })
     .unwrap();
     let e = q(&ro, "insert into t values (1)", json!([])).await.unwrap_err();
-    assert_eq!(e.code(), "read_only");
+    assert_eq!(e.code(), makenaide_contract::ErrorCode::ReadOnly.as_str());
     assert_eq!(e.status().as_u16(), 403);
     assert_eq!(e.to_json()["error"]["sqlstate"], "25006");
     assert_eq!(
@@ -345,7 +348,7 @@ async fn unsupported_result_type_says_how_to_cast() {
     let t = TestDb::new().await;
     let db = Db::new(&t.config()).unwrap();
     let e = q(&db, "select 'a b'::tsvector as doc", json!([])).await.unwrap_err();
-    assert_eq!(e.code(), "invalid_request");
+    assert_eq!(e.code(), makenaide_contract::ErrorCode::InvalidRequest.as_str());
     assert!(e.to_string().contains("doc::text"), "{e}");
     let r = q(
         &db,
@@ -480,14 +483,14 @@ async fn unreachable_database_answers_503_within_the_connect_timeout() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(e.code(), "db_unavailable");
+    assert_eq!(e.code(), makenaide_contract::ErrorCode::DbUnavailable.as_str());
     assert!(e.to_string().contains("unreachable"), "{e}");
     assert!(e.to_string().to_lowercase().contains("refused"), "{e}");
     assert_eq!(db.status(), DbStatus::Unavailable);
     let not_configured = Db::new(&Config::default()).unwrap();
     assert_eq!(
         q(&not_configured, "select 1", json!([])).await.unwrap_err().code(),
-        "db_not_configured"
+        makenaide_contract::ErrorCode::DbNotConfigured.as_str()
     );
     assert_eq!(not_configured.status(), DbStatus::NotConfigured);
 }
@@ -510,5 +513,8 @@ async fn close_ends_every_session() {
         assert!(Instant::now() < deadline, "sessions still there after close");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(q(&db, "select 1", json!([])).await.unwrap_err().code(), "shutting_down");
+    assert_eq!(
+        q(&db, "select 1", json!([])).await.unwrap_err().code(),
+        makenaide_contract::ErrorCode::ShuttingDown.as_str()
+    );
 }

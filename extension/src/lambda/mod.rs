@@ -15,9 +15,9 @@
 use crate::error::Error;
 use lambda_extension::requests::{init_error, ErrorRequest};
 use lambda_extension::{service_fn, Extension, LambdaEvent, NextEvent};
+use makenaide_contract::{Deadline, DeadlineProblem};
 use std::convert::Infallible;
 use std::future::Future;
-use makenaide_contract::{Deadline, DeadlineProblem};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use serde_json::{json, Map, Value};
 use makenaide_contract::Deadline;
+use serde_json::{json, Map, Value};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -144,7 +144,7 @@ fn deadline(headers: &HeaderMap) -> Result<Option<Instant>, Error> {
     match Deadline::classify(Some(ms), now_ms) {
         Deadline::At(at) => Ok(Some(Instant::now() + Duration::from_millis(at - now_ms))),
         Deadline::Unknown(problem) => {
-            crate::lambda::warn_implausible_deadline("X-Makenaide-Deadline-Ms", ms, problem);
+            crate::lambda::warn_implausible_deadline(makenaide_contract::headers::DEADLINE, ms, problem);
             Ok(None)
         }
     }
@@ -405,20 +405,44 @@ mod tests {
         assert!(s.params.is_empty() && t.is_none());
 
         for (body, code, needle) in [
-            (&b"{not json"[..], "invalid_json", "not valid JSON"),
-            (b"[1]", "invalid_request", "JSON object"),
-            (br#"{"params":[]}"#, "invalid_request", "sql is required"),
-            (br#"{"sql":5}"#, "invalid_request", "sql must be a string"),
-            (br#"{"sql":"  "}"#, "invalid_request", "sql is empty"),
+            (
+                &b"{not json"[..],
+                makenaide_contract::ErrorCode::InvalidJson.as_str(),
+                "not valid JSON",
+            ),
+            (
+                b"[1]",
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+                "JSON object",
+            ),
+            (
+                br#"{"params":[]}"#,
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+                "sql is required",
+            ),
+            (
+                br#"{"sql":5}"#,
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+                "sql must be a string",
+            ),
+            (
+                br#"{"sql":"  "}"#,
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+                "sql is empty",
+            ),
             (
                 br#"{"sql":"x","params":{}}"#,
-                "invalid_request",
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
                 "params must be an array",
             ),
-            (br#"{"sql":"x","timeout_ms":-1}"#, "invalid_request", "timeout_ms"),
+            (
+                br#"{"sql":"x","timeout_ms":-1}"#,
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+                "timeout_ms",
+            ),
             (
                 br#"{"sql":"x","param":[]}"#,
-                "invalid_request",
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
                 "unknown field \"param\"",
             ),
         ] {
@@ -456,7 +480,11 @@ mod tests {
             assert!(transaction_control(sql).is_some(), "{sql}");
             let body = json!({"sql": sql}).to_string();
             let e = parse_query(body.as_bytes()).unwrap_err();
-            assert_eq!(e.code(), "invalid_request", "{sql}");
+            assert_eq!(
+                e.code(),
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+                "{sql}"
+            );
         }
         for sql in [
             "select 1",

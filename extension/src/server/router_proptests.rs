@@ -102,7 +102,10 @@ fn db_body_parsers_never_panic_on_any_json() {
             for res in [parse_query(&bytes).map(|_| ()), parse_transaction(&bytes).map(|_| ())] {
                 if let Err(e) = res {
                     prop_assert!(
-                        matches!(e.code(), "invalid_json" | "invalid_request"),
+                        matches!(
+                            e.kind(),
+                            makenaide_contract::ErrorCode::InvalidJson | makenaide_contract::ErrorCode::InvalidRequest
+                        ),
                         "{} for {}",
                         e.code(),
                         body
@@ -244,7 +247,10 @@ fn deadline_header_parsing_never_panics() {
             Ok(None) => {
                 let s = std::str::from_utf8(&v).unwrap().trim();
                 let n: u64 = s.parse().unwrap();
-                prop_assert!(makenaide_contract::Deadline::classify(Some(n), now_ms()).at().is_none(), "{n} ignored");
+                prop_assert!(
+                    makenaide_contract::Deadline::classify(Some(n), now_ms()).at().is_none(),
+                    "{n} ignored"
+                );
             }
             Err(e) => prop_assert_eq!(e.kind(), makenaide_contract::ErrorCode::InvalidRequest),
         }
@@ -287,10 +293,10 @@ fn token_check_accepts_only_the_token() {
             match (check_token(&state, &h), sent) {
                 (Ok(()), Some(b)) => prop_assert_eq!(b, TOKEN.as_bytes().to_vec()),
                 (Ok(()), None) => prop_assert!(false, "no token accepted"),
-                (Err(e), None) => prop_assert_eq!(e.code(), "missing_token"),
+                (Err(e), None) => prop_assert_eq!(e.code(), makenaide_contract::ErrorCode::MissingToken.as_str()),
                 (Err(e), Some(b)) => {
                     prop_assert_ne!(b, TOKEN.as_bytes().to_vec());
-                    prop_assert_eq!(e.code(), "invalid_token");
+                    prop_assert_eq!(e.code(), makenaide_contract::ErrorCode::InvalidToken.as_str());
                 }
             }
             Ok(())

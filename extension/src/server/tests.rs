@@ -74,31 +74,50 @@ async fn auth_and_refusals() {
     let (status, body, headers) = call(c.get(s.url("/ping"))).await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"status": "ok", "db": "not_configured", "upbit": "cold"}));
-    assert_eq!(headers["x-makenaide-source"], "core");
+    assert_eq!(headers[makenaide_contract::headers::SOURCE], "core");
 
     let (status, body, _) = call(c.post(s.url("/db/query")).body("{}")).await;
-    assert_eq!((status, code(&body)), (401, "missing_token"));
+    assert_eq!(
+        (status, code(&body)),
+        (401, makenaide_contract::ErrorCode::MissingToken.as_str())
+    );
     let (status, body, _) = call(
         c.post(s.url("/db/query"))
-            .header("X-Makenaide-Token", "wrong")
+            .header(makenaide_contract::headers::TOKEN, "wrong")
             .body("{}"),
     )
     .await;
-    assert_eq!((status, code(&body)), (403, "invalid_token"));
+    assert_eq!(
+        (status, code(&body)),
+        (403, makenaide_contract::ErrorCode::InvalidToken.as_str())
+    );
     let (status, body, _) = call(c.get(s.url("/v1/ticker?markets=KRW-BTC"))).await;
-    assert_eq!((status, code(&body)), (401, "missing_token"));
+    assert_eq!(
+        (status, code(&body)),
+        (401, makenaide_contract::ErrorCode::MissingToken.as_str())
+    );
 
     // X-Forwarded-For is refused everywhere, even with a good token and on /ping.
-    let (status, body, _) = call(c.get(s.url("/ping")).header("X-Forwarded-For", "1.2.3.4")).await;
-    assert_eq!((status, code(&body)), (400, "forwarded_request"));
+    let (status, body, _) = call(
+        c.get(s.url("/ping"))
+            .header(makenaide_contract::headers::FORWARDED_FOR, "1.2.3.4"),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, makenaide_contract::ErrorCode::ForwardedRequest.as_str())
+    );
     let (status, body, _) = call(
         c.post(s.url("/db/query"))
-            .header("X-Makenaide-Token", "s3cret")
-            .header("X-Forwarded-For", "1.2.3.4")
+            .header(makenaide_contract::headers::TOKEN, "s3cret")
+            .header(makenaide_contract::headers::FORWARDED_FOR, "1.2.3.4")
             .body("{}"),
     )
     .await;
-    assert_eq!((status, code(&body)), (400, "forwarded_request"));
+    assert_eq!(
+        (status, code(&body)),
+        (400, makenaide_contract::ErrorCode::ForwardedRequest.as_str())
+    );
     s.stop().await;
 }
 
@@ -110,33 +129,55 @@ async fn routing_methods_and_bodies() {
     })
     .await;
     let c = reqwest::Client::new();
-    let authed = |r: reqwest::RequestBuilder| r.header("X-Makenaide-Token", "s3cret");
+    let authed = |r: reqwest::RequestBuilder| r.header(makenaide_contract::headers::TOKEN, "s3cret");
 
     for path in ["/nope", "/v1/accounts", "/v1/orders", "/v1/candles/minutes/x", "/db"] {
         let (status, body, _) = call(authed(c.get(s.url(path)))).await;
-        assert_eq!((status, code(&body)), (404, "not_found"), "{path}");
+        assert_eq!(
+            (status, code(&body)),
+            (404, makenaide_contract::ErrorCode::NotFound.as_str()),
+            "{path}"
+        );
     }
     let (status, body, headers) = call(authed(c.get(s.url("/db/query")))).await;
-    assert_eq!((status, code(&body)), (405, "method_not_allowed"));
+    assert_eq!(
+        (status, code(&body)),
+        (405, makenaide_contract::ErrorCode::MethodNotAllowed.as_str())
+    );
     assert_eq!(headers["allow"], "POST");
     let (status, body, headers) = call(authed(c.post(s.url("/v1/ticker")))).await;
-    assert_eq!((status, code(&body)), (405, "method_not_allowed"));
+    assert_eq!(
+        (status, code(&body)),
+        (405, makenaide_contract::ErrorCode::MethodNotAllowed.as_str())
+    );
     assert_eq!(headers["allow"], "GET");
     let (status, _, _) = call(c.post(s.url("/ping"))).await;
     assert_eq!(status, 405);
 
     let (status, body, _) = call(authed(c.post(s.url("/db/query"))).body("{oops")).await;
-    assert_eq!((status, code(&body)), (400, "invalid_json"));
+    assert_eq!(
+        (status, code(&body)),
+        (400, makenaide_contract::ErrorCode::InvalidJson.as_str())
+    );
     let (status, body, _) = call(authed(c.post(s.url("/db/query"))).body(r#"{"sql": 1}"#)).await;
-    assert_eq!((status, code(&body)), (400, "invalid_request"));
+    assert_eq!(
+        (status, code(&body)),
+        (400, makenaide_contract::ErrorCode::InvalidRequest.as_str())
+    );
     assert!(body["error"]["message"].as_str().unwrap().contains("sql"));
     let (status, body, _) = call(authed(c.post(s.url("/db/query"))).body(r#"{"sql": "select 1"}"#)).await;
-    assert_eq!((status, code(&body)), (503, "db_not_configured"));
+    assert_eq!(
+        (status, code(&body)),
+        (503, makenaide_contract::ErrorCode::DbNotConfigured.as_str())
+    );
 
     // Over the limit, declared by Content-Length or streamed (chunked).
     let big = "x".repeat(2048);
     let (status, body, _) = call(authed(c.post(s.url("/db/query"))).body(big.clone())).await;
-    assert_eq!((status, code(&body)), (413, "body_too_large"));
+    assert_eq!(
+        (status, code(&body)),
+        (413, makenaide_contract::ErrorCode::BodyTooLarge.as_str())
+    );
     let mut conn = TcpStream::connect(s.addr).await.unwrap();
     let head =
         "POST /db/transaction HTTP/1.1\r\nHost: x\r\nX-Makenaide-Token: s3cret\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -148,12 +189,16 @@ async fn routing_methods_and_bodies() {
     let n = conn.read(&mut buf).await.unwrap();
     let reply = String::from_utf8_lossy(&buf[..n]);
     assert!(
-        reply.starts_with("HTTP/1.1 413") && reply.contains("body_too_large"),
+        reply.starts_with("HTTP/1.1 413") && reply.contains(makenaide_contract::ErrorCode::BodyTooLarge.as_str()),
         "{reply}"
     );
 
-    let (status, body, _) = call(authed(c.get(s.url("/v1/ticker"))).header("X-Makenaide-Deadline-Ms", "soon")).await;
-    assert_eq!((status, code(&body)), (400, "invalid_request"));
+    let (status, body, _) =
+        call(authed(c.get(s.url("/v1/ticker"))).header(makenaide_contract::headers::DEADLINE, "soon")).await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, makenaide_contract::ErrorCode::InvalidRequest.as_str())
+    );
     s.stop().await;
 }
 
@@ -175,7 +220,10 @@ async fn connection_cap_answers_429() {
         held.push(conn);
     }
     let (status, body, _) = call(reqwest::Client::new().get(s.url("/ping"))).await;
-    assert_eq!((status, code(&body)), (429, "too_many_connections"));
+    assert_eq!(
+        (status, code(&body)),
+        (429, makenaide_contract::ErrorCode::TooManyConnections.as_str())
+    );
     drop(held);
     // Freed slots are reusable (the server notices the closes asynchronously: retry until it does).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

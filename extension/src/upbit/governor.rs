@@ -318,7 +318,7 @@ mod tests {
             .acquire(Group::Candles, start + Duration::from_millis(200))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), "upstream_deadline");
+        assert_eq!(err.code(), makenaide_contract::ErrorCode::UpstreamDeadline.as_str());
         assert_eq!(Instant::now(), start, "no waiting when the slot is after the deadline");
     }
 
@@ -331,7 +331,7 @@ mod tests {
             .acquire(Group::Orderbook, start + Duration::from_millis(300))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), "upstream_deadline");
+        assert_eq!(err.code(), makenaide_contract::ErrorCode::UpstreamDeadline.as_str());
         assert_eq!(Instant::now() - start, Duration::from_millis(300));
     }
 
@@ -373,7 +373,7 @@ mod tests {
             .acquire(Group::Candles, start + Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), "upstream_deadline");
+        assert_eq!(err.code(), makenaide_contract::ErrorCode::UpstreamDeadline.as_str());
         assert!(err.to_string().contains("418"), "{err}");
         g.acquire(Group::Candles, start + Duration::from_secs(60))
             .await

@@ -17,16 +17,16 @@ use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 // The runtime API client's body type: using it (rather than `Full<Bytes>`) lets hyper-util's client and pool
 // code be shared with lambda_runtime's own client instead of compiled twice (~100 KB of the binary).
+use crate::deadline;
+pub use crate::deadline::now_ms;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use lambda_runtime_api_client::body::Body;
+use makenaide_contract::env::Token;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::error::Error as _;
 use std::sync::Arc;
-use crate::deadline;
-pub use crate::deadline::now_ms;
-use makenaide_contract::env::Token;
 use std::time::Duration;
 
 pub use makenaide_contract::env::{
@@ -431,7 +431,7 @@ mod tests {
         for source in [Some("core"), None] {
             match upbit_or_core_error(&reply(504, source, body)) {
                 PipelineError::Core(e) => {
-                    assert_eq!(e.code, "upstream_deadline");
+                    assert_eq!(e.code, makenaide_contract::ErrorCode::UpstreamDeadline.as_str());
                     assert_eq!(e.status, 504);
                 }
                 other => panic!("unexpected {other:?}"),
@@ -466,6 +466,9 @@ mod tests {
     fn lambda_deadline_gets_a_margin() {
         let c = CoreClient::new(1, "");
         let lambda_deadline = now_ms() + 10_000;
-        assert_eq!(c.for_lambda_deadline(lambda_deadline).deadline_ms(), Some(lambda_deadline - 750));
+        assert_eq!(
+            c.for_lambda_deadline(lambda_deadline).deadline_ms(),
+            Some(lambda_deadline - 750)
+        );
     }
 }

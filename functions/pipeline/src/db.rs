@@ -8,7 +8,9 @@
 use crate::client::CoreClient;
 use crate::error::PipelineError;
 use makenaide_contract::routes;
-pub use makenaide_contract::sql::{Column, QueryRequest, QueryResult, Statement, TransactionRequest, TransactionResult};
+pub use makenaide_contract::sql::{
+    Column, QueryRequest, QueryResult, Statement, TransactionRequest, TransactionResult,
+};
 use serde_json::Value;
 use std::borrow::Cow;
 
@@ -67,6 +69,9 @@ mod tests {
         }))
         .expect("result");
         assert_eq!(get(&r, &r.rows[0], "n").expect("n"), &json!(3));
-        assert!(matches!(get(&r, &r.rows[0], "nope"), Err(PipelineError::BadReply { .. })));
+        assert!(matches!(
+            get(&r, &r.rows[0], "nope"),
+            Err(PipelineError::BadReply { .. })
+        ));
     }
 }

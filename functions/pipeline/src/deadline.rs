@@ -41,7 +41,10 @@ pub fn for_invocation(runtime_deadline_ms: u64) -> Option<u64> {
         static WARNED: AtomicBool = AtomicBool::new(false);
         if !WARNED.swap(true, Ordering::Relaxed) {
             let fallback = match deadline {
-                Some(d) => format!("{} = {timeout:?} s from receipt, until {d}", env::AWS_LAMBDA_FUNCTION_TIMEOUT),
+                Some(d) => format!(
+                    "{} = {timeout:?} s from receipt, until {d}",
+                    env::AWS_LAMBDA_FUNCTION_TIMEOUT
+                ),
                 None => format!(
                     "no deadline ({} unset): each request is bounded by {} s",
                     env::AWS_LAMBDA_FUNCTION_TIMEOUT,

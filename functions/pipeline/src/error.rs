@@ -43,7 +43,10 @@ impl CoreError {
     /// True when the extension is reporting a failure of Upbit (after its retries) or of Upbit's rate budget,
     /// not of the database, the request or the extension itself.
     pub fn is_upstream(&self) -> bool {
-        matches!(self.kind(), Some(ErrorCode::UpstreamError | ErrorCode::UpstreamDeadline))
+        matches!(
+            self.kind(),
+            Some(ErrorCode::UpstreamError | ErrorCode::UpstreamDeadline)
+        )
     }
 
     /// The `errorType` this extension error maps to.
@@ -145,7 +148,10 @@ impl PipelineError {
     /// extension or the environment: the collector reports such a market as failed and goes on.
     pub fn is_per_market(&self) -> bool {
         match self {
-            Self::Upbit { .. } | Self::BadReply { source_name: "upbit", .. } => true,
+            Self::Upbit { .. }
+            | Self::BadReply {
+                source_name: "upbit", ..
+            } => true,
             Self::Core(e) => e.is_upstream(),
             Self::InvalidEvent(_) | Self::CoreUnavailable(_) | Self::BadReply { .. } => false,
         }
@@ -220,7 +226,12 @@ mod tests {
     fn diagnostic_keeps_code_and_sqlstate() {
         let d: Diagnostic = core(ErrorCode::SqlError).into();
         assert_eq!(d.error_type, "DatabaseError");
-        assert!(d.error_message.contains("sql_error"), "{}", d.error_message);
+        assert!(
+            d.error_message
+                .contains(makenaide_contract::ErrorCode::SqlError.as_str()),
+            "{}",
+            d.error_message
+        );
         assert!(d.error_message.contains("sqlstate 42P01"), "{}", d.error_message);
         assert!(d.error_message.contains("statement 1"), "{}", d.error_message);
     }

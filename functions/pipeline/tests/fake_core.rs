@@ -62,7 +62,7 @@ fn query_map(q: &str) -> HashMap<String, String> {
 fn reply(status: u16, source: &str, body: Value) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
-        .header("x-makenaide-source", source)
+        .header(makenaide_contract::headers::SOURCE, source)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("response")
@@ -125,7 +125,7 @@ fn upbit(path: &str, query: &str) -> Response<Full<Bytes>> {
         _ => reply(
             404,
             "core",
-            json!({"error": {"code": "not_found", "message": "unknown route"}}),
+            json!({"error": {"code": makenaide_contract::ErrorCode::NotFound.as_str(), "message": "unknown route"}}),
         ),
     }
 }
@@ -157,7 +157,10 @@ fn db_result(sql: &str, params: &[Value]) -> Value {
 
 async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let (token, deadline) = (header("x-makenaide-token"), header("x-makenaide-deadline-ms"));
+    let (token, deadline) = (
+        header(makenaide_contract::headers::TOKEN),
+        header(makenaide_contract::headers::DEADLINE),
+    );
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     state
@@ -169,7 +172,7 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<Full<B
         return Ok(reply(
             401,
             "core",
-            json!({"error": {"code": "missing_token", "message": "X-Makenaide-Token required"}}),
+            json!({"error": {"code": makenaide_contract::ErrorCode::MissingToken.as_str(), "message": "X-Makenaide-Token required"}}),
         ));
     }
     if path.starts_with("/v1/") {
@@ -181,7 +184,7 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<Full<B
         return Ok(reply(
             503,
             "core",
-            json!({"error": {"code": "db_unavailable", "message": "PostgreSQL is unreachable", "sqlstate": "08006"}}),
+            json!({"error": {"code": makenaide_contract::ErrorCode::DbUnavailable.as_str(), "message": "PostgreSQL is unreachable", "sqlstate": "08006"}}),
         ));
     }
     let statements: Vec<(String, Vec<Value>)> = match path.as_str() {
@@ -204,7 +207,7 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<Full<B
             return Ok(reply(
                 404,
                 "core",
-                json!({"error": {"code": "not_found", "message": "unknown route"}}),
+                json!({"error": {"code": makenaide_contract::ErrorCode::NotFound.as_str(), "message": "unknown route"}}),
             ))
         }
     };
@@ -343,7 +346,9 @@ async fn errors_carry_error_types() {
     let e = run_migrations(&client).await.expect_err("db down");
     assert_eq!(e.error_type(), "DatabaseError");
     assert!(
-        e.to_string().contains("db_unavailable") && e.to_string().contains("08006"),
+        e.to_string()
+            .contains(makenaide_contract::ErrorCode::DbUnavailable.as_str())
+            && e.to_string().contains("08006"),
         "{e}"
     );
 

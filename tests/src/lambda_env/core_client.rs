@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 use crate::error::{HarnessError, Result};
 
 /// Header carrying the shared secret (contract).
-pub const TOKEN_HEADER: &str = "X-Makenaide-Token";
+pub const TOKEN_HEADER: &str = makenaide_contract::headers::TOKEN;
 /// Header carrying the caller's absolute deadline in epoch ms (contract).
-pub const DEADLINE_HEADER: &str = "X-Makenaide-Deadline-Ms";
+pub const DEADLINE_HEADER: &str = makenaide_contract::headers::DEADLINE;
 
 /// A reply from the extension.
 #[derive(Debug, Clone)]

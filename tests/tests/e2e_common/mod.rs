@@ -9,9 +9,9 @@ use makenaide_tests::lambda_env::{EnvConfig, LambdaEnv};
 use makenaide_tests::pg::TestDb;
 use serde_json::Value;
 
-pub use makenaide_contract::functions::ORCHESTRATOR;
 pub use makenaide_contract::functions::DATA_COLLECTOR as COLLECTOR;
 pub use makenaide_contract::functions::DB_INITIALIZER as INITIALIZER;
+pub use makenaide_contract::functions::ORCHESTRATOR;
 pub use makenaide_contract::functions::SCANNER;
 pub const CORE_APP_NAME: &str = "makenaide-core";
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(2);
