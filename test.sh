@@ -4,7 +4,7 @@
 #   ./test.sh                 all suites
 #   ./test.sh -- <filter>     pass a test-name filter to the Rust test runner
 #
-# Suites: 1) Rust: `cargo nextest run --workspace` (or `cargo test --workspace` without nextest): unit tests,
+# Suites: 0) clippy over the workspace, warnings are errors; 1) Rust: `cargo nextest run --workspace` (or `cargo test --workspace` without nextest): unit tests,
 # harness self-tests, end-to-end tests of the real binaries under the emulated Lambda environment;
 # 2) every executable in scripts/test-suites/ (sorted), e.g. the layer build + deploy tests of the packaging work.
 # A suite script exits non-zero on failure and may print a line "N passed, N failed" to be counted.
@@ -23,6 +23,9 @@ cargo build --workspace --all-targets || exit 1
 
 PASSED=0; FAILED=0; FAILED_SUITES=()
 LOG="$(mktemp)"; trap 'rm -f "$LOG"' EXIT
+
+echo "== suite: lint (clippy, warnings are errors)"
+if cargo clippy --workspace --all-targets --quiet -- -D warnings; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); FAILED_SUITES+=("clippy"); fi
 
 echo "== suite: rust (workspace)"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -53,6 +53,23 @@ if [ -z "${MAKENAIDE_TEST_PG:-}" ] && have pg_isready && ! pg_isready -q -h 127.
   pg_isready -q -h 127.0.0.1 -p 5432 || log "warning: no PostgreSQL on 127.0.0.1:5432 (set MAKENAIDE_TEST_PG)"
 fi
 
+# Python functions run under AWS's runtime interface client (tests/tests/readme_examples.rs): a venv with the pinned
+# tests/python/requirements.txt, reinstalled only when that file changed (a copy is kept in the venv).
+python_tests_venv() {
+  local venv=.venv-python-tests req=tests/python/requirements.txt
+  apt_install python3 python3 python3-venv
+  if [ ! -x "$venv/bin/python" ]; then
+    log "creating $venv"
+    python3 -m venv --system-site-packages "$venv"
+  fi
+  if ! cmp -s "$req" "$venv/.requirements"; then
+    log "installing $req in $venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+    cp "$req" "$venv/.requirements"
+  fi
+}
+python_tests_venv
+
 # --- packaging / deployment (layer-build, deploy.sh) ----------------------------------------------------------
 # rustup musl targets + pinned cargo-lambda and zig (PyPI) in .venv-build; pytest + moto in .venv-deploy-tests.
 layer-build/build.sh --install-only

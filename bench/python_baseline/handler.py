@@ -12,7 +12,6 @@ Event and result follow makenaide-data-collector: ``{"markets": [...], "interval
 """
 
 import datetime
-import json
 import os
 import time
 
@@ -71,11 +70,6 @@ def get_ohlcv(ticker, interval="days", count=200, to=None):
 
 def lambda_handler(event, context):
     started = time.time()
-    # Lambda delivers events with Content-Type application/json, which awslambdaric decodes; the emulated Runtime
-    # API (lambda-simulator 0.2) answers `next` as text/plain, so awslambdaric hands over the raw bytes. Decode them
-    # here (the same json.loads awslambdaric would have done).
-    if isinstance(event, (bytes, bytearray, str)):
-        event = json.loads(event)
     event = event or {}
     markets = event.get("markets") or []
     interval = event.get("interval", "days")

@@ -202,6 +202,51 @@ async fn url_form_of_the_runtime_api() {
         .expect("start");
     let out = env.invoke(json!({"u": 1})).await.unwrap();
     assert_eq!(out.ok().unwrap(), &json!({"echo": {"u": 1}}));
+
+    // What a runtime reads from `next`, in both forms: the event and `Content-Type: application/json`, exactly as
+    // Lambda sends it (awslambdaric decodes the event only when the header is exactly that).
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = header_runtime(dir.path());
+    for form in [RuntimeApiForm::HostPort, RuntimeApiForm::UrlWithPrefix] {
+        let env = LambdaEnv::start(
+            EnvConfig::new(runtime.clone())
+                .extension(fixture("fixture-ext"))
+                .runtime_api_form(form)
+                .timeout(Duration::from_secs(20)),
+        )
+        .await
+        .expect("start");
+        let out = env.invoke(json!({"h": [1, "two"]})).await.unwrap();
+        assert_eq!(
+            out.ok().unwrap(),
+            &json!({"content_type": "application/json", "event": {"h": [1, "two"]}}),
+            "{form:?}"
+        );
+    }
+}
+
+/// A runtime in bash + curl that answers each event with the `Content-Type` its `next` reply carried (read from
+/// the response headers, as runtime clients do) and the event itself.
+fn header_runtime(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    const SCRIPT: &str = r##"#!/usr/bin/env bash
+set -u
+API="${AWS_LAMBDA_RUNTIME_API}"
+case "$API" in http://*) BASE="$API" ;; *) BASE="http://$API" ;; esac
+HDRS="$(dirname "$0")/headers.$$"
+trap 'exit 0' TERM
+while true; do
+  BODY="$(curl -sS -D "$HDRS" "$BASE/2018-06-01/runtime/invocation/next")" || exit 4
+  RID="$(grep -i '^Lambda-Runtime-Aws-Request-Id:' "$HDRS" | cut -d' ' -f2 | tr -d '\r')"
+  CT="$(grep -i '^Content-Type:' "$HDRS" | cut -d' ' -f2- | tr -d '\r')"
+  curl -sS -X POST "$BASE/2018-06-01/runtime/invocation/$RID/response" \
+    -d "{\"content_type\":\"$CT\",\"event\":$BODY}" >/dev/null
+done
+"##;
+    let path = dir.join("header-fn");
+    std::fs::write(&path, SCRIPT).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
 }
 
 #[tokio::test]

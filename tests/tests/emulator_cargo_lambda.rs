@@ -211,20 +211,18 @@ impl Rig {
             .args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port])
             .current_dir(workspace_root());
         rig.procs.push(Proc::spawn("cargo-lambda-watch", watch, &rig.logs));
-        let logs = rig.logs.clone();
-        let procs = std::cell::RefCell::new(&mut rig.procs);
+        let (logs, port) = (rig.logs.clone(), rig.runtime_port);
         wait_until(
             "cargo lambda watch",
             START_LIMIT,
             || {
                 let logs = logs.clone();
-                let port = rig.runtime_port;
                 async move {
                     logs.lock().unwrap().iter().any(|l| l.contains(WATCH_READY_LINE))
                         && tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
                 }
             },
-            || exited_check(&mut procs.borrow_mut()),
+            || exited_check(&mut rig.procs),
         )
         .await;
 
@@ -241,7 +239,6 @@ impl Rig {
             .env(UPBIT_BASE_URL_ENV, rig.upbit.base_url());
         rig.procs.push(Proc::spawn(EXTENSION, ext, &rig.logs));
         let core = CoreClient::new(core_port, token.clone());
-        let procs = std::cell::RefCell::new(&mut rig.procs);
         wait_until(
             "makenaide-core /ping with db ready",
             START_LIMIT,
@@ -253,7 +250,7 @@ impl Rig {
                         .is_ok_and(|v| v.get("db").and_then(Value::as_str) == Some("ready"))
                 }
             },
-            || exited_check(&mut procs.borrow_mut()),
+            || exited_check(&mut rig.procs),
         )
         .await;
 

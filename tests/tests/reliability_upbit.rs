@@ -264,7 +264,7 @@ async fn a_418_block_is_honoured_without_further_418s() {
     // The second run could only have succeeded after the block: the simulator answers 418 to anything earlier.
     assert!(waited >= block - Duration::from_millis(1100), "{waited:?}");
     let stored = stored_rows(&b.db, "days").await;
-    let markets = vec![m[0].clone(), m[1].clone(), m[2].clone()];
+    let markets = [m[0].clone(), m[1].clone(), m[2].clone()];
     assert_result_matches(&r1, &stored, &delivered(sim, "days"), &markets[..1]);
     assert_result_matches(&r2, &stored, &delivered(sim, "days"), &markets[1..]);
     report::record(

@@ -6,6 +6,8 @@
 //!   202 here and recorded, so an extension's "invalid configuration" report can be asserted;
 //! - `POST /runtime/init/error` is answered here (the simulator requires a JSON content type that
 //!   `lambda_runtime` does not send);
+//! - `GET /runtime/invocation/next` carries `Content-Type: application/json`, as on Lambda (the simulator says
+//!   `text/plain`, and awslambdaric then hands the handler raw bytes instead of the decoded event);
 //! - `Lambda-Extension-Name` must be one of the spawned extension files (Lambda's rule), and under Lambda Managed
 //!   Instances registering `INVOKE` is refused with 403 `Extension.InvalidEventType` (the RIE's rule);
 //! - SHUTDOWN events get Lambda's upper-case `shutdownReason` (`SPINDOWN`; the simulator sends `spindown`) and the
@@ -223,8 +225,12 @@ impl Ctx {
             }
             (&Method::GET, p) if p == format!("{RT_BASE}/invocation/next") => {
                 self.journal.push(ApiEventKind::RuntimeNext);
-                let resp = self.forward(&parts, body, &path, &query).await;
+                let mut resp = self.forward(&parts, body, &path, &query).await;
                 if resp.status() == StatusCode::OK {
+                    // The event is JSON and Lambda says so; the simulator answers `text/plain`, and runtimes such
+                    // as awslambdaric decode only `application/json` (they hand anything else over as raw bytes).
+                    resp.headers_mut()
+                        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                     if let Some(rid) = resp
                         .headers()
                         .get("Lambda-Runtime-Aws-Request-Id")
