@@ -1,7 +1,7 @@
 //! Every name the makenaide-core extension and its callers agree on, defined once: the localhost API's headers,
 //! the port and token variables with the token's fallback rule, the stable error codes with their HTTP status and
-//! the error body, the `/db/query` and `/db/transaction` request and result types, the function names, and the
-//! rule that decides whether a deadline is a plausible absolute time.
+//! the error body, the `/db/query` and `/db/transaction` request and result types, the function names, the names
+//! of the per-invocation metrics, and the rule that decides whether a deadline is a plausible absolute time.
 //!
 //! The extension, the function crates, the tests and the benchmarks all use this crate; docs/contracts.md is
 //! checked against it (`tests/tests/contract_docs.rs`). serde only, no I/O: what reads the environment or the
@@ -10,6 +10,7 @@
 pub mod deadline;
 pub mod error;
 pub mod functions;
+pub mod metrics;
 pub mod sql;
 
 pub use deadline::{Deadline, DeadlineProblem};
@@ -44,6 +45,8 @@ pub mod routes {
     pub const DB_QUERY: &str = "/db/query";
     /// `POST` statements in one transaction ([`crate::TransactionRequest`] → [`crate::TransactionResult`]).
     pub const DB_TRANSACTION: &str = "/db/transaction";
+    /// `GET`, token required: the extension's counters since it started, as JSON (names in [`crate::metrics`]).
+    pub const METRICS: &str = "/metrics";
 }
 
 /// Environment variables that the extension and its callers both read.

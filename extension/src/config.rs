@@ -43,6 +43,19 @@ pub const ENV_UPBIT_CACHE_TTL_MS: &str = "MAKENAIDE_UPBIT_CACHE_TTL_MS";
 pub const ENV_MAX_BODY_BYTES: &str = "MAKENAIDE_MAX_BODY_BYTES";
 /// Inbound connection cap (429 above it). Default 256.
 pub const ENV_MAX_CONNECTIONS: &str = "MAKENAIDE_MAX_CONNECTIONS";
+/// `off` (or `false`, `0`, `no`): no Telemetry API subscription, no telemetry listener, no EMF lines (`GET /metrics`
+/// still answers: the counters are plain atomics). Default on.
+pub const ENV_METRICS: &str = "MAKENAIDE_METRICS";
+/// CloudWatch namespace of the EMF lines. Default [`makenaide_contract::metrics::DEFAULT_NAMESPACE`].
+pub const ENV_METRICS_NAMESPACE: &str = "MAKENAIDE_METRICS_NAMESPACE";
+/// Port of the telemetry listener (where Lambda POSTs Telemetry API batches). Default [`DEFAULT_TELEMETRY_PORT`];
+/// `0` takes any free port (the subscription names the port actually bound).
+pub const ENV_TELEMETRY_PORT: &str = "MAKENAIDE_TELEMETRY_PORT";
+/// Lambda Managed Instances only (no per-invocation report there): one aggregated EMF line per this many ms.
+/// Default [`DEFAULT_METRICS_INTERVAL`].
+pub const ENV_METRICS_INTERVAL_MS: &str = "MAKENAIDE_METRICS_INTERVAL_MS";
+/// Set by Lambda: the function's name, the EMF dimension `function_name`.
+pub const ENV_AWS_LAMBDA_FUNCTION_NAME: &str = "AWS_LAMBDA_FUNCTION_NAME";
 /// Set by Lambda: `lambda-managed-instances` means "register SHUTDOWN only" (INVOKE is refused there).
 pub const ENV_AWS_LAMBDA_INITIALIZATION_TYPE: &str = "AWS_LAMBDA_INITIALIZATION_TYPE";
 /// Set by Lambda: where the Runtime/Extensions API listens. May carry a scheme and a path prefix
@@ -52,6 +65,11 @@ pub const ENV_AWS_LAMBDA_RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
 /// Default localhost port: not used by any well-known layer (2772/2773 AWS agents, 4000 demos, 8124-8126 Datadog,
 /// 9001 Lambda, 9002/9003 lambda-extension listeners).
 pub const DEFAULT_PORT: u16 = makenaide_contract::env::DEFAULT_CORE_PORT;
+/// Default telemetry listener port: clear of every port in the map above, of 8999 (Datadog's telemetry listener),
+/// 4243 (AWS's telemetry samples) and of [`DEFAULT_PORT`].
+pub const DEFAULT_TELEMETRY_PORT: u16 = 4572;
+/// Default aggregation interval of the EMF lines under Lambda Managed Instances.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
 /// Default Upbit base URL.
 pub const DEFAULT_UPBIT_BASE_URL: &str = "https://api.upbit.com";
 /// Value of [`ENV_AWS_LAMBDA_INITIALIZATION_TYPE`] on Lambda Managed Instances.
@@ -153,6 +171,14 @@ pub struct Config {
     pub max_connections: usize,
     /// Lambda Managed Instances mode.
     pub managed_instances: bool,
+    /// Telemetry API subscription + EMF lines ([`ENV_METRICS`]).
+    pub metrics: bool,
+    /// CloudWatch namespace of the EMF lines.
+    pub metrics_namespace: String,
+    /// Telemetry listener port (0 = any free port).
+    pub telemetry_port: u16,
+    /// Aggregation interval under Managed Instances.
+    pub metrics_interval: Duration,
 }
 
 impl Default for Config {
@@ -174,6 +200,10 @@ impl Default for Config {
             max_body_bytes: 6 * 1024 * 1024,
             max_connections: 256,
             managed_instances: false,
+            metrics: true,
+            metrics_namespace: makenaide_contract::metrics::DEFAULT_NAMESPACE.to_owned(),
+            telemetry_port: DEFAULT_TELEMETRY_PORT,
+            metrics_interval: DEFAULT_METRICS_INTERVAL,
         }
     }
 }
@@ -237,6 +267,11 @@ impl Config {
         };
         let database = get(ENV_DATABASE_URL).map(|url| parse_database_url(&url)).transpose()?;
         let upbit_base_url = parse_upbit_base_url(get(ENV_UPBIT_BASE_URL).as_deref())?;
+        let metrics_namespace = parse_namespace(get(ENV_METRICS_NAMESPACE))?;
+        let telemetry_port = match get(ENV_TELEMETRY_PORT) {
+            None => DEFAULT_TELEMETRY_PORT,
+            Some(v) => parse_telemetry_port(&v, port)?,
+        };
 
         Ok(Self {
             port,
@@ -254,6 +289,10 @@ impl Config {
             max_body_bytes: num(&get, ENV_MAX_BODY_BYTES, d.max_body_bytes as u64, 1024, 1 << 30)? as usize,
             max_connections: num(&get, ENV_MAX_CONNECTIONS, d.max_connections as u64, 1, 65_535)? as usize,
             managed_instances: get(ENV_AWS_LAMBDA_INITIALIZATION_TYPE).as_deref() == Some(INIT_TYPE_MANAGED_INSTANCES),
+            metrics: flag(&get, ENV_METRICS, d.metrics)?,
+            metrics_namespace,
+            telemetry_port,
+            metrics_interval: millis(&get, ENV_METRICS_INTERVAL_MS, d.metrics_interval, 1000, 3_600_000)?,
         })
     }
 
@@ -289,6 +328,36 @@ fn parse_port(v: &str) -> Result<u16, ConfigError> {
         ));
     }
     Ok(port)
+}
+
+fn parse_telemetry_port(v: &str, core_port: u16) -> Result<u16, ConfigError> {
+    let hint = format!("use 0 (any free port) or 1024-65535 (default {DEFAULT_TELEMETRY_PORT})");
+    let port: u16 = v
+        .parse()
+        .map_err(|_| invalid(ENV_TELEMETRY_PORT, format!("{v:?} is not a port number: {hint}")))?;
+    if port == 9001 || port == core_port {
+        let owner = if port == 9001 { "the Lambda Runtime API" } else { "MAKENAIDE_CORE_PORT" };
+        return Err(invalid(ENV_TELEMETRY_PORT, format!("{port} is taken by {owner}: {hint}")));
+    }
+    Ok(port)
+}
+
+/// CloudWatch's namespace rule: 1-255 of letters, digits and `.-_/#: `, not starting with `AWS/`.
+fn parse_namespace(v: Option<String>) -> Result<String, ConfigError> {
+    let Some(v) = v else {
+        return Ok(makenaide_contract::metrics::DEFAULT_NAMESPACE.to_owned());
+    };
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || ".-_/#: ".contains(c);
+    if v.len() > 255 || !v.chars().all(valid_char) || v.starts_with("AWS/") {
+        return Err(invalid(
+            ENV_METRICS_NAMESPACE,
+            format!(
+                "{v:?} is not a CloudWatch namespace: use 1-255 letters, digits or . - _ / # : and space, not starting with AWS/ (default {})",
+                makenaide_contract::metrics::DEFAULT_NAMESPACE
+            ),
+        ));
+    }
+    Ok(v)
 }
 
 fn num(
@@ -554,6 +623,37 @@ mod tests {
         assert!(e.message.contains("/v1"), "{e}");
         let e = cfg(&[(ENV_TOKEN, "t"), (ENV_UPBIT_BASE_URL, "api.upbit.com")]).unwrap_err();
         assert_eq!(e.var, ENV_UPBIT_BASE_URL);
+    }
+
+    #[test]
+    fn metrics_settings() {
+        let c = cfg(&[(ENV_TOKEN, "t")]).unwrap();
+        assert!(c.metrics);
+        assert_eq!(c.metrics_namespace, "Makenaide");
+        assert_eq!(c.telemetry_port, DEFAULT_TELEMETRY_PORT);
+        assert_eq!(c.metrics_interval, Duration::from_secs(60));
+        let c = cfg(&[
+            (ENV_TOKEN, "t"),
+            (ENV_METRICS, "off"),
+            (ENV_METRICS_NAMESPACE, "Makenaide/prod"),
+            (ENV_TELEMETRY_PORT, "0"),
+            (ENV_METRICS_INTERVAL_MS, "5000"),
+        ])
+        .unwrap();
+        assert!(!c.metrics);
+        assert_eq!(c.metrics_namespace, "Makenaide/prod");
+        assert_eq!(c.telemetry_port, 0);
+        assert_eq!(c.metrics_interval, Duration::from_secs(5));
+        let e = cfg(&[(ENV_TOKEN, "t"), (ENV_METRICS_NAMESPACE, "AWS/Lambda")]).unwrap_err();
+        assert_eq!(e.var, ENV_METRICS_NAMESPACE);
+        let e = cfg(&[(ENV_TOKEN, "t"), (ENV_METRICS_NAMESPACE, "a|b")]).unwrap_err();
+        assert_eq!(e.var, ENV_METRICS_NAMESPACE);
+        let e = cfg(&[(ENV_TOKEN, "t"), (ENV_TELEMETRY_PORT, "4571")]).unwrap_err();
+        assert!(e.message.contains("MAKENAIDE_CORE_PORT"), "{e}");
+        let e = cfg(&[(ENV_TOKEN, "t"), (ENV_TELEMETRY_PORT, "9001")]).unwrap_err();
+        assert!(e.message.contains("Runtime API"), "{e}");
+        let e = cfg(&[(ENV_TOKEN, "t"), (ENV_METRICS, "sometimes")]).unwrap_err();
+        assert_eq!(e.var, ENV_METRICS);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //!    Managed Instances), log `extension registered` with `elapsed_us` since process start;
 //! 3. start serving, and warm up in the background (one PostgreSQL connection, the Upbit TLS connection), then
 //!    log `extension ready` with `elapsed_us`;
-//! 4. call `next` at once (the first invoke waits for it) and answer every INVOKE immediately;
+//! 4. subscribe to the Telemetry API (platform events, listener on `sandbox.localdomain`'s address or 127.0.0.1;
+//!    a failure only turns metrics off), then call `next` at once (the first invoke waits for it) and answer every
+//!    INVOKE immediately; each `platform.report` then becomes one EMF line on stdout;
 //! 5. SHUTDOWN: stop accepting, finish in-flight requests, close the pool (sessions end server-side), exit 0 well
 //!    within Lambda's ~1.5 s.
 //!
@@ -31,6 +33,7 @@
 //!   cache), transactions in few round trips, JSON <-> PostgreSQL conversion.
 //! - `upbit`: reqwest keep-alive client (rustls + ring + webpki roots), per-group governor, retries, cache and
 //!   coalescing.
+//! - `telemetry`: Telemetry API subscription and listener; `metrics`: counters, per-invocation windows, EMF lines.
 //! - `state`: [`AppState`] shared by handlers. `logging`: tracing setup.
 //!
 //! ## Environment variables
@@ -51,6 +54,10 @@
 //! | `MAKENAIDE_MAX_BODY_BYTES` | `6291456` | request body limit (413) |
 //! | `MAKENAIDE_MAX_CONNECTIONS` | `256` | inbound connection cap (429) |
 //! | `AWS_LAMBDA_LOG_FORMAT` / `AWS_LAMBDA_LOG_LEVEL` / `RUST_LOG` | text / info | logging |
+//! | `MAKENAIDE_METRICS` | on | `off`: no Telemetry API subscription, no listener, no EMF lines |
+//! | `MAKENAIDE_METRICS_NAMESPACE` | `Makenaide` | CloudWatch namespace of the EMF lines |
+//! | `MAKENAIDE_TELEMETRY_PORT` | `4572` | telemetry listener port (`0` = any free port) |
+//! | `MAKENAIDE_METRICS_INTERVAL_MS` | `60000` | Managed Instances only: one aggregated EMF line per interval |
 //! | `AWS_LAMBDA_INITIALIZATION_TYPE` | | `lambda-managed-instances` → register SHUTDOWN only |
 //! | `AWS_LAMBDA_RUNTIME_API` | set by Lambda | Extensions API address (scheme and path prefix allowed) |
 
@@ -59,8 +66,10 @@ pub mod db;
 pub mod error;
 pub mod lambda;
 pub mod logging;
+pub mod metrics;
 mod server;
 mod state;
+pub mod telemetry;
 pub mod upbit;
 
 pub use config::Config;
@@ -93,6 +102,8 @@ const DEFAULT_SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(150);
 /// Part of the budget reserved for closing the pool after the drain.
 const POOL_CLOSE_BUDGET: Duration = Duration::from_millis(250);
+/// How long SHUTDOWN waits (alongside the drain) for the reports of invocations that have none yet.
+const METRICS_FLUSH_WAIT: Duration = Duration::from_millis(500);
 
 /// Runs the extension under Lambda: register, serve, warm up, process events until SHUTDOWN, drain, close.
 /// `started` is the process start (for the `elapsed_us` of the `registered`/`ready` log lines).
@@ -135,6 +146,14 @@ pub async fn run(config: Config, listener: TcpListener, started: std::time::Inst
         );
     });
 
+    // Telemetry: after register, before the first `next` (Lambda wants subscriptions during Init).
+    let process_start_ms = now_ms().saturating_sub(elapsed_us(started) / 1000) as i64;
+    let function_name = std::env::var(config::ENV_AWS_LAMBDA_FUNCTION_NAME)
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| registered.function_name.clone());
+    let telemetry = telemetry::start(state.config(), &registered.id, &function_name, process_start_ms).await;
+
     let events_loop = registered.events_loop;
     tokio::pin!(events_loop);
     let shutdown = tokio::select! {
@@ -154,10 +173,14 @@ pub async fn run(config: Config, listener: TcpListener, started: std::time::Inst
     .max(Duration::from_millis(300));
     tracing::info!(reason = %shutdown.reason, budget_ms = budget.as_millis() as u64, "shutdown: draining");
     let _ = stop_tx.send(());
-    if tokio::time::timeout(budget.saturating_sub(POOL_CLOSE_BUDGET), server)
-        .await
-        .is_err()
-    {
+    // Alongside the drain: the lines of invocations whose report has not come yet.
+    let flush = async {
+        if let Some(t) = &telemetry {
+            t.recorder.flush(METRICS_FLUSH_WAIT.min(budget / 3)).await;
+        }
+    };
+    let drain = tokio::time::timeout(budget.saturating_sub(POOL_CLOSE_BUDGET), server);
+    if tokio::join!(drain, flush).0.is_err() {
         tracing::warn!("requests still in flight at the shutdown deadline: closing anyway");
     }
     let close_budget = budget

@@ -82,6 +82,7 @@ pub(super) async fn execute(
             statement_index: None,
         }),
         Outcome::Stale(first) => {
+            crate::metrics::inc(crate::metrics::Counter::DbDeadConnectionsReplaced);
             tracing::info!(error = %first, "stale postgres connection (e.g. closed while frozen); retrying on a fresh one");
             conn.broken = true;
             drop(conn);
@@ -220,6 +221,8 @@ async fn with_begin<T>(
     bound: Duration,
     work: impl Future<Output = T>,
 ) -> Result<T, BeginFailure> {
+    // One round trip: BEGIN and everything pipelined behind it.
+    crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
     let (failed_tx, failed_rx) = oneshot::channel::<()>();
     let begin = async {
         let res = tokio::time::timeout(bound, client.batch_execute(begin_sql)).await;
@@ -432,6 +435,7 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
             }
         };
         // Round trip 2: every Execute, pipelined.
+        crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
         let results = join_all(
             statements
                 .iter()
@@ -486,6 +490,7 @@ async fn sequential(
     timeout: Duration,
     opts: Options,
 ) -> Outcome {
+    crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
     match tokio::time::timeout(opts.begin_bound(), conn.client.batch_execute(begin_sql)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) if is_connection_level(&e) => return Outcome::Stale(map_error(&e, timeout, opts.cache)),
@@ -507,7 +512,7 @@ async fn sequential(
         };
         let st = match cached {
             Some(st) => st,
-            None => match conn.client.prepare(&req.sql).await {
+            None => match round_trip(conn.client.prepare(&req.sql)).await {
                 Ok(st) => {
                     if opts.cache {
                         conn.cache_statement(&req.sql, st.clone());
@@ -531,6 +536,7 @@ async fn sequential(
                 return Outcome::Done(Err(e.at_statement(i)));
             }
         };
+        crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
         let result = run_statement(&conn.client, &st, &encoded).await;
         statements.push(st);
         match result {
@@ -555,6 +561,12 @@ async fn sequential(
     }
 }
 
+/// Counts one round trip (`DbRoundTrips`) and awaits it.
+async fn round_trip<T>(f: impl Future<Output = T>) -> T {
+    crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
+    f.await
+}
+
 async fn rollback(conn: &mut PgConn, statements: Vec<Statement>) {
     // Errors are irrelevant here: a failed ROLLBACK marks the connection broken, and the server rolls back anyway
     // when the connection goes away.
@@ -572,6 +584,7 @@ async fn finish(conn: &mut PgConn, statements: Vec<Statement>, commit: bool) -> 
         return Ok(());
     }
     let sql = if commit { "COMMIT" } else { "ROLLBACK" };
+    crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
     match conn.client.batch_execute(sql).await {
         Ok(()) => Ok(()),
         Err(e) => {

@@ -128,6 +128,7 @@ impl std::fmt::Debug for LastErrorSink {
 impl ErrorSink<ConnectError> for LastErrorSink {
     fn sink(&self, e: ConnectError) {
         if e.message == pool::DISCARDED {
+            crate::metrics::inc(crate::metrics::Counter::DbDeadConnectionsReplaced);
             tracing::debug!("stale postgres connection discarded at checkout (closed while idle or frozen)");
             return;
         }
@@ -276,6 +277,9 @@ impl Db {
         match &result {
             Ok(_) => inner.status.store(ST_READY, Ordering::SeqCst),
             Err(Error::DbUnavailable { .. }) => inner.mark_unavailable(),
+            Err(Error::Sql { .. } | Error::ReadOnly { .. } | Error::DbTimeout { .. }) => {
+                crate::metrics::inc(crate::metrics::Counter::DbStatementErrors);
+            }
             Err(_) => {}
         }
         result

@@ -247,6 +247,7 @@ impl bb8::ManageConnection for Manager {
                 ),
                 sqlstate: None,
             })??;
+        crate::metrics::inc(crate::metrics::Counter::DbNewConnections);
         Ok(PgConn {
             client,
             statements: HashMap::new(),

@@ -136,6 +136,7 @@ pub async fn register(
                         warn_implausible_deadline("the INVOKE event's deadlineMs", invoke.deadline_ms, problem);
                     }
                     tracing::trace!(request_id = %invoke.request_id, "invoke");
+                    crate::metrics::on_invoke(&invoke.request_id);
                 }
                 NextEvent::Shutdown(s) => {
                     let taken = tx.lock().ok().and_then(|mut t| t.take());

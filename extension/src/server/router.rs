@@ -23,6 +23,7 @@ const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 pub(crate) async fn handle(state: AppState, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
+    crate::metrics::inc(crate::metrics::Counter::Requests);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let response = match route(&state, req).await {
@@ -59,6 +60,12 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
     let deadline = deadline(req.headers())?;
 
     match path {
+        makenaide_contract::routes::METRICS => {
+            if !matches!(*req.method(), Method::GET | Method::HEAD) {
+                return Err(not_allowed(&req, "GET"));
+            }
+            Ok(metrics(state))
+        }
         "/db/query" => {
             if req.method() != Method::POST {
                 return Err(not_allowed(&req, "POST"));
@@ -109,6 +116,27 @@ fn ping(state: &AppState) -> Response<Body> {
             "status": "ok",
             "db": state.db().status().as_str(),
             "upbit": if state.upbit().is_warm() { "ready" } else { "cold" },
+        }),
+    )
+}
+
+/// `GET /metrics`: the counters since the extension started, for local use (CloudWatch gets the EMF lines).
+fn metrics(state: &AppState) -> Response<Body> {
+    let config = state.config();
+    let telemetry = if !config.metrics {
+        "off"
+    } else if crate::metrics::recorder().is_some() {
+        "subscribed"
+    } else {
+        "unavailable"
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "counters": crate::metrics::Snapshot::now().to_json(),
+            "telemetry": telemetry,
+            "namespace": config.metrics_namespace,
+            "lines_written": crate::metrics::lines_written(),
         }),
     )
 }

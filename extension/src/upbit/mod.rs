@@ -228,6 +228,7 @@ impl Upbit {
         let key = path_and_query.to_owned();
         loop {
             if let Some(reply) = self.inner.cached(&key) {
+                crate::metrics::inc(crate::metrics::Counter::UpbitCacheHits);
                 return Ok(reply);
             }
             let (mut rx, leader) = {
@@ -237,6 +238,7 @@ impl Upbit {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Some(rx) = map.get(&key) {
+                    crate::metrics::inc(crate::metrics::Counter::UpbitCoalesced);
                     (rx.clone(), false)
                 } else {
                     let (tx, rx) = watch::channel(None);
@@ -329,13 +331,23 @@ impl Inner {
         let mut backoff = BACKOFF_BASE;
         let mut last: Result<Reply, Error> = Err(Error::Upstream("Upbit was not called".into()));
         for attempt in 1..=MAX_ATTEMPTS {
-            let permit = self.governor.acquire(group, deadline).await?;
+            if attempt > 1 {
+                crate::metrics::inc(crate::metrics::Counter::UpbitRetries);
+            }
+            let waiting = Instant::now();
+            let permit = self.governor.acquire(group, deadline).await;
+            crate::metrics::add(
+                crate::metrics::Counter::RateSlotWaitUs,
+                u64::try_from(waiting.elapsed().as_micros()).unwrap_or(u64::MAX),
+            );
+            let permit = permit?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(Error::UpstreamDeadline(
                     "no time left before the caller's deadline".into(),
                 ));
             }
+            crate::metrics::inc(crate::metrics::Counter::UpbitRequests);
             let sent = tokio::time::timeout(remaining, async {
                 let resp = self
                     .client
@@ -395,11 +407,13 @@ impl Inner {
                             )));
                         }
                         429 => {
+                            crate::metrics::inc(crate::metrics::Counter::Upbit429);
                             self.governor.too_many_requests(group);
                             tracing::warn!(group = group.name(), attempt, "upbit answered 429");
                             last = Ok(reply);
                         }
                         418 => {
+                            crate::metrics::inc(crate::metrics::Counter::Upbit418);
                             let ban = ban_duration(&headers, &reply.body);
                             self.governor.banned(group, ban);
                             tracing::error!(
