@@ -81,5 +81,9 @@ pub const EXTENSION: [(&str, &str); 12] = [
 /// The unit of a metric name, if it is one of ours.
 #[must_use]
 pub fn unit_of(name: &str) -> Option<&'static str> {
-    LAMBDA.iter().chain(EXTENSION.iter()).find(|(n, _)| *n == name).map(|(_, u)| *u)
+    LAMBDA
+        .iter()
+        .chain(EXTENSION.iter())
+        .find(|(n, _)| *n == name)
+        .map(|(_, u)| *u)
 }

@@ -336,8 +336,15 @@ fn parse_telemetry_port(v: &str, core_port: u16) -> Result<u16, ConfigError> {
         .parse()
         .map_err(|_| invalid(ENV_TELEMETRY_PORT, format!("{v:?} is not a port number: {hint}")))?;
     if port == 9001 || port == core_port {
-        let owner = if port == 9001 { "the Lambda Runtime API" } else { "MAKENAIDE_CORE_PORT" };
-        return Err(invalid(ENV_TELEMETRY_PORT, format!("{port} is taken by {owner}: {hint}")));
+        let owner = if port == 9001 {
+            "the Lambda Runtime API"
+        } else {
+            "MAKENAIDE_CORE_PORT"
+        };
+        return Err(invalid(
+            ENV_TELEMETRY_PORT,
+            format!("{port} is taken by {owner}: {hint}"),
+        ));
     }
     Ok(port)
 }

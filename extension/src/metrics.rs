@@ -3,11 +3,12 @@
 //!
 //! - **Counters** are plain process-wide atomics, incremented where the work happens (`inc(Counter::...)` in the
 //!   server, the pool, `db::exec`, the Upbit client); `GET /metrics` serves them since start.
-//! - **Windows.** The Telemetry API's `platform.report` for invocation N usually arrives only after the
+//! - **Windows by time.** The Telemetry API's `platform.report` for invocation N usually arrives only after the
 //!   environment was thawed for invocation N+1 (or at SHUTDOWN): Lambda freezes the sandbox as soon as the runtime
-//!   and the extensions have called `next`. So the counters of an invocation are not "since the previous report"
-//!   but the window between its INVOKE event and the next INVOKE (or its report, when that comes first). The first
-//!   window starts at process start, so Init's work (the warm connections) is on the cold start's line.
+//!   and the extensions have called `next`. And N+1's first requests often reach the extension before its INVOKE
+//!   event does. So neither "since the previous report" nor "since INVOKE" is the invocation's work: each increment
+//!   is also put in a bucket of its wall-clock millisecond, and line N takes the buckets up to `platform.report`
+//!   N's time (see [`Recorder`]). The first line also holds Init's work (the warm connections).
 //! - **Cold start** (Datadog's rule): the environment's first invocation is a cold start when it started at most
 //!   10 s after `platform.initStart`; a longer gap is a proactive initialisation. Times are the events' own `time`
 //!   fields (Lambda's clock), matched by time, not by arrival order.
@@ -62,9 +63,12 @@ pub fn inc(c: Counter) {
     add(c, 1);
 }
 
-/// Adds `n`.
+/// Adds `n` (and, while metrics are on, to the current millisecond's bucket: see [`Recorder`]).
 pub fn add(c: Counter, n: u64) {
     VALUES[c as usize].fetch_add(n, Ordering::Relaxed);
+    if let Some(r) = recorder() {
+        r.record(c, n, crate::lambda::now_ms() as i64);
+    }
 }
 
 /// The counters at one moment.
@@ -114,7 +118,12 @@ impl Snapshot {
     /// `{"Requests": 3, ...}` (for `GET /metrics`).
     #[must_use]
     pub fn to_json(&self) -> Value {
-        Value::Object(self.values().into_iter().map(|(n, v)| (n.to_owned(), Value::Number(v))).collect())
+        Value::Object(
+            self.values()
+                .into_iter()
+                .map(|(n, v)| (n.to_owned(), Value::Number(v)))
+                .collect(),
+        )
     }
 }
 
@@ -157,7 +166,12 @@ impl Line<'_> {
             .lambda
             .iter()
             .map(|(n, v)| (*n, names::unit_of(n).unwrap_or(names::UNIT_COUNT), v))
-            .chain(names::EXTENSION.iter().zip(&counters).map(|((n, u), (_, v))| (*n, *u, v)))
+            .chain(
+                names::EXTENSION
+                    .iter()
+                    .zip(&counters)
+                    .map(|((n, u), (_, v))| (*n, *u, v)),
+            )
             .collect();
         let mut s = String::with_capacity(1024);
         s.push_str("{\"_aws\":{\"Timestamp\":");
@@ -214,35 +228,36 @@ pub fn is_cold_start(init_start_ms: i64, first_invoke_start_ms: i64) -> bool {
     first_invoke_start_ms - init_start_ms <= COLD_START_WINDOW_MS
 }
 
-/// Invocations waiting for their report are kept at most this many (older ones: report lost, dropped).
-const MAX_OPEN: usize = 32;
+/// Invocations waiting for their report are remembered at most this many (older ones: report lost).
+const MAX_PENDING: usize = 32;
 /// `platform.start` times remembered at most.
 const MAX_STARTS: usize = 64;
-
-#[derive(Debug)]
-struct Window {
-    request_id: String,
-    /// INVOKE event arrival (extension clock, epoch ms).
-    invoked_ms: i64,
-    start: Snapshot,
-    end: Option<Snapshot>,
-}
+/// Millisecond buckets of counted work kept at most (reports that never come must not grow memory).
+const MAX_BUCKETS: usize = 100_000;
 
 #[derive(Debug, Default)]
 struct State {
-    /// Where the next window starts.
-    boundary: Snapshot,
-    open: VecDeque<Window>,
+    /// Invocations announced by INVOKE whose report has not come yet: (request id, INVOKE arrival epoch ms).
+    pending: VecDeque<(String, i64)>,
     init_start_ms: Option<i64>,
     init_duration: Option<Number>,
     first_request_id: Option<String>,
     starts: VecDeque<(String, i64)>,
 }
 
-/// Turns INVOKE events and Telemetry API events into EMF lines.
+/// Turns Telemetry API events into EMF lines.
+///
+/// The counters of an invocation are found by **time**, not by the order things arrive in: every increment is
+/// also added to a bucket of its wall-clock millisecond, and the line of invocation N takes every bucket before
+/// the end of `platform.report` N's millisecond (not taken by an earlier line). Lambda emits report N when
+/// invocation N is over and before N+1 starts, so this splits the work exactly, wherever the report arrives: after
+/// the thaw for N+1, when N+1's first requests have often reached the extension before its INVOKE event (the
+/// runtime and the extension are woken at the same time), or at SHUTDOWN. The first line also takes Init's work.
 #[derive(Debug)]
 pub struct Recorder {
     state: Mutex<State>,
+    /// (epoch ms, counters added in that millisecond), oldest first.
+    buckets: Mutex<VecDeque<(i64, [u64; N])>>,
     namespace: String,
     function_name: String,
     managed_instances: bool,
@@ -257,13 +272,18 @@ static RECORDER: OnceLock<Recorder> = OnceLock::new();
 /// The installed recorder, while metrics are on.
 #[must_use]
 pub fn recorder() -> Option<&'static Recorder> {
-    RECORDER.get().filter(|r| r.active.load(Ordering::SeqCst))
+    RECORDER.get().filter(|r| r.active.load(Ordering::Relaxed))
 }
 
-/// INVOKE hook (Extensions API loop): opens the invocation's window. No-op while metrics are off.
+/// INVOKE hook (Extensions API loop): the invocation now waits for its report (SHUTDOWN waits for it).
 pub fn on_invoke(request_id: &str) {
     if let Some(r) = recorder() {
-        r.invoke(request_id, crate::lambda::now_ms() as i64);
+        let mut st = lock(&r.state);
+        st.pending
+            .push_back((request_id.to_owned(), crate::lambda::now_ms() as i64));
+        while st.pending.len() > MAX_PENDING {
+            st.pending.pop_front();
+        }
     }
 }
 
@@ -274,18 +294,26 @@ pub fn lines_written() -> u64 {
 }
 
 fn epoch_ms_of(time: Option<&str>) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(time?).ok().map(|t| t.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(time?)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Recorder {
     /// Installs the process's recorder (once) and returns it, active.
-    pub fn install(namespace: &str, function_name: &str, managed_instances: bool, process_start_ms: i64) -> &'static Self {
+    pub fn install(
+        namespace: &str,
+        function_name: &str,
+        managed_instances: bool,
+        process_start_ms: i64,
+    ) -> &'static Self {
         let r = RECORDER.get_or_init(|| Self {
             state: Mutex::new(State::default()),
+            buckets: Mutex::new(VecDeque::new()),
             namespace: namespace.to_owned(),
             function_name: function_name.to_owned(),
             managed_instances,
@@ -294,6 +322,12 @@ impl Recorder {
             lines: AtomicU64::new(0),
             reported: tokio::sync::Notify::new(),
         });
+        // Everything counted so far (Init's warm-up) belongs to the first line.
+        let mut first = [0; N];
+        for (i, v) in first.iter_mut().enumerate() {
+            *v = VALUES[i].load(Ordering::Relaxed);
+        }
+        lock(&r.buckets).push_back((process_start_ms, first));
         r.active.store(true, Ordering::SeqCst);
         r
     }
@@ -301,33 +335,36 @@ impl Recorder {
     /// Stops recording (the subscription failed).
     pub fn deactivate(&self) {
         self.active.store(false, Ordering::SeqCst);
+        lock(&self.buckets).clear();
     }
 
-    fn invoke(&self, request_id: &str, now_ms: i64) {
-        let now = Snapshot::now();
-        let mut st = lock(&self.state);
-        let start = match st.open.back_mut() {
-            Some(last) if last.end.is_none() => {
-                last.end = Some(now);
-                now
-            }
-            _ => st.boundary,
-        };
-        st.boundary = now;
-        if st.first_request_id.is_none() {
-            st.first_request_id = Some(request_id.to_owned());
-        }
-        st.open.push_back(Window {
-            request_id: request_id.to_owned(),
-            invoked_ms: now_ms,
-            start,
-            end: None,
-        });
-        while st.open.len() > MAX_OPEN {
-            if let Some(w) = st.open.pop_front() {
-                tracing::debug!(request_id = %w.request_id, "no platform.report came for this invocation: no metrics line");
+    fn record(&self, c: Counter, n: u64, now_ms: i64) {
+        let mut b = lock(&self.buckets);
+        match b.back_mut() {
+            Some((ms, values)) if *ms == now_ms => values[c as usize] += n,
+            _ => {
+                let mut values = [0; N];
+                values[c as usize] = n;
+                b.push_back((now_ms, values));
+                if b.len() > MAX_BUCKETS {
+                    b.pop_front();
+                }
             }
         }
+    }
+
+    /// Takes every bucket before `until_ms` (exclusive).
+    fn take_until(&self, until_ms: i64) -> Snapshot {
+        let mut sum = Snapshot::default();
+        let mut b = lock(&self.buckets);
+        while b.front().is_some_and(|(ms, _)| *ms < until_ms) {
+            if let Some((_, values)) = b.pop_front() {
+                for (total, v) in sum.0.iter_mut().zip(values) {
+                    *total += v;
+                }
+            }
+        }
+        sum
     }
 
     /// A Telemetry API batch (a JSON array of `{"time", "type", "record"}`), in the order Lambda sent it.
@@ -372,67 +409,52 @@ impl Recorder {
             _ => None,
         };
         let duration = metric("durationMs");
-        let now = Snapshot::now();
         let report_ms = epoch_ms_of(time).unwrap_or_else(|| crate::lambda::now_ms() as i64);
-        let (counters, lambda) = {
+        let mut lambda: Vec<Figure> = Vec::with_capacity(5);
+        {
             let mut st = lock(&self.state);
-            let found = st.open.iter().position(|w| w.request_id == rid);
-            let (start, end, invoked_ms) = match found.and_then(|i| st.open.remove(i)) {
-                Some(w) => {
-                    let end = w.end.unwrap_or(now);
-                    if w.end.is_none() {
-                        st.boundary = now;
-                    }
-                    (w.start, end, Some(w.invoked_ms))
-                }
-                // No INVOKE seen for it: the window since the last boundary.
-                None => {
-                    let start = st.boundary;
-                    st.boundary = now;
-                    (start, now, None)
-                }
-            };
-            let mut lambda: Vec<Figure> = Vec::with_capacity(5);
-            if st.first_request_id.as_deref() == Some(rid) {
+            let invoked_ms = st.pending.iter().find(|(r, _)| r == rid).map(|(_, at)| *at);
+            st.pending.retain(|(r, _)| r != rid);
+            if st.first_request_id.is_none() {
+                st.first_request_id = Some(rid.to_owned());
+            }
+            let cold = if st.first_request_id.as_deref() == Some(rid) {
                 let started_ms = st
                     .starts
                     .iter()
                     .find(|(r, _)| r == rid)
                     .map(|(_, at)| *at)
                     .or(invoked_ms)
-                    .unwrap_or_else(|| {
-                        report_ms - duration.as_ref().and_then(Number::as_f64).unwrap_or(0.0) as i64
-                    });
+                    .unwrap_or_else(|| report_ms - duration.as_ref().and_then(Number::as_f64).unwrap_or(0.0) as i64);
                 // Without platform.initStart the extension's own start (it starts during Init) stands in for it.
-                let init_ms = st.init_start_ms.unwrap_or(self.process_start_ms);
-                let cold = is_cold_start(init_ms, started_ms);
-                lambda.push((names::COLD_START, Number::from(u8::from(cold))));
-                if cold {
-                    if let Some(d) = metric("initDurationMs").or_else(|| st.init_duration.clone()) {
-                        lambda.push((names::INIT_DURATION, d));
-                    }
-                }
+                is_cold_start(st.init_start_ms.unwrap_or(self.process_start_ms), started_ms)
             } else {
-                lambda.push((names::COLD_START, Number::from(0)));
-            }
-            for (name, key) in [
-                (names::DURATION, "durationMs"),
-                (names::BILLED_DURATION, "billedDurationMs"),
-                (names::MAX_MEMORY_USED, "maxMemoryUsedMB"),
-            ] {
-                if let Some(v) = metric(key) {
-                    lambda.push((name, v));
+                false
+            };
+            lambda.push((names::COLD_START, Number::from(u8::from(cold))));
+            if cold {
+                if let Some(d) = metric("initDurationMs").or_else(|| st.init_duration.clone()) {
+                    lambda.push((names::INIT_DURATION, d));
                 }
             }
-            (end.since(&start), lambda)
-        };
-        let status = record.get("status").and_then(Value::as_str);
+        }
+        for (name, key) in [
+            (names::DURATION, "durationMs"),
+            (names::BILLED_DURATION, "billedDurationMs"),
+            (names::MAX_MEMORY_USED, "maxMemoryUsedMB"),
+        ] {
+            if let Some(v) = metric(key) {
+                lambda.push((name, v));
+            }
+        }
+        // Up to the end of the report's millisecond (its `time` has millisecond resolution).
+        let counters = self.take_until(report_ms + 1);
         self.write(&Line {
             timestamp_ms: u64::try_from(report_ms).unwrap_or(0),
             namespace: &self.namespace,
             function_name: &self.function_name,
             request_id: Some(rid),
-            status,
+            status: record.get("status").and_then(Value::as_str),
             lambda,
             counters,
         });
@@ -441,18 +463,13 @@ impl Recorder {
 
     /// Managed Instances: the aggregated line of everything since the previous one (none when nothing happened).
     pub fn write_interval(&self) {
-        let counters = {
-            let now = Snapshot::now();
-            let mut st = lock(&self.state);
-            let delta = now.since(&st.boundary);
-            st.boundary = now;
-            delta
-        };
+        let now = crate::lambda::now_ms();
+        let counters = self.take_until(now as i64 + 1);
         if counters.is_zero() {
             return;
         }
         self.write(&Line {
-            timestamp_ms: crate::lambda::now_ms(),
+            timestamp_ms: now,
             namespace: &self.namespace,
             function_name: &self.function_name,
             request_id: None,
@@ -462,9 +479,9 @@ impl Recorder {
         });
     }
 
-    /// SHUTDOWN: waits up to `wait` for the reports of invocations still open (Lambda sends them before or during
-    /// the shutdown phase), then writes a line for each one that never got its report (counters only), or under
-    /// Managed Instances the last partial interval.
+    /// SHUTDOWN: waits up to `wait` for the reports of invocations still pending (Lambda sends them before or
+    /// during the shutdown phase), then writes a line for each that never got one (the extension's counters
+    /// alone), or under Managed Instances the last partial interval.
     pub async fn flush(&self, wait: Duration) {
         if self.managed_instances {
             self.write_interval();
@@ -475,26 +492,26 @@ impl Recorder {
             let notified = self.reported.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if lock(&self.state).open.is_empty() {
+            if lock(&self.state).pending.is_empty() {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 break;
             }
         }
-        let now = Snapshot::now();
-        let left: Vec<Window> = lock(&self.state).open.drain(..).collect();
-        for w in left {
-            let end = w.end.unwrap_or(now);
-            tracing::debug!(request_id = %w.request_id, "no platform.report before shutdown: writing the extension's counters alone");
+        let left: Vec<(String, i64)> = lock(&self.state).pending.drain(..).collect();
+        let now = crate::lambda::now_ms();
+        for (rid, _) in left {
+            tracing::debug!(request_id = %rid, "no platform.report before shutdown: writing the extension's counters alone");
+            let counters = self.take_until(now as i64 + 1);
             self.write(&Line {
-                timestamp_ms: crate::lambda::now_ms(),
+                timestamp_ms: now,
                 namespace: &self.namespace,
                 function_name: &self.function_name,
-                request_id: Some(&w.request_id),
+                request_id: Some(&rid),
                 status: None,
                 lambda: Vec::new(),
-                counters: end.since(&w.start),
+                counters,
             });
         }
     }
@@ -519,7 +536,10 @@ mod tests {
     fn cold_start_rule() {
         assert!(is_cold_start(1_000, 1_000));
         assert!(is_cold_start(1_000, 11_000));
-        assert!(!is_cold_start(1_000, 11_001), "more than 10 s after initStart: proactive init");
+        assert!(
+            !is_cold_start(1_000, 11_001),
+            "more than 10 s after initStart: proactive init"
+        );
         assert!(is_cold_start(5_000, 4_000), "skewed clocks count as cold");
     }
 

@@ -85,7 +85,10 @@ pub struct Started {
 /// or silently when `MAKENAIDE_METRICS=off`) when metrics are off for this environment.
 pub async fn start(config: &Config, extension_id: &str, function_name: &str, process_start_ms: i64) -> Option<Started> {
     if !config.metrics {
-        tracing::debug!("metrics off ({}=off): no telemetry subscription", crate::config::ENV_METRICS);
+        tracing::debug!(
+            "metrics off ({}=off): no telemetry subscription",
+            crate::config::ENV_METRICS
+        );
         return None;
     }
     let dest = destination().await;
@@ -127,7 +130,9 @@ pub async fn start(config: &Config, extension_id: &str, function_name: &str, pro
             tracing::info!(destination = %uri, bind = %addr, schema, "telemetry subscribed: one metrics line per invocation");
         }
         Err(why) => {
-            tracing::warn!("metrics off: the Telemetry API subscription failed ({why}); an emulator without a Telemetry API?");
+            tracing::warn!(
+                "metrics off: the Telemetry API subscription failed ({why}); an emulator without a Telemetry API?"
+            );
             recorder.deactivate();
             serving.abort();
             return None;
@@ -165,7 +170,12 @@ async fn subscribe(extension_id: &str, schema: &str, uri: &str) -> Result<(), St
     let call = async {
         let resp = client.call(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         Ok::<_, String>((status, body))
     };
     let (status, body) = tokio::time::timeout(SUBSCRIBE_TIMEOUT, call)

@@ -16,6 +16,8 @@
 //! - the `Lambda-Extension-Event-Identifier` header that Lambda sets on events;
 //! - an optional path prefix, so `AWS_LAMBDA_RUNTIME_API` can take the `http://host:port/prefix` form that
 //!   `cargo lambda watch` uses;
+//! - the Telemetry API (`PUT /2022-07-01/telemetry`) is answered here, and its events emitted and delivered by
+//!   `telemetry.rs` (the simulator's cannot deliver `platform.initStart` nor report timeouts);
 //! - a journal entry with the instant of every lifecycle call (registration, `next`, response), which gives the
 //!   readiness signals and the timings (spawn to registered, post-runtime extension overhead).
 
@@ -38,9 +40,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::journal::{lock, ApiEventKind, Journal};
+use super::telemetry::{Status, TelemetryApi};
 
 const EXT_BASE: &str = "/2020-01-01/extension";
 const RT_BASE: &str = "/2018-06-01/runtime";
+const TELEMETRY_PATH: &str = "/2022-07-01/telemetry";
 
 /// Settings of the front.
 pub(crate) struct FrontConfig {
@@ -52,6 +56,8 @@ pub(crate) struct FrontConfig {
     pub managed_instances: bool,
     /// Path prefix that the processes use (`""` or e.g. `"/.rt"`).
     pub prefix: String,
+    /// The Telemetry API of the environment.
+    pub telemetry: Arc<TelemetryApi>,
 }
 
 /// Mutable state the harness shares with the front.
@@ -77,6 +83,7 @@ impl FrontShared {
 pub(crate) struct Front {
     pub addr: SocketAddr,
     pub shared: Arc<FrontShared>,
+    pub telemetry: Arc<TelemetryApi>,
     close: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -86,6 +93,7 @@ impl Front {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(FrontShared::default());
+        let telemetry = cfg.telemetry.clone();
         let (close, close_rx) = watch::channel(false);
         let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let ctx = Arc::new(Ctx {
@@ -121,6 +129,7 @@ impl Front {
         Ok(Self {
             addr,
             shared,
+            telemetry,
             close,
             task,
         })
@@ -129,6 +138,7 @@ impl Front {
     pub(crate) fn close(&self) {
         let _ = self.close.send(true);
         self.task.abort();
+        self.telemetry.close();
     }
 }
 
@@ -220,6 +230,11 @@ impl Ctx {
                 self.journal.push(kind);
                 reply(StatusCode::ACCEPTED, r#"{"status":"OK"}"#)
             }
+            (&Method::PUT, TELEMETRY_PATH) => {
+                let name = ext_id.as_ref().and_then(|id| lock(&self.shared.names).get(id).cloned());
+                let (status, body) = self.cfg.telemetry.subscribe(ext_id.clone(), name, &body);
+                reply(status, body.to_string())
+            }
             (&Method::GET, p) if p == format!("{EXT_BASE}/event/next") => {
                 self.extension_next(&parts, ext_id, &path).await
             }
@@ -239,6 +254,7 @@ impl Ctx {
                         self.journal.push(ApiEventKind::RuntimeInvocationReceived {
                             request_id: rid.to_string(),
                         });
+                        self.cfg.telemetry.start(rid);
                     }
                 }
                 resp
@@ -267,11 +283,15 @@ impl Ctx {
                 let resp = self.forward(&parts, body, &path, &query).await;
                 if resp.status().is_success() {
                     match error_type {
-                        Some(error_type) => self.journal.push(ApiEventKind::RuntimeError {
-                            request_id: rid,
-                            error_type,
-                        }),
+                        Some(error_type) => {
+                            self.cfg.telemetry.runtime_done(&rid, Status::Error, Some(&error_type));
+                            self.journal.push(ApiEventKind::RuntimeError {
+                                request_id: rid,
+                                error_type,
+                            })
+                        }
                         None if what == "response" => {
+                            self.cfg.telemetry.runtime_done(&rid, Status::Success, None);
                             self.journal.push(ApiEventKind::RuntimeResponse { request_id: rid })
                         }
                         None => {}

@@ -114,6 +114,20 @@ pub enum ApiEventKind {
     RuntimeError { request_id: String, error_type: String },
     /// `POST /runtime/init/error`.
     RuntimeInitError { error_type: String, body: String },
+    /// `PUT /2022-07-01/telemetry` accepted (see `telemetry.rs`).
+    TelemetrySubscribed {
+        id: String,
+        name: String,
+        schema_version: String,
+        types: Vec<String>,
+        destination: String,
+    },
+    /// `PUT /2022-07-01/telemetry` refused.
+    TelemetrySubscribeRejected {
+        id: Option<String>,
+        status: u16,
+        reason: String,
+    },
     /// A process of the environment ended.
     ProcessExited {
         role: Role,

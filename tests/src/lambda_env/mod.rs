@@ -18,13 +18,16 @@
 //! Gaps of lambda-simulator 0.2 handled here (see `front.rs` for the API ones): no timeout enforcement (the
 //! harness reports [`InvokeStatus::Timeout`] itself), no process exit tracking (the harness owns the processes),
 //! SHUTDOWN delivery only (waiting for the extension to exit, the deadline and the SIGKILL are the harness's),
-//! stdout/stderr only inherited or discarded (the harness captures them line by line).
+//! stdout/stderr only inherited or discarded (the harness captures them line by line), a Telemetry API that
+//! cannot deliver `platform.initStart` nor report timeouts (the harness emits the platform events itself:
+//! `telemetry.rs`).
 
 pub mod bins;
 pub mod core_client;
 mod front;
 pub mod journal;
 mod procs;
+pub mod telemetry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -157,6 +160,8 @@ pub struct EnvConfig {
     pub token: CoreToken,
     /// Echo process output to stderr (also on with `MAKENAIDE_HARNESS_LOGS=1`).
     pub echo_logs: bool,
+    /// Serve the Telemetry API (`false`: answer subscriptions as the Runtime Interface Emulator does).
+    pub telemetry_api: bool,
 }
 
 impl EnvConfig {
@@ -182,6 +187,7 @@ impl EnvConfig {
             core_port: None,
             token: CoreToken::Random,
             echo_logs: false,
+            telemetry_api: true,
         }
     }
 
@@ -229,6 +235,11 @@ impl EnvConfig {
     }
     pub fn echo_logs(mut self, echo: bool) -> Self {
         self.echo_logs = echo;
+        self
+    }
+    /// No Telemetry API: subscriptions get the Runtime Interface Emulator's 202 `Telemetry.NotSupported`.
+    pub fn without_telemetry_api(mut self) -> Self {
+        self.telemetry_api = false;
         self
     }
 }
@@ -448,12 +459,22 @@ impl LambdaEnv {
             RuntimeApiForm::HostPort => String::new(),
             RuntimeApiForm::UrlWithPrefix => URL_PREFIX.to_string(),
         };
+        let telemetry = telemetry::TelemetryApi::new(
+            telemetry::TelemetrySettings {
+                enabled: cfg.telemetry_api,
+                managed_instances: cfg.managed_instances,
+                function_name: cfg.function_name.clone(),
+                memory_mb: cfg.memory_mb,
+            },
+            journal.clone(),
+        );
         let front = Front::start(
             FrontConfig {
                 upstream: sim.addr(),
                 extension_names: ext_names.clone(),
                 managed_instances: cfg.managed_instances,
                 prefix: prefix.clone(),
+                telemetry: telemetry.clone(),
             },
             journal.clone(),
         )
@@ -490,6 +511,8 @@ impl LambdaEnv {
             env.insert("AWS_LAMBDA_MAX_CONCURRENCY".into(), cfg.max_concurrency.to_string());
         }
         env.insert(CORE_PORT_ENV.into(), core_port.to_string());
+        // Every environment shares this machine's loopback (each Lambda sandbox has its own): a port of its own.
+        env.insert(telemetry::TELEMETRY_PORT_ENV.into(), free_port().to_string());
         if cfg.token != CoreToken::SessionToken {
             env.insert(CORE_TOKEN_ENV.into(), core_token.clone());
         }
@@ -509,6 +532,7 @@ impl LambdaEnv {
         let dir = tempfile::Builder::new().prefix("mk-lambda-").tempdir()?;
         let sim = Arc::new(sim);
         let started = Instant::now();
+        telemetry.init_start();
         let init_deadline = tokio::time::Instant::from_std(started + cfg.init_timeout);
 
         // Extension init: all extension files start in parallel.
@@ -584,6 +608,7 @@ impl LambdaEnv {
         }
 
         let (init, ext_ids) = init_report(&journal.events(), &extensions, &runtime, started);
+        telemetry.init_done(init.init_duration);
         Ok(Self {
             cfg,
             sim: Mutex::new(Some(sim)),
@@ -650,6 +675,15 @@ impl LambdaEnv {
     /// The journal (events and log lines).
     pub fn journal(&self) -> &Arc<Journal> {
         &self.journal
+    }
+
+    /// The environment's Telemetry API: the platform events emitted (e.g. each `platform.report`).
+    pub fn telemetry(&self) -> &telemetry::TelemetryApi {
+        &self.front.telemetry
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.processes().filter(|p| !p.has_exited()).map(|p| p.pid).collect()
     }
 
     /// Every log line so far, of every process.
@@ -746,6 +780,13 @@ impl LambdaEnv {
             })
             .await;
         let Some((done_at, error_type)) = done else {
+            self.front.telemetry.emit_report(
+                &rid,
+                telemetry::Status::Timeout,
+                Some("Sandbox.Timedout"),
+                self.cfg.timeout,
+                &self.pids(),
+            );
             return Ok(InvokeOutcome {
                 request_id: rid,
                 status: InvokeStatus::Timeout,
@@ -827,6 +868,15 @@ impl LambdaEnv {
                 Some(last - done_at)
             })
             .await;
+        let report_status = match status {
+            InvokeStatus::Success => telemetry::Status::Success,
+            _ => telemetry::Status::Error,
+        };
+        let invoke_phase = (done_at - pending.enqueued_at) + overhead.unwrap_or_default();
+        let error_type = error.as_ref().map(|e| e.error_type.clone());
+        self.front
+            .telemetry
+            .emit_report(&rid, report_status, error_type.as_deref(), invoke_phase, &self.pids());
         let mut frozen = false;
         if self.freeze_mode && status != InvokeStatus::Timeout {
             frozen = wait_frozen(&sim, settle_deadline).await;

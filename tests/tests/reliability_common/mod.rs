@@ -160,11 +160,14 @@ pub fn result_of(response: &Value) -> &Value {
 
 /// What the clients sent through a [`PgProxy`]: frontend messages by type (`Q` simple query, `P` parse, `B` bind,
 /// `E` execute, `S` sync, `D` describe, `C` close, `X` terminate, ...) and the text of every simple query.
+/// `round_trips` counts the client's turns: a burst of messages sent after the server last spoke (so a pipelined
+/// `BEGIN` + every Bind/Execute is one; startup and authentication are not counted).
 #[derive(Debug, Clone, Default)]
 pub struct ProxyStats {
     pub connections: u64,
     pub by_type: BTreeMap<char, u64>,
     pub simple_queries: Vec<String>,
+    pub round_trips: u64,
 }
 
 impl ProxyStats {
@@ -185,6 +188,7 @@ impl ProxyStats {
             connections: self.connections - before.connections,
             by_type,
             simple_queries: self.simple_queries[before.simple_queries.len()..].to_vec(),
+            round_trips: self.round_trips - before.round_trips,
         }
     }
 }
@@ -243,8 +247,22 @@ async fn relay(client: TcpStream, server: TcpStream, stats: Arc<Mutex<ProxyStats
     let _ = server.set_nodelay(true);
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
+    // Set when the server has sent something since the client's last counted turn.
+    let server_spoke = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let spoke = server_spoke.clone();
     let down = async move {
-        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            // Before forwarding: the client's next turn can only start once it has this.
+            spoke.store(true, std::sync::atomic::Ordering::SeqCst);
+            if cw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
         let _ = cw.shutdown().await;
     };
     let up = async move {
@@ -255,7 +273,9 @@ async fn relay(client: TcpStream, server: TcpStream, stats: Arc<Mutex<ProxyStats
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            parser.feed(&buf[..n], &stats);
+            if parser.feed(&buf[..n], &stats) > 0 && server_spoke.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                stats.lock().unwrap().round_trips += 1;
+            }
             if sw.write_all(&buf[..n]).await.is_err() {
                 break;
             }
@@ -277,16 +297,19 @@ struct FrontendParser {
 }
 
 impl FrontendParser {
-    fn feed(&mut self, data: &[u8], stats: &Mutex<ProxyStats>) {
+    /// Parses what arrived; returns how many complete messages of the query protocol it held (authentication `p`
+    /// and `X` terminate left out).
+    fn feed(&mut self, data: &[u8], stats: &Mutex<ProxyStats>) -> u64 {
         self.buf.extend_from_slice(data);
+        let mut queries = 0;
         loop {
             if !self.started {
                 if self.buf.len() < 8 {
-                    return;
+                    return queries;
                 }
                 let len = u32::from_be_bytes(self.buf[0..4].try_into().unwrap()) as usize;
                 if self.buf.len() < len {
-                    return;
+                    return queries;
                 }
                 let code = u32::from_be_bytes(self.buf[4..8].try_into().unwrap());
                 // SSLRequest / GSSENCRequest are followed by another untyped packet.
@@ -295,15 +318,18 @@ impl FrontendParser {
                 continue;
             }
             if self.buf.len() < 5 {
-                return;
+                return queries;
             }
             let t = self.buf[0] as char;
             let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
             if self.buf.len() < 1 + len {
-                return;
+                return queries;
             }
             let mut st = stats.lock().unwrap();
             *st.by_type.entry(t).or_default() += 1;
+            if t != 'p' && t != 'X' {
+                queries += 1;
+            }
             if t == 'Q' {
                 let body = &self.buf[5..1 + len];
                 let text = body.split(|b| *b == 0).next().unwrap_or_default();
