@@ -1,7 +1,11 @@
 //! The main job (`makenaide-local`, run by `./run.sh`): the whole pipeline on this machine the way it runs on
 //! Lambda. It starts the real `makenaide-core` extension and the integrated orchestrator under the emulated
 //! Lambda environment, invokes the orchestrator with `{}` twice (frozen in between), shows what each step did and
-//! that the second invocation reused the warm connections, then sends SHUTDOWN.
+//! that the second invocation reused the warm connections, then sends SHUTDOWN and shows each invocation's
+//! metrics from the EMF lines the extension wrote.
+//!
+//! What it looks at in the database between invocations it reads over a connection of its own when it can (so
+//! the extension's per-invocation counters show only the function's work), else through the extension.
 //!
 //! Upbit: the real `https://api.upbit.com` by default, the simulated Upbit with `--offline`. PostgreSQL:
 //! `MAKENAIDE_DATABASE_URL` when set; else the local server on 127.0.0.1:5432 (database `makenaide`, created if
@@ -132,17 +136,55 @@ async fn throwaway_database() -> Result<Database> {
     })
 }
 
-/// Backend pids (with start times) of the extension's sessions, seen from inside through `/db/query`.
-async fn core_sessions(env: &LambdaEnv) -> Result<Vec<(i64, String)>> {
+/// Runs an inspection query: over `direct` (a connection of the job's own) when there is one, else through the
+/// extension's `/db/query` (thawing it for the call).
+async fn inspect(env: &LambdaEnv, direct: Option<&tokio_postgres::Client>, sql: &str, params: Value) -> Result<Value> {
+    if let Some(client) = direct {
+        let text_params: Vec<String> = params
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = text_params
+            .iter()
+            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = client.query(sql, &refs).await?;
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                Value::Array(
+                    (0..r.len())
+                        .map(|i| {
+                            r.try_get::<_, i64>(i)
+                                .map(Value::from)
+                                .or_else(|_| r.try_get::<_, i32>(i).map(Value::from))
+                                .or_else(|_| r.try_get::<_, String>(i).map(Value::from))
+                                .unwrap_or(Value::Null)
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        return Ok(json!({ "rows": rows }));
+    }
     let _thawed = env.thaw();
-    let v = env
-        .core()
-        .query(
-            "select pid, backend_start::text from pg_stat_activity
-              where datname = current_database() and application_name = $1 order by pid",
-            json!([CORE_APPLICATION_NAME]),
-        )
-        .await?;
+    env.core().query(sql, params).await
+}
+
+/// Backend pids (with start times) of the extension's sessions.
+async fn core_sessions(env: &LambdaEnv, direct: Option<&tokio_postgres::Client>) -> Result<Vec<(i64, String)>> {
+    let v = inspect(
+        env,
+        direct,
+        "select pid::int8, backend_start::text from pg_stat_activity
+          where datname = current_database() and application_name = $1 order by pid",
+        json!([CORE_APPLICATION_NAME]),
+    )
+    .await?;
     Ok(v.get("rows")
         .and_then(Value::as_array)
         .map(|rows| {
@@ -153,14 +195,54 @@ async fn core_sessions(env: &LambdaEnv) -> Result<Vec<(i64, String)>> {
         .unwrap_or_default())
 }
 
-async fn count(env: &LambdaEnv, table: &str) -> Option<i64> {
-    let _thawed = env.thaw();
-    let v = env
-        .core()
-        .query(&format!("select count(*)::int8 from {table}"), json!([]))
+async fn count(env: &LambdaEnv, direct: Option<&tokio_postgres::Client>, table: &str) -> Option<i64> {
+    let v = inspect(env, direct, &format!("select count(*)::int8 from {table}"), json!([]))
         .await
         .ok()?;
     v.pointer("/rows/0/0").and_then(Value::as_i64)
+}
+
+/// One invocation's metrics from its EMF line, readable (a few key figures, not the JSON).
+fn print_metrics(n: usize, line: Option<&Value>) {
+    use makenaide_contract::metrics as m;
+    let Some(l) = line else {
+        println!("invocation {n}: no metrics line (MAKENAIDE_METRICS=off, or no Telemetry API)");
+        return;
+    };
+    let num = |k: &str| l.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let int = |k: &str| l.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let start = if int(m::COLD_START) == 1 {
+        match l.get(m::INIT_DURATION).and_then(Value::as_f64) {
+            Some(init) => format!("cold start (init {init:.1} ms)"),
+            None => "cold start".to_string(),
+        }
+    } else {
+        "warm".to_string()
+    };
+    println!(
+        "invocation {n}: {start}, {:.1} ms (billed {} ms), max memory {} MB",
+        num(m::DURATION),
+        int(m::BILLED_DURATION),
+        int(m::MAX_MEMORY_USED)
+    );
+    println!(
+        "  extension: {} requests; Upbit {} requests ({} × 429, {} × 418, {} retries, {} cached, {} coalesced), {:.1} ms waiting for rate slots",
+        int(m::REQUESTS),
+        int(m::UPBIT_REQUESTS),
+        int(m::UPBIT_429),
+        int(m::UPBIT_418),
+        int(m::UPBIT_RETRIES),
+        int(m::UPBIT_CACHE_HITS),
+        int(m::UPBIT_COALESCED),
+        num(m::RATE_SLOT_WAIT_MS)
+    );
+    println!(
+        "  PostgreSQL: {} round trips, {} new connection(s), {} dead one(s) replaced, {} statement error(s)",
+        int(m::DB_ROUND_TRIPS),
+        int(m::DB_NEW_CONNECTIONS),
+        int(m::DB_DEAD_CONNECTIONS_REPLACED),
+        int(m::DB_STATEMENT_ERRORS)
+    );
 }
 
 fn ms(d: Duration) -> String {
@@ -286,6 +368,10 @@ pub async fn run(opts: Options) -> Result<bool> {
         ms(init.init_duration)
     );
 
+    // The job's own connection for looking inside (none, e.g. for a TLS-only server: then through the extension).
+    let direct = pg::connect(&db.url).await.ok();
+    let direct = direct.as_ref();
+    let mut request_ids = Vec::new();
     let mut all_ok = true;
     let mut before: Option<Vec<(i64, String)>> = None;
     let mut upstream_seen = 0;
@@ -293,7 +379,8 @@ pub async fn run(opts: Options) -> Result<bool> {
         println!();
         let out = env.invoke(json!({})).await?;
         all_ok &= print_outcome(n, &out);
-        let sessions = core_sessions(&env).await.unwrap_or_default();
+        request_ids.push(out.request_id.clone());
+        let sessions = core_sessions(&env, direct).await.unwrap_or_default();
         let pids: Vec<i64> = sessions.iter().map(|s| s.0).collect();
         match &before {
             None => println!("  PostgreSQL sessions of the extension: {pids:?}"),
@@ -327,9 +414,9 @@ pub async fn run(opts: Options) -> Result<bool> {
         }
     }
     println!();
-    let rows = count(&env, "ohlcv").await;
-    let markets = count(&env, "markets").await;
-    let scans = count(&env, "scan_results").await;
+    let rows = count(&env, direct, "ohlcv").await;
+    let markets = count(&env, direct, "markets").await;
+    let scans = count(&env, direct, "scan_results").await;
     println!(
         "database now holds: ohlcv {} rows, markets {}, scan_results {}",
         rows.map_or("?".into(), |n| n.to_string()),
@@ -347,6 +434,24 @@ pub async fn run(opts: Options) -> Result<bool> {
             ms(report.budget)
         );
         all_ok &= e.exit.is_some_and(|x| x.success()) && e.exited_within_deadline;
+    }
+    // The extension writes each invocation's EMF line when Lambda's platform.report reaches it (the last one
+    // during SHUTDOWN), so they are all in by now.
+    let lines: Vec<Value> = report
+        .logs
+        .iter()
+        .filter(|l| l.process == crate::lambda_env::EXTENSION)
+        .filter_map(|l| serde_json::from_str::<Value>(&l.line).ok())
+        .filter(|v| v.get("_aws").is_some())
+        .collect();
+    println!("\nmetrics (the extension's CloudWatch EMF line of each invocation):");
+    for (i, rid) in request_ids.iter().enumerate() {
+        let line = lines.iter().find(|l| {
+            l.get(makenaide_contract::metrics::PROPERTY_REQUEST_ID)
+                .and_then(Value::as_str)
+                == Some(rid)
+        });
+        print_metrics(i + 1, line);
     }
     if !all_ok && sim.is_none() {
         println!("\nhint: without internet access to {REAL_UPBIT}, run `./run.sh --offline` (simulated Upbit)");
