@@ -10,11 +10,11 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod e2e_common;
+mod common;
 
 use std::time::Duration;
 
-use e2e_common::*;
+use common::*;
 use makenaide_tests::lambda_env::LambdaEnv;
 use makenaide_tests::report;
 use serde_json::{json, Value};

@@ -5,15 +5,15 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod reliability_common;
+mod common;
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use common::*;
 use makenaide_tests::lambda_env::{ApiEventKind, LambdaEnv, EXTENSION};
 use makenaide_tests::pg::TestDb;
 use makenaide_tests::upbit_sim::Interval;
-use reliability_common::*;
 use serde_json::{json, Value};
 
 const STEM: &str = "reliability_lmi";

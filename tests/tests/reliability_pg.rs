@@ -6,14 +6,14 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod reliability_common;
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::*;
 use makenaide_tests::lambda_env::{ApiEventKind, LambdaEnv, EXTENSION};
 use makenaide_tests::pg::{ClusterOptions, PgCluster};
 use makenaide_tests::upbit_sim::SimConfig;
-use reliability_common::*;
 use serde_json::{json, Value};
 
 const STEM: &str = "reliability_pg";

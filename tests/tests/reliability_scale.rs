@@ -10,15 +10,15 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod reliability_common;
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::*;
 use makenaide_tests::lambda_env::{LambdaEnv, EXTENSION};
 use makenaide_tests::pg::{ClusterOptions, PgCluster, TestDb};
 use makenaide_tests::upbit_sim::SimConfig;
-use reliability_common::*;
 use serde_json::{json, Value};
 
 const STEM: &str = "reliability_scale";

@@ -6,12 +6,12 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod e2e_common;
+mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use e2e_common::*;
+use common::*;
 use makenaide_tests::lambda_env::{random_hex, CoreClient, CoreToken, LambdaEnv};
 use makenaide_tests::pg::{ClusterOptions, PgCluster};
 use makenaide_tests::report;
