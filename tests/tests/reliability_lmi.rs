@@ -1,4 +1,4 @@
-//! Reliability, item 8: Lambda Managed Instances (`AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances`). The
+//! Reliability: Lambda Managed Instances (`AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances`). The
 //! extension registers for SHUTDOWN only, serves 64 concurrent requests correctly (database queries with bound
 //! parameters checked value by value, Upbit GETs checked against the simulator's deterministic answers), handles
 //! overlapping invocations, and nothing is ever frozen.
@@ -128,7 +128,7 @@ async fn managed_instances_register_shutdown_only_and_serve_64_concurrent_reques
 
     report(
         STEM,
-        "Lambda Managed Instances (item 8)",
+        "Lambda Managed Instances",
         &[
             "registered events: `SHUTDOWN` only; INVOKE events delivered to the extension: 0; processes never stopped".into(),
             format!(

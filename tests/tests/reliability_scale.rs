@@ -1,4 +1,4 @@
-//! Reliability, item 7: many environments.
+//! Reliability: many environments.
 //!
 //! - 16 extension + collector environments at once through PgBouncer (Debian's package, run here as a child
 //!   process) in transaction pooling mode with fewer server connections than clients: zero errors, zero
@@ -166,7 +166,7 @@ async fn sixteen_environments_through_pgbouncer_transaction_pooling() {
 
     report(
         STEM,
-        "16 environments through PgBouncer, transaction pooling (item 7)",
+        "16 environments through PgBouncer, transaction pooling",
         &[
             format!(
                 "{version}; `pool_mode = transaction`, `default_pool_size = {SERVER_POOL}` → MAKENAIDE_DB_STATEMENT_CACHE={} (PgBouncer {} 1.21)",
@@ -344,7 +344,7 @@ async fn too_few_server_connections_give_bounded_clear_503s() {
 
     report(
         STEM,
-        "PostgreSQL max_connections below environments × pool size (item 7)",
+        "PostgreSQL max_connections below environments × pool size",
         &[
             format!(
                 "`max_connections = {MAX_CONNECTIONS}`, {N_ENVS} environments × pool {POOL} = {} wanted; {} concurrent 1.5 s statements",

@@ -1,4 +1,4 @@
-//! Reliability (issue 4, item 3): Upbit faults served by the simulated Upbit, seen through the real extension and
+//! Reliability: Upbit faults served by the simulated Upbit, seen through the real extension and
 //! the real data-collector binary. For every fault the collector's result says exactly what was stored and what
 //! failed, and the database agrees with it and with what the simulator delivered: rows per market == `stored` ==
 //! candles the simulator delivered undamaged; failed markets have no rows at all (not even a first page); nothing

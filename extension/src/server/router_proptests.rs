@@ -1,4 +1,4 @@
-//! Property tests of every request parser of the localhost API (issue 4, item 4): the `/db` body parsers with
+//! Property tests of every request parser of the localhost API: the `/db` body parsers with
 //! arbitrary JSON in every field, the JSON→PostgreSQL parameter conversion for every supported type, the
 //! `X-Makenaide-Deadline-Ms` and `X-Makenaide-Token` headers, and the whole request path (method, path, query
 //! string, headers, body) through a real socket into [`crate::serve`] with a stub Upbit behind it. Zero panics,

@@ -1,4 +1,4 @@
-//! Property tests of the Upbit-side parsers (issue 4, item 4): the mirror's path routing, `Remaining-Req` and the
+//! Property tests of the Upbit-side parsers: the mirror's path routing, `Remaining-Req` and the
 //! 418 block time. Zero panics on any input, and the parsed values are the ones that were written.
 //!
 //! Cases per property and the report line: the workspace runner, `makenaide_tests::run_counted!`.

@@ -1,4 +1,4 @@
-//! Property tests of the functions' event parsers (issue 4, item 4): whatever JSON Lambda hands a function, the
+//! Property tests of the functions' event parsers: whatever JSON Lambda hands a function, the
 //! parser returns a typed event or an `InvalidEvent` error, never panics, and an accepted event only ever holds
 //! valid values (upper-case market codes, known intervals, counts and limits in range), so nothing unchecked can
 //! reach an Upbit URL or a SQL statement.
