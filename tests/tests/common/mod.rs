@@ -232,6 +232,70 @@ impl Backends {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Candles: stored vs served
+// ---------------------------------------------------------------------------------------------------------------
+
+/// One `ohlcv` row, in Upbit's JSON shape, for comparison with what the simulated Upbit served.
+pub fn candle_key_fields(c: &Value) -> (String, Value) {
+    let utc = c["candle_date_time_utc"].as_str().unwrap().to_string();
+    let fields = json!({
+        "candle_date_time_kst": c["candle_date_time_kst"],
+        "opening_price": c["opening_price"].as_f64(),
+        "high_price": c["high_price"].as_f64(),
+        "low_price": c["low_price"].as_f64(),
+        "trade_price": c["trade_price"].as_f64(),
+        "candle_acc_trade_volume": c["candle_acc_trade_volume"].as_f64(),
+        "candle_acc_trade_price": c["candle_acc_trade_price"].as_f64(),
+        "timestamp": c["timestamp"].as_i64(),
+    });
+    (utc, fields)
+}
+
+/// `(market, candle_date_time_utc)` → fields, as stored in `ohlcv`, for comparison with [`served`].
+pub async fn stored_candles(db: &TestDb, interval: &str) -> BTreeMap<(String, String), Value> {
+    let client = db.connect().await.unwrap();
+    let rows = client
+        .query(
+            "select market, to_char(candle_date_time_utc, 'YYYY-MM-DD\"T\"HH24:MI:SS'),
+                    to_char(candle_date_time_kst, 'YYYY-MM-DD\"T\"HH24:MI:SS'),
+                    opening_price, high_price, low_price, trade_price,
+                    candle_acc_trade_volume, candle_acc_trade_price, timestamp
+               from ohlcv where interval = $1",
+            &[&interval],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            let key = (r.get::<_, String>(0), r.get::<_, String>(1));
+            let fields = json!({
+                "candle_date_time_kst": r.get::<_, String>(2),
+                "opening_price": r.get::<_, f64>(3),
+                "high_price": r.get::<_, f64>(4),
+                "low_price": r.get::<_, f64>(5),
+                "trade_price": r.get::<_, f64>(6),
+                "candle_acc_trade_volume": r.get::<_, f64>(7),
+                "candle_acc_trade_price": r.get::<_, f64>(8),
+                "timestamp": r.get::<_, i64>(9),
+            });
+            (key, fields)
+        })
+        .collect()
+}
+
+/// What Upbit served, last answer per candle (a re-served candle replaces the earlier one, as the upsert does).
+pub fn served(upbit: &SimHandle, interval: &str) -> BTreeMap<(String, String), Value> {
+    upbit
+        .served_candles(interval)
+        .into_iter()
+        .map(|(market, c)| {
+            let (utc, fields) = candle_key_fields(&c);
+            ((market, utc), fields)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Counting proxy
 // ---------------------------------------------------------------------------------------------------------------
 
