@@ -433,6 +433,28 @@ async fn db_initializer_twice_applies_the_schema_once() {
         versions, applied,
         "schema_migrations must hold each applied version once"
     );
+
+    // The emulator's implausible deadlines (600000 to the function, 0 in INVOKE to the extension) were each named
+    // in exactly one warning, although two invocations carried them, and failed nothing.
+    let logs = rig.logs.lock().unwrap().clone();
+    let count = |process: &str, needle: &str| {
+        logs.iter()
+            .filter(|l| l.starts_with(&format!("[{process}]")) && l.contains(needle))
+            .count()
+    };
+    assert_eq!(
+        count(
+            DB_INITIALIZER,
+            "Lambda-Runtime-Deadline-Ms = 600000 is not a plausible deadline"
+        ),
+        1,
+        "one warning from the function"
+    );
+    assert_eq!(
+        count(EXTENSION, "deadlineMs = 0 is not a plausible deadline"),
+        1,
+        "one warning from the extension"
+    );
 }
 
 #[tokio::test]
