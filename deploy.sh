@@ -1024,7 +1024,7 @@ def report_table(work, hours, start, end, fine, region, ns, layer, fns):
         return int(text) if text.isdigit() else None
 
     estimated = False
-    rows = []
+    rows, versions = [], {}
     for i, fn in enumerate(fns):
         inv = one(f"inv{i}", sum)
         share, colds = one(f"cold{i}", lambda v: v[0]), one(f"colds{i}", sum)
@@ -1045,13 +1045,14 @@ def report_table(work, hours, start, end, fine, region, ns, layer, fns):
             "-" if mem is None else number(mem, "MB"),
             "-" if code_b is None else f"{code_b:,}",
             "-" if layer_b is None else f"{layer_b:,}",
-            layer_id or "-",
             "-" if deployed is None else f"{deployed:,}",
         ])
-    header = ["function", "invocations", "cold starts", "init p50", "duration p50", "duration p99", "max memory",
-              "code B", "layer B", "layer version", "deployed B"]
+        if layer_id:
+            versions.setdefault(layer_id, []).append(fn)
+    header = ["function", "invocations", "cold starts", "init p50", "dur p50", "dur p99", "max mem",
+              "code B", "layer B", "deployed B"]
     widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
-    left = {0, 9}  # text columns; numbers are right-aligned
+    left = {0}  # the function column; numbers are right-aligned
 
     def fmt(row):
         return "  ".join(cell.ljust(w) if c in left else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
@@ -1059,11 +1060,13 @@ def report_table(work, hours, start, end, fine, region, ns, layer, fns):
     out = [f"makenaide-core report: last {hours} h ({start} .. {end}), region {region}, metrics namespace {ns}", "",
            fmt(header), fmt(["-" * w for w in widths])]
     out += [fmt(r) for r in rows]
-    out += ["",
-            "invocations: AWS/Lambda Invocations. cold starts: share (and count) of the invocations the extension",
-            "reported as cold (ColdStart). init, duration: the extension's InitDuration and Duration; max memory:",
-            f"MaxMemoryUsed. deployed B = function code (get-function CodeSize) + the attached {layer} layer version",
-            "(get-layer-version Content.CodeSize). '-': no data in the window."]
+    out += [""]
+    for layer_id, names in sorted(versions.items()):
+        out.append(f"layer {layer_id}: " + ("all functions" if len(names) == len(fns) else ", ".join(names)))
+    out += ["invocations: AWS/Lambda Invocations. cold starts: share (and count) of the invocations the extension",
+            "reported as cold (ColdStart). init p50: InitDuration; dur: Duration; max mem: MaxMemoryUsed.",
+            f"deployed B = function code (get-function CodeSize) + the attached {layer} layer version",
+            "(get-layer-version Content.CodeSize). '-': no data in the window, or no such function or layer."]
     if estimated:
         out.append(f"~: CloudWatch returned no percentile; estimated from {fine}-second averages (nearest rank).")
     return "\n".join(out)
@@ -1207,8 +1210,11 @@ cmd_report() {
     fi
     [ "$DRY_RUN" = 0 ] || arn="arn:aws:lambda:$REGION:$ACCOUNT:layer:$LAYER_NAME-<arch>:<attached version>"
     if [ -n "$arn" ]; then
-      for k in ${seen[@]+"${!seen[@]}"}; do if [ "${seen[$k]}" = "$arn" ]; then size="${seen_size[$k]}"; fi; done
-      if [ "$size" = "-" ]; then
+      local known=0
+      for k in ${seen[@]+"${!seen[@]}"}; do
+        if [ "${seen[$k]}" = "$arn" ]; then size="${seen_size[$k]}"; known=1; fi
+      done
+      if [ "$known" = 0 ]; then
         must_aws "reading layer $arn" lambda get-layer-version --layer-name "${arn%:*}" --version-number "${arn##*:}" \
           --query Content.CodeSize --output text
         size="${AWS_OUT:--}"; seen+=("$arn"); seen_size+=("$size")
