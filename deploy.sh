@@ -360,7 +360,7 @@ check_settings() {
 
 # The options of the operations part (schedule, monitoring, logs); all checked before the first change.
 ARN_ROLE_RE='^arn:aws[a-z-]*:iam::[0-9]{12}:role/(.+)$'
-ARN_SQS_RE='^arn:aws[a-z-]*:sqs:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,80}(\.fifo)?$'
+ARN_SQS_RE='^arn:aws[a-z-]*:sqs:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,80}(\.fifo)?$'   # Scheduler: standard queues only
 ARN_SNS_RE='^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$'
 SCHEDULE_RE='^(rate|cron|at)\(.+\)$'
 NAMESPACE_RE='^[A-Za-z0-9._/#:-]{1,255}$'
@@ -381,6 +381,7 @@ check_ops_settings() {
     || die "--scheduler-role-arn '$SCHEDULER_ROLE_ARN' is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"
   [ -z "$SCHEDULE_DLQ_ARN" ] || [[ "$SCHEDULE_DLQ_ARN" =~ $ARN_SQS_RE ]] \
     || die "--schedule-dlq-arn '$SCHEDULE_DLQ_ARN' is not an SQS queue ARN (arn:aws:sqs:<region>:<account>:<queue>)"
+  [[ "$SCHEDULE_DLQ_ARN" != *.fifo ]] || die "--schedule-dlq-arn: Scheduler's dead-letter queue must be a standard SQS queue, not FIFO"
   [ -z "$ALARM_TOPIC_ARN" ] || [[ "$ALARM_TOPIC_ARN" =~ $ARN_SNS_RE ]] \
     || die "--alarm-topic-arn '$ALARM_TOPIC_ARN' is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<topic>)"
   if [ "$LOG_RETENTION_DAYS" != keep ] && [[ "$LOG_RETENTION_VALUES" != *" $LOG_RETENTION_DAYS "* ]]; then

@@ -504,6 +504,7 @@ def test_invalid_operations_settings_change_nothing(moto, deploy_env):
         (["--schedule", "rate(1 hour)", "--schedule-max-age", "30"], "--schedule-max-age must be 60..86400"),
         (["--schedule", "rate(1 hour)", "--scheduler-role-arn", "my-scheduler"], "is not an IAM role ARN"),
         (["--schedule", "rate(1 hour)", "--schedule-dlq-arn", TOPIC_ARN], "is not an SQS queue ARN"),
+        (["--schedule", "rate(1 hour)", "--schedule-dlq-arn", DLQ_ARN + ".fifo"], "must be a standard SQS queue"),
         (["--alarm-topic-arn", DLQ_ARN], "is not an SNS topic ARN"),
         (["--log-retention-days", "31"], "--log-retention-days must be keep or one of: 1 3 5 7 14 30"),
         (["--metrics-namespace", "AWS/Lambda"], "not start with AWS/"),
@@ -543,13 +544,19 @@ def test_help_lists_the_operations():
 
 def documented_commands() -> list[tuple[str, ...]]:
     """The arguments of every `./deploy.sh` line in the docs' shell blocks."""
-    commands, in_block = [], False
+    commands, in_block, pending = [], False, ""
     for line in DOC.read_text().splitlines():
         if line.startswith("```"):
             in_block = line.strip() in ("```sh", "```bash")
             continue
-        if in_block and line.startswith("./deploy.sh"):
-            commands.append(tuple(shlex.split(line.split(" #")[0])[1:]))
+        if not in_block:
+            continue
+        line = pending + line.split(" #")[0].strip()
+        pending = ""
+        if line.endswith("\\"):  # continued on the next line
+            pending = line[:-1] + " "
+        elif line.startswith("./deploy.sh"):
+            commands.append(tuple(shlex.split(line)[1:]))
     return commands
 
 
