@@ -359,7 +359,7 @@ check_settings() {
 }
 
 # The options of the operations part (schedule, monitoring, logs); all checked before the first change.
-ARN_ROLE_RE='^arn:aws[a-z-]*:iam::[0-9]{12}:role/(.+)$'
+ARN_ROLE_RE='^arn:aws[a-z-]*:iam::[0-9]{12}:role/([A-Za-z0-9+=,.@_/-]+)$'   # IAM's characters: safe inside JSON
 ARN_SQS_RE='^arn:aws[a-z-]*:sqs:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,80}(\.fifo)?$'   # Scheduler: standard queues only
 ARN_SNS_RE='^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$'
 SCHEDULE_RE='^(rate|cron|at)\(.+\)$'
@@ -387,11 +387,10 @@ check_ops_settings() {
   if [ "$LOG_RETENTION_DAYS" != keep ] && [[ "$LOG_RETENTION_VALUES" != *" $LOG_RETENTION_DAYS "* ]]; then
     die "--log-retention-days must be keep or one of:$LOG_RETENTION_VALUES(got '$LOG_RETENTION_DAYS')"
   fi
-  if [ -z "$SCHEDULE" ] || [ "$SCHEDULE" = off ]; then
-    local opt
-    for opt in ${SCHEDULER_ROLE_ARN:+--scheduler-role-arn} ${SCHEDULE_DLQ_ARN:+--schedule-dlq-arn}; do
-      warn "$opt has no effect without --schedule EXPR"
-    done
+  # With --schedule off, --scheduler-role-arn only says the role is not deploy.sh's.
+  if [ -z "$SCHEDULE" ] && [ -n "$SCHEDULER_ROLE_ARN" ]; then warn "--scheduler-role-arn has no effect without --schedule"; fi
+  if { [ -z "$SCHEDULE" ] || [ "$SCHEDULE" = off ]; } && [ -n "$SCHEDULE_DLQ_ARN" ]; then
+    warn "--schedule-dlq-arn has no effect without --schedule EXPR"
   fi
   [ "$NO_MONITORING" != 1 ] || [ -z "$ALARM_TOPIC_ARN" ] || warn "--alarm-topic-arn has no effect with --no-monitoring"
   return 0
@@ -683,7 +682,9 @@ apply_dashboard() {
   name="$(fn_name "$EXTENSION")"
   for f in "${FUNCTIONS[@]}"; do fns+=("$(fn_name "$f")"); done
   body="$(ops_py dashboard "$REGION" "$METRICS_NAMESPACE" "${fns[@]}")" || die "writing the dashboard body failed"
-  json_arg dashboard.json "$body" "file://<dashboard body: $(ops_py summary <<<"$body")>"
+  local shown=""
+  [ "$DRY_RUN" = 0 ] || shown="file://<dashboard body: $(ops_py summary <<<"$body")>"
+  json_arg dashboard.json "$body" "$shown"
   must_aws "putting dashboard $name" cloudwatch put-dashboard --dashboard-name "$name" --dashboard-body "$JSON_ARG" \
     --query 'DashboardValidationMessages[].Message' --output text
   [ -z "$AWS_OUT" ] || [ "$AWS_OUT" = None ] || warn "dashboard $name: CloudWatch says: $AWS_OUT"
@@ -738,7 +739,8 @@ check_scheduler_role() {
     SCHED_ROLE_MODE=update
     [ "$DRY_RUN" = 0 ] || return 0
     IFS=$'\t' read -r SCHED_ROLE_ARN tag <<<"$AWS_OUT" || true
-    [ "$tag" = "$MANAGED_VALUE" ] || die "IAM role $name exists but deploy.sh did not create it (no tag $MANAGED_TAG=$MANAGED_VALUE): pass it with --scheduler-role-arn to use it as is, or use another --function-prefix"
+    [ "$tag" = "$MANAGED_VALUE" ] || die "IAM role $name exists but deploy.sh did not create it (no tag" \
+      "$MANAGED_TAG=$MANAGED_VALUE): pass it with --scheduler-role-arn to use it as is, or use another --function-prefix"
   else
     case "$AWS_ERR" in
       *NoSuchEntity*) SCHED_ROLE_MODE=create ;;
@@ -1229,7 +1231,8 @@ cmd_report() {
   window="$(ops_py report-queries "$WORK/queries.json" "$REPORT_HOURS" "$METRICS_NAMESPACE" "${fns[@]}")" \
     || die "writing the metric queries failed"
   read -r start end fine nq <<<"$window"
-  DISPLAY_FROM+=("file://$WORK/queries.json"); DISPLAY_TO+=("file://<$nq metric queries, namespaces AWS/Lambda and $METRICS_NAMESPACE>")
+  DISPLAY_FROM+=("file://$WORK/queries.json")
+  DISPLAY_TO+=("file://<$nq metric queries, namespaces AWS/Lambda and $METRICS_NAMESPACE>")
   must_aws "reading metrics" cloudwatch get-metric-data --start-time "$start" --end-time "$end" \
     --metric-data-queries "file://$WORK/queries.json" --output json
   printf '%s' "$AWS_OUT" > "$WORK/metrics.json"
