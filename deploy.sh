@@ -376,6 +376,7 @@ check_ops_settings() {
     || die "--schedule-retries must be 0..185 (got '$SCHEDULE_RETRIES')"
   [[ "$SCHEDULE_MAX_AGE_S" =~ ^[0-9]+$ ]] && [ "$SCHEDULE_MAX_AGE_S" -ge 60 ] && [ "$SCHEDULE_MAX_AGE_S" -le 86400 ] \
     || die "--schedule-max-age must be 60..86400 s (got '$SCHEDULE_MAX_AGE_S')"
+  SCHEDULE_RETRIES=$((10#$SCHEDULE_RETRIES)); SCHEDULE_MAX_AGE_S=$((10#$SCHEDULE_MAX_AGE_S))   # JSON numbers: no 007
   [ -n "$SCHEDULE_TZ" ] || die "--schedule-timezone must not be empty (e.g. UTC, Asia/Seoul)"
   [ -z "$SCHEDULER_ROLE_ARN" ] || [[ "$SCHEDULER_ROLE_ARN" =~ $ARN_ROLE_RE ]] \
     || die "--scheduler-role-arn '$SCHEDULER_ROLE_ARN' is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"
@@ -1186,6 +1187,7 @@ cmd_report() {
   dry_note "dry run: every AWS CLI call is printed, none is made"
   [[ "$REPORT_HOURS" =~ ^[0-9]+$ ]] && [ "$REPORT_HOURS" -ge 1 ] && [ "$REPORT_HOURS" -le 10920 ] \
     || die "--hours must be 1..10920 (got '$REPORT_HOURS')"
+  REPORT_HOURS=$((10#$REPORT_HOURS))   # "08" is not octal here
   check_ops_settings
   check_cli
   check_python

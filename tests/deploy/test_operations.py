@@ -154,7 +154,7 @@ def test_schedule_created_then_updated_in_place(moto, ops_env, deploy_env):
     ]}
 
     # Retry policy options; and a deploy without --schedule leaves the schedule as it is.
-    ok(run_deploy(with_role(deploy_env), *CRON_SEOUL_DLQ, "--schedule-retries", "0", "--schedule-max-age", "600"))
+    ok(run_deploy(with_role(deploy_env), *CRON_SEOUL_DLQ, "--schedule-retries", "0", "--schedule-max-age", "0600"))
     schedule = get_schedule(moto)
     assert schedule["Target"]["RetryPolicy"] == {"MaximumRetryAttempts": 0, "MaximumEventAgeInSeconds": 600}
     ok(run_deploy(with_role(deploy_env), "--no-smoke"))
@@ -404,6 +404,7 @@ def test_report_prints_what_cloudwatch_holds(moto, deploy_env, fake_dist):
     assert "~: CloudWatch returned no percentile; estimated from 60-second averages" in res.stdout
 
     res = ok(run_deploy(deploy_env, *REPORT_48))
+    assert ok(run_deploy(deploy_env, "report", "--hours", "048")).stdout.splitlines()[2:] == res.stdout.splitlines()[2:]
     rows = table(res.stdout)
     assert rows["makenaide-scanner"][:6] == ["11", "36.4% (4)", "~120 ms", "~10 ms", "~9,999 ms", "60 MB"]
     assert "estimated from 120-second averages" in res.stdout
