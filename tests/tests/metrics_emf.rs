@@ -13,11 +13,12 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod reliability_common;
+mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::{dead_upbit, env_config, init_schema, unthrottled_sim, PgProxy, ProxyStats, COLLECTOR};
 use makenaide_contract::metrics as names;
 use makenaide_tests::lambda_env::telemetry::TELEMETRY_PORT_ENV;
 use makenaide_tests::lambda_env::{
@@ -25,7 +26,6 @@ use makenaide_tests::lambda_env::{
 };
 use makenaide_tests::pg::TestDb;
 use makenaide_tests::upbit_sim::{Fault, FaultRule, SimConfig, SimStats};
-use reliability_common::{dead_upbit, env_config, init_schema, unthrottled_sim, PgProxy, ProxyStats, COLLECTOR};
 use serde_json::{json, Value};
 
 const EXTENSION: &str = "makenaide-core";

@@ -16,13 +16,13 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod e2e_common;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::TimeZone;
-use e2e_common::{Backends, Upbit, COLLECTOR, SHUTDOWN_BUDGET};
+use common::{Backends, Upbit, COLLECTOR, SHUTDOWN_BUDGET};
 use makenaide_tests::lambda_env::{bins, CoreToken, EnvConfig, LambdaEnv};
 use serde_json::{json, Value};
 
@@ -62,7 +62,7 @@ async fn readme_localhost_api_curl_examples_work_as_written() {
         .invoke(json!({"markets": ["KRW-BTC"], "interval": "days", "count": 3}))
         .await
         .unwrap();
-    let stored = e2e_common::result_of(out.ok().unwrap())["rows_stored"].clone();
+    let stored = common::result_of(out.ok().unwrap())["rows_stored"].clone();
     assert_eq!(stored, json!(3), "collector: {out:?}");
 
     // The block as written, on this environment's port, with the function's MAKENAIDE_CORE_TOKEN.
@@ -100,6 +100,7 @@ async fn readme_localhost_api_curl_examples_work_as_written() {
         "expected one JSON reply per curl command; stdout: {}",
         String::from_utf8_lossy(&output.stdout)
     );
+    lambda_simulator::ensure_default_crypto_provider();
     let http = reqwest::Client::new();
     for (cmd, (raw, reply)) in curls.iter().zip(&replies) {
         let what = &cmd.text;
@@ -165,6 +166,8 @@ async fn readme_python_snippet_works_under_awslambdaric() {
     upbit
         .sim()
         .set_now(Some(chrono::Utc.with_ymd_and_hms(2025, 3, 14, 6, 30, 0).unwrap()));
+    // reqwest is built without a default crypto provider in this workspace (the extension brings ring itself).
+    lambda_simulator::ensure_default_crypto_provider();
     let expected: Value = reqwest::get(format!("{}{path}", upbit.base_url()))
         .await
         .unwrap()

@@ -15,8 +15,6 @@ pub mod convert;
 mod exec;
 pub mod pool;
 pub(crate) mod sql;
-#[cfg(test)]
-mod tests;
 
 use crate::config::Config;
 use crate::error::Error;
