@@ -579,6 +579,36 @@ mod tests {
         assert_eq!(v["RateSlotWaitMs"].as_f64(), Some(1.5));
     }
 
+    fn recorder() -> Recorder {
+        Recorder {
+            state: Mutex::new(State::default()),
+            buckets: Mutex::new(VecDeque::new()),
+            namespace: "N".into(),
+            function_name: "f".into(),
+            managed_instances: false,
+            process_start_ms: 0,
+            active: AtomicBool::new(true),
+            lines: AtomicU64::new(0),
+            reported: tokio::sync::Notify::new(),
+        }
+    }
+
+    #[test]
+    fn windows_take_the_buckets_before_the_report_millisecond_only() {
+        let r = recorder();
+        r.record(Counter::Requests, 1, 1_000);
+        r.record(Counter::Requests, 2, 1_000);
+        r.record(Counter::DbRoundTrips, 2, 1_003);
+        // The next invocation's first request, after report N's millisecond (1_003).
+        r.record(Counter::Requests, 1, 1_004);
+        let n = r.take_until(1_003 + 1);
+        assert_eq!(n.get(Counter::Requests), 3);
+        assert_eq!(n.get(Counter::DbRoundTrips), 2);
+        let next = r.take_until(2_000);
+        assert_eq!(next.get(Counter::Requests), 1);
+        assert!(r.take_until(3_000).is_zero(), "nothing is counted twice");
+    }
+
     #[test]
     fn snapshots_subtract() {
         let a = Snapshot([5; N]);
