@@ -158,8 +158,10 @@ impl LambdaEnv {
             env.insert("AWS_LAMBDA_MAX_CONCURRENCY".into(), cfg.max_concurrency.to_string());
         }
         env.insert(CORE_PORT_ENV.into(), core_port.to_string());
-        // Every environment shares this machine's loopback (each Lambda sandbox has its own): a port of its own.
-        env.insert(telemetry::TELEMETRY_PORT_ENV.into(), free_port().to_string());
+        // Every environment shares this machine's loopback (each Lambda sandbox has its own): the telemetry
+        // listener takes any free port (0: the kernel's ephemeral range, clear of the ports `free_port` hands out to
+        // PostgreSQL clusters that are restarted on the same port), and subscribes with the one it got.
+        env.insert(telemetry::TELEMETRY_PORT_ENV.into(), "0".into());
         if cfg.token != CoreToken::SessionToken {
             env.insert(CORE_TOKEN_ENV.into(), core_token.clone());
         }

@@ -43,8 +43,9 @@ use tokio::task::JoinHandle;
 
 use super::journal::{lock, ApiEventKind, Journal};
 
-/// Port of the extension's telemetry listener (the extension's contract; the harness gives each environment a
-/// free one, since every environment shares this machine's loopback).
+/// Port of the extension's telemetry listener (the extension's contract). The harness sets `0` (any free port,
+/// from the kernel's ephemeral range), since every environment shares this machine's loopback; a test may set its
+/// own.
 pub const TELEMETRY_PORT_ENV: &str = "MAKENAIDE_TELEMETRY_PORT";
 /// Schemas Lambda accepts.
 pub const SCHEMAS: [&str; 3] = ["2022-07-01", "2022-12-13", "2025-01-29"];
