@@ -87,3 +87,19 @@ pub fn unit_of(name: &str) -> Option<&'static str> {
         .find(|(n, _)| *n == name)
         .map(|(_, u)| *u)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_units_known() {
+        let all: Vec<&str> = LAMBDA.iter().chain(EXTENSION.iter()).map(|(n, _)| *n).collect();
+        for (i, n) in all.iter().enumerate() {
+            assert!(!all[i + 1..].contains(n), "{n} twice");
+            assert!([UNIT_COUNT, UNIT_MILLISECONDS, UNIT_MEGABYTES].contains(&unit_of(n).unwrap_or_default()));
+        }
+        assert!(all.len() <= 100, "EMF allows 100 metrics per object");
+        assert_eq!(unit_of("Nope"), None);
+    }
+}
