@@ -186,7 +186,10 @@ fn binary(dir: &Path, name: &str) -> PathBuf {
 
 impl Rig {
     async fn start() -> Self {
-        let bin_dir = required_path(BIN_DIR_ENV, "a directory holding makenaide-core and the function binaries");
+        let bin_dir = required_path(
+            BIN_DIR_ENV,
+            "a directory holding makenaide-core and the function binaries",
+        );
         let cargo_lambda = required_path(CARGO_LAMBDA_ENV, "the cargo-lambda executable");
         let extension_bin = binary(&bin_dir, EXTENSION);
         let function_bins: Vec<(&str, PathBuf)> = functions::all().map(|f| (f, binary(&bin_dir, f))).collect();
@@ -274,13 +277,20 @@ impl Rig {
     async fn invoke(&mut self, function: &str, event: Value) -> Result<Value, String> {
         let started = Instant::now();
         let mut cmd = Command::new(&self.cargo_lambda);
-        cmd.args(["lambda", "invoke", function, "--invoke-address", "127.0.0.1", "--invoke-port"])
-            .arg(self.runtime_port.to_string())
-            .arg("--data-ascii")
-            .arg(event.to_string())
-            .current_dir(workspace_root())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        cmd.args([
+            "lambda",
+            "invoke",
+            function,
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
+        .arg(self.runtime_port.to_string())
+        .arg("--data-ascii")
+        .arg(event.to_string())
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
         let out = tokio::time::timeout(INVOKE_LIMIT, cmd.output())
             .await
             .unwrap_or_else(|_| panic!("cargo lambda invoke {function} {event}: no answer within {INVOKE_LIMIT:?}"))
@@ -315,7 +325,14 @@ impl Rig {
     }
 
     async fn count(&self, sql: &str) -> i64 {
-        self.db.connect().await.unwrap().query_one(sql, &[]).await.unwrap().get(0)
+        self.db
+            .connect()
+            .await
+            .unwrap()
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
     }
 }
 
@@ -400,7 +417,10 @@ async fn assert_stored_is_served(rig: &Rig, interval: &str) -> BTreeMap<(String,
         stored_keys.difference(&served_keys).collect::<Vec<_>>()
     );
     for (key, want) in &served {
-        assert_eq!(&stored[key], want, "row {key:?} differs from the candle the simulator served");
+        assert_eq!(
+            &stored[key], want,
+            "row {key:?} differs from the candle the simulator served"
+        );
     }
     assert_no_duplicates(rig).await;
     stored
@@ -433,9 +453,17 @@ async fn db_initializer_twice_applies_the_schema_once() {
         .collect();
     assert!(!applied.is_empty(), "a fresh database got no migration: {first}");
     let second = rig.result(DB_INITIALIZER, json!({})).await;
-    assert_eq!(second["applied"], json!([]), "the second run applied migrations again: {second}");
+    assert_eq!(
+        second["applied"],
+        json!([]),
+        "the second run applied migrations again: {second}"
+    );
     assert_eq!(second["current_version"], first["current_version"], "{second}");
-    assert_eq!(first["current_version"], json!(applied.iter().max().unwrap()), "{first}");
+    assert_eq!(
+        first["current_version"],
+        json!(applied.iter().max().unwrap()),
+        "{first}"
+    );
 
     let client = rig.db.connect().await.unwrap();
     for table in ["ohlcv", "markets", "scan_results", "schema_migrations"] {
@@ -457,7 +485,10 @@ async fn db_initializer_twice_applies_the_schema_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, applied, "schema_migrations must hold each applied version once");
+    assert_eq!(
+        versions, applied,
+        "schema_migrations must hold each applied version once"
+    );
 }
 
 #[tokio::test]
@@ -493,7 +524,10 @@ async fn collector_stores_what_upbit_served_and_rerunning_adds_no_duplicates() {
 #[ignore = "run by scripts/test-suites/25-emulators.sh against the release binaries"]
 async fn collector_reports_a_bad_market_and_stores_the_good_one() {
     let mut rig = Rig::start().await;
-    assert!(rig.upbit.catalog().find(BAD_MARKET).is_none(), "{BAD_MARKET} is listed by the simulator");
+    assert!(
+        rig.upbit.catalog().find(BAD_MARKET).is_none(),
+        "{BAD_MARKET} is listed by the simulator"
+    );
     rig.result(DB_INITIALIZER, json!({})).await;
     let good = rig.krw_markets()[0].clone();
     let r = rig
@@ -522,7 +556,10 @@ async fn collector_pages_250_candles_as_200_plus_50() {
     let market = rig.krw_markets()[0].clone();
     let candle_requests_before = rig.upbit.stats().group("candles");
     let r = rig
-        .result(DATA_COLLECTOR, json!({"markets": [&market], "interval": "days", "count": 250}))
+        .result(
+            DATA_COLLECTOR,
+            json!({"markets": [&market], "interval": "days", "count": 250}),
+        )
         .await;
     assert_eq!(r["stored"], json!({&market: 250}), "{r}");
     assert_eq!(
@@ -563,10 +600,17 @@ async fn orchestrator_runs_init_scan_collect() {
     let scans = client.query("select selected from scan_results", &[]).await.unwrap();
     assert_eq!(scans.len(), 1, "scan_results should hold this run's scan");
     let scan_selected: BTreeSet<String> = scans[0].get::<_, Vec<String>>(0).into_iter().collect();
-    assert_eq!(scan_selected, selected, "scan_results.selected differs from the result's selection");
+    assert_eq!(
+        scan_selected, selected,
+        "scan_results.selected differs from the result's selection"
+    );
 
     let stored = assert_stored_is_served(&rig, "days").await;
-    assert_eq!(markets_of(&stored), selected, "ohlcv must hold candles of exactly the selected markets");
+    assert_eq!(
+        markets_of(&stored),
+        selected,
+        "ohlcv must hold candles of exactly the selected markets"
+    );
     assert_eq!(r["rows_stored"], json!(stored.len()), "{r}");
 }
 
