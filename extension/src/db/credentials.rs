@@ -5,8 +5,9 @@
 //! within the connect timeout and otherwise answer 503 `db_credentials_unavailable` with what is pending or what
 //! failed. When PostgreSQL refuses the password (28P01: rotated), [`SecretCredentials::refresh_after_rejected`]
 //! reads the secret again, one fetch at a time: every connection refused meanwhile waits for that one fetch, then
-//! retries once with its result. A failed fetch keeps the previous settings; fetches after failures are spaced by
-//! [`REFETCH_MIN_INTERVAL`], so a wrong password never turns into a stream of Secrets Manager calls.
+//! retries once with its result. A failed fetch keeps the previous settings. Fetches after a failed fetch, and
+//! re-reads after refused passwords, are spaced by [`REFETCH_MIN_INTERVAL`], so a wrong password never turns into
+//! a stream of Secrets Manager calls.
 //!
 //! The secret's value lives only in memory, inside the connection settings; it is never logged.
 
@@ -94,6 +95,8 @@ struct State {
     last_fetch: Option<Instant>,
     /// The last fetch's failure, cleared by a success.
     error: Option<String>,
+    /// When a refused password last made a fetch start (those are spaced by [`REFETCH_MIN_INTERVAL`]).
+    last_reread: Option<Instant>,
 }
 
 /// The credentials of a Secrets Manager secret, fetched in the background and again after a rejected password.
@@ -225,7 +228,8 @@ impl SecretCredentials {
         match (s.target, s.error) {
             (Some(t), _) => Ok(t),
             (None, Some(e)) if !s.fetching => Err(Error::DbCredentials(format!(
-                "the database credentials could not be read: {e} (read again on the next request)"
+                "the database credentials could not be read: {e} (read again by the first request 1 s after the \
+                 failure)"
             ))),
             _ => Err(Error::DbCredentials(format!(
                 "the database credentials are still being read from Secrets Manager (secret {}, for {} ms so far): \
@@ -248,10 +252,13 @@ impl SecretCredentials {
             }
             (
                 s.fetching,
-                s.last_fetch.is_some_and(|at| at.elapsed() < REFETCH_MIN_INTERVAL),
+                s.last_reread.is_some_and(|at| at.elapsed() < REFETCH_MIN_INTERVAL),
             )
         };
         if fetching || !recent {
+            if !fetching {
+                self.state.send_modify(|s| s.last_reread = Some(Instant::now()));
+            }
             if self.fetch_unless_running() {
                 tracing::info!(
                     secret_id = %self.source.secret_id,
