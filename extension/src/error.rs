@@ -82,7 +82,7 @@ pub enum Error {
         limit: usize,
     },
     /// 503 `db_not_configured`.
-    #[error("no database configured: set MAKENAIDE_DATABASE_URL")]
+    #[error("no database configured: set MAKENAIDE_DATABASE_URL or MAKENAIDE_DATABASE_SECRET_ID")]
     DbNotConfigured,
     /// 503 `db_unavailable`.
     #[error("{message}")]
