@@ -2,9 +2,9 @@
 //! after set-up, so every call the extension makes is really signed and checked (moto recomputes SigV4 with
 //! botocore's signer and evaluates the caller's IAM policies).
 //!
-//! - [`Moto::start`] finds the binary (`$MAKENAIDE_MOTO_SERVER`, else `<repo>/.venv-deploy-tests/bin/moto_server`,
-//!   which `tests/deploy/run.sh --setup` installs, else `moto_server` on `PATH`), starts it and waits until it
-//!   answers; it is killed on drop.
+//! - [`Moto::start`] finds moto (`$MAKENAIDE_MOTO_SERVER`, else `<repo>/.venv-deploy-tests/bin/moto_server`,
+//!   which `tests/deploy/run.sh --setup` installs, else `moto_server` on `PATH`, else `python -m moto.server` with
+//!   the venv's or the machine's Python), starts it and waits until it answers; it is killed on drop.
 //! - [`Moto::accounts`] sets up, while moto still accepts anything, an admin user (access key `AKIA...`) and two
 //!   execution roles assumed through STS (temporary `ASIA...` credentials with a session token, like Lambda's): one
 //!   allowed `secretsmanager:GetSecretValue`, one not. Then authorisation is switched on.
@@ -98,37 +98,51 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// The `moto_server` executable, or an error saying how to install it.
-    pub fn binary() -> Result<PathBuf> {
+    /// How to run moto: the `moto_server` executable, else a Python that has moto (`python -m moto.server`); or an
+    /// error saying how to install it.
+    pub fn command() -> Result<(PathBuf, Vec<String>)> {
         if let Some(p) = std::env::var_os(MOTO_SERVER_ENV).filter(|p| !p.is_empty()) {
-            return Ok(PathBuf::from(p));
+            return Ok((PathBuf::from(p), Vec::new()));
         }
-        let mut tried = vec![workspace_root().join(".venv-deploy-tests/bin/moto_server")];
+        let venv = workspace_root().join(".venv-deploy-tests/bin");
+        let mut tried = vec![venv.join("moto_server")];
         if let Some(path) = std::env::var_os("PATH") {
             tried.extend(std::env::split_paths(&path).map(|d| d.join("moto_server")));
         }
-        tried
-            .iter()
-            .find(|p| p.is_file())
-            .cloned()
-            .ok_or_else(|| HarnessError::Command {
-                command: "moto_server".into(),
-                detail: format!(
-                    "not found (looked in {} and PATH): run `tests/deploy/run.sh --setup` (installs moto[server] into \
-                     .venv-deploy-tests), or `pip install 'moto[server]'`, or set {MOTO_SERVER_ENV}",
-                    tried[0].display()
-                ),
-            })
+        if let Some(bin) = tried.iter().find(|p| p.is_file()) {
+            return Ok((bin.clone(), Vec::new()));
+        }
+        // A venv that sees moto in the machine's site-packages has no moto_server script of its own.
+        for py in [venv.join("python"), PathBuf::from("python3")] {
+            let has_moto = std::process::Command::new(&py)
+                .args(["-c", "import moto.server"])
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if has_moto {
+                return Ok((py, vec!["-m".into(), "moto.server".into()]));
+            }
+        }
+        Err(HarnessError::Command {
+            command: "moto_server".into(),
+            detail: format!(
+                "not found (looked in {}, PATH, and for a Python with moto): run `tests/deploy/run.sh --setup` \
+                 (installs moto[server] into .venv-deploy-tests), or `pip install 'moto[server]'`, or set \
+                 {MOTO_SERVER_ENV}",
+                tried[0].display()
+            ),
+        })
     }
 
     /// Starts moto on a free port and waits until it answers (bounded; the process must stay alive).
     pub async fn start() -> Result<Self> {
-        let bin = Self::binary()?;
+        let (bin, prefix) = Self::command()?;
         let port = free_port();
         let dir = tempfile::Builder::new().prefix("mk-moto-").tempdir()?;
         let log = dir.path().join("moto.log");
         let out = std::fs::File::create(&log)?;
         let child = std::process::Command::new(&bin)
+            .args(&prefix)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
