@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark suite of issue 5: makenaide-core against the old Python layer and against the physical floor.
+# Benchmark suite: makenaide-core against the old Python layer and against the physical floor.
 #
 #   ./bench.sh            full run (~4-5 min on 2 cores after the build)
 #   ./bench.sh --quick    fewer samples (warm 50, hop 500, cold 3)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Deploys makenaide-core to AWS with the AWS CLI (v1 or v2) and nothing else.
 #
-#   ./deploy.sh [deploy] [options]            publish the layer, create/update the four functions, smoke-invoke
+#   ./deploy.sh [deploy] [options]            publish the layer, create/update the four functions, smoke-invoke,
+#                                             log retention, dashboard and alarms, optional schedule
 #   ./deploy.sh attach FUNCTION [options]     attach the latest published layer to any existing function
+#   ./deploy.sh report [--hours N] [options]  per-function table of the last N hours (default 24) from CloudWatch
 #   ./deploy.sh help
 #
 # deploy:
@@ -13,13 +15,30 @@
 #      makenaide-integrated-orchestrator from dist/<function>-<arch>.zip (runtime provided.al2023, handler bootstrap,
 #      role, memory, timeout, environment, optional VPC), with the new layer version attached (other layers kept);
 #   3. waits until every function is Active and its last update Successful;
-#   4. smoke-invokes makenaide-db-initializer ({}) and makenaide-scanner ({"limit":1}); a FunctionError fails.
-#   Running it again updates in place: it never creates a second function or an identical layer version.
+#   4. sets the retention of /aws/lambda/<function> (creating the log group if missing) for the four functions;
+#   5. puts the CloudWatch dashboard "<prefix>makenaide-core" and, per function, the alarms "<function>-errors"
+#      (AWS/Lambda Errors > 0), "<function>-throttles" (AWS/Lambda Throttles > 0) and "<function>-upbit-418"
+#      (<metrics namespace> Upbit418 > 0), Sum over 5 minutes, missing data = OK (--no-monitoring skips step 5);
+#   6. smoke-invokes makenaide-db-initializer ({}) and makenaide-scanner ({"limit":1}); a FunctionError fails;
+#   7. with --schedule: creates or updates the EventBridge Scheduler schedule (default group)
+#      "<prefix>makenaide-integrated-orchestrator" that invokes that function with {} (flexible time window off,
+#      retry policy, optional SQS dead-letter queue), as --scheduler-role-arn or as the role
+#      "<prefix>makenaide-scheduler" it creates and tags managed-by=makenaide-core/deploy.sh (trusts
+#      scheduler.amazonaws.com for this account; may only lambda:InvokeFunction that one function, and
+#      sqs:SendMessage to the dead-letter queue). --schedule off deletes the schedule; any role stays. Without
+#      --schedule an existing schedule is left as it is.
+#   Running it again updates in place: it never creates a second function, layer version, schedule, role,
+#   dashboard or alarm.
 #
 # attach: puts the newest "<layer-name>-<arch>" version on FUNCTION (Rust, Python, any zip runtime), replacing an
 #   older makenaide-core version and keeping every other layer in place. <arch> defaults to the function's own.
 #   The extension reads MAKENAIDE_DATABASE_URL (or MAKENAIDE_DATABASE_SECRET_ID) from that function's environment:
 #   set it there.
+#
+# report: per function over the last --hours (default 24): invocations (AWS/Lambda Invocations), cold-start share
+#   and count (ColdStart), init p50 (InitDuration), duration p50/p99 (Duration), max memory (MaxMemoryUsed), and the
+#   bytes deployed: code (lambda get-function CodeSize) + the attached makenaide-core layer version (Content.CodeSize).
+#   A percentile marked "~" is estimated from per-period averages: CloudWatch returned none for it (statistic sets).
 #
 # Options (flag / environment variable / default):
 #   --arch x86_64|arm64          MAKENAIDE_ARCH                 arm64 (Graviton)   functions' architecture
@@ -49,11 +68,26 @@
 #   --dist DIR                   MAKENAIDE_DIST_DIR             <repo>/dist
 #   --endpoint-url URL           MAKENAIDE_AWS_ENDPOINT_URL                        passed to every call (tests, LocalStack)
 #   --no-smoke                   MAKENAIDE_NO_SMOKE=1                              skip the smoke invocations
+#   --schedule EXPR|off          MAKENAIDE_SCHEDULE             (unchanged)        rate(1 hour), cron(0 * * * ? *),
+#                                                                                  at(...); off deletes the schedule
+#   --schedule-timezone TZ       MAKENAIDE_SCHEDULE_TIMEZONE    UTC                for cron() and at(), e.g. Asia/Seoul
+#   --scheduler-role-arn ARN     MAKENAIDE_SCHEDULER_ROLE_ARN   (created)          role Scheduler assumes, used as is
+#   --schedule-dlq-arn ARN       MAKENAIDE_SCHEDULE_DLQ_ARN                        SQS queue for events that failed
+#   --schedule-retries N         MAKENAIDE_SCHEDULE_RETRIES     2                  0..185 retries of a failed invoke
+#   --schedule-max-age SECONDS   MAKENAIDE_SCHEDULE_MAX_AGE_S   3600               60..86400, then the DLQ (or dropped)
+#   --metrics-namespace NS       MAKENAIDE_METRICS_NAMESPACE    Makenaide          of the extension's EMF metrics;
+#                                                                                  set on the functions if not default
+#   --alarm-topic-arn ARN        MAKENAIDE_ALARM_TOPIC_ARN                         SNS topic notified by the alarms
+#   --log-retention-days N|keep  MAKENAIDE_LOG_RETENTION_DAYS   30                 1 3 5 7 14 30 60 90 120 150 180 365
+#                                                                                  400 545 731 1096 1827 ... 3653
+#   --no-monitoring              MAKENAIDE_NO_MONITORING=1                         no dashboard, no alarms
+#   --hours N                    (report)                       24                 1..10920 (CloudWatch keeps 455 days)
 #   --dry-run                                                                      print every AWS CLI call, make none
 #   (waiting)                    MAKENAIDE_WAIT_MODE            auto               auto|waiter|poll: `aws lambda wait`,
 #                                                                                  or a poll loop (old CLIs lack it)
 #                                MAKENAIDE_WAIT_TIMEOUT_S       600                poll loop limit
 # The CLI itself also honours AWS_ENDPOINT_URL (CLI v2, and v1 since botocore 1.31).
+# python3 writes the dashboard body and the report (deploy --no-monitoring and attach do not need it).
 #
 # With --db-secret-id or --db-iam-auth the script prints the IAM policy the execution role needs for it
 # (secretsmanager:GetSecretValue on the secret, or rds-db:connect on the database user).
@@ -81,6 +115,16 @@ SMOKE=($'makenaide-db-initializer\t{}' $'makenaide-scanner\t{"limit":1}')
 DB_URL_ENV="MAKENAIDE_DATABASE_URL"
 DB_SECRET_ENV="MAKENAIDE_DATABASE_SECRET_ID"   # what the extension reads (the functions' environment)
 DB_IAM_ENV="MAKENAIDE_DB_IAM_AUTH"
+# Operations (schedule, dashboard, alarms, logs, report).
+ORCHESTRATOR="makenaide-integrated-orchestrator"   # the scheduled function; the schedule has its name
+SCHEDULER_ROLE="makenaide-scheduler"               # the role created when no --scheduler-role-arn is given
+MANAGED_TAG="managed-by"                           # tag on that role: it is ours to update
+MANAGED_VALUE="makenaide-core/deploy.sh"
+DEFAULT_METRICS_NAMESPACE="Makenaide"
+METRICS_NS_ENV="MAKENAIDE_METRICS_NAMESPACE"       # the extension's variable for its EMF namespace
+LOG_RETENTION_VALUES=" 1 3 5 7 14 30 60 90 120 150 180 365 400 545 731 1096 1827 2192 2557 2922 3288 3653 "
+ALARM_PERIOD_S=300
+SCHEDULE_ROLE_WAIT_S=90                            # a new IAM role takes seconds before Scheduler may assume it
 
 log() { echo "deploy: $*" >&2; }
 warn() { echo "deploy: [WARN] $*" >&2; }
@@ -93,6 +137,7 @@ CMD="deploy"
 case "${1:-}" in
   deploy) shift ;;
   attach) CMD="attach"; shift ;;
+  report) CMD="report"; shift ;;
   help|-h|--help) usage; exit 0 ;;
 esac
 
@@ -116,6 +161,17 @@ ENDPOINT_URL="${MAKENAIDE_AWS_ENDPOINT_URL:-}"
 NO_SMOKE="${MAKENAIDE_NO_SMOKE:-0}"
 WAIT_MODE="${MAKENAIDE_WAIT_MODE:-auto}"
 WAIT_TIMEOUT_S="${MAKENAIDE_WAIT_TIMEOUT_S:-600}"
+SCHEDULE="${MAKENAIDE_SCHEDULE:-}"
+SCHEDULE_TZ="${MAKENAIDE_SCHEDULE_TIMEZONE:-UTC}"
+SCHEDULER_ROLE_ARN="${MAKENAIDE_SCHEDULER_ROLE_ARN:-}"
+SCHEDULE_DLQ_ARN="${MAKENAIDE_SCHEDULE_DLQ_ARN:-}"
+SCHEDULE_RETRIES="${MAKENAIDE_SCHEDULE_RETRIES:-2}"
+SCHEDULE_MAX_AGE_S="${MAKENAIDE_SCHEDULE_MAX_AGE_S:-3600}"
+METRICS_NAMESPACE="${MAKENAIDE_METRICS_NAMESPACE:-$DEFAULT_METRICS_NAMESPACE}"
+ALARM_TOPIC_ARN="${MAKENAIDE_ALARM_TOPIC_ARN:-}"
+LOG_RETENTION_DAYS="${MAKENAIDE_LOG_RETENTION_DAYS:-30}"
+NO_MONITORING="${MAKENAIDE_NO_MONITORING:-0}"
+REPORT_HOURS=24
 DRY_RUN=0
 EXTRA_ENV=()
 TARGET=""
@@ -143,6 +199,17 @@ while [ $# -gt 0 ]; do
     --dist) need_value "$1" $#; DIST="$2"; shift 2 ;;
     --endpoint-url) need_value "$1" $#; ENDPOINT_URL="$2"; shift 2 ;;
     --no-smoke) NO_SMOKE=1; shift ;;
+    --schedule) need_value "$1" $#; SCHEDULE="$2"; shift 2 ;;
+    --schedule-timezone) need_value "$1" $#; SCHEDULE_TZ="$2"; shift 2 ;;
+    --scheduler-role-arn) need_value "$1" $#; SCHEDULER_ROLE_ARN="$2"; shift 2 ;;
+    --schedule-dlq-arn) need_value "$1" $#; SCHEDULE_DLQ_ARN="$2"; shift 2 ;;
+    --schedule-retries) need_value "$1" $#; SCHEDULE_RETRIES="$2"; shift 2 ;;
+    --schedule-max-age) need_value "$1" $#; SCHEDULE_MAX_AGE_S="$2"; shift 2 ;;
+    --metrics-namespace) need_value "$1" $#; METRICS_NAMESPACE="$2"; shift 2 ;;
+    --alarm-topic-arn) need_value "$1" $#; ALARM_TOPIC_ARN="$2"; shift 2 ;;
+    --log-retention-days) need_value "$1" $#; LOG_RETENTION_DAYS="$2"; shift 2 ;;
+    --no-monitoring) NO_MONITORING=1; shift ;;
+    --hours) need_value "$1" $#; REPORT_HOURS="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) die "unknown option $1 (see ./deploy.sh help)" ;;
@@ -305,8 +372,53 @@ check_settings() {
       "$DB_URL_ENV"|"$DB_SECRET_ENV"|"$DB_IAM_ENV")
         die "set the database with $DB_URL_ENV, --db-secret-id or --db-iam-auth, not --env ${BASH_REMATCH[1]}" ;;
     esac
+    [ "${BASH_REMATCH[1]}" != "$METRICS_NS_ENV" ] || die "set the metrics namespace with --metrics-namespace, not --env"
     case "${BASH_REMATCH[1]}" in *TOKEN*|*SECRET*|*PASSWORD*|*PASS|*KEY*|*URL*|*DSN*) add_secret "${BASH_REMATCH[2]}" ;; esac
   done
+  check_ops_settings
+}
+
+# The options of the operations part (schedule, monitoring, logs); all checked before the first change.
+ARN_ROLE_RE='^arn:aws[a-z-]*:iam::[0-9]{12}:role/([A-Za-z0-9+=,.@_/-]+)$'   # IAM's characters: safe inside JSON
+ARN_SQS_RE='^arn:aws[a-z-]*:sqs:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,80}(\.fifo)?$'   # Scheduler: standard queues only
+ARN_SNS_RE='^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$'
+SCHEDULE_RE='^(rate|cron|at)\(.+\)$'
+NAMESPACE_RE='^[A-Za-z0-9._/#:-]{1,255}$'
+check_ops_settings() {
+  [[ "$METRICS_NAMESPACE" =~ $NAMESPACE_RE ]] && [[ "$METRICS_NAMESPACE" != AWS/* ]] \
+    || die "--metrics-namespace must be 1..255 of A-Z a-z 0-9 . _ / # : - and not start with AWS/ (got '$METRICS_NAMESPACE')"
+  [ "$CMD" = deploy ] || return 0
+  if [ -n "$SCHEDULE" ] && [ "$SCHEDULE" != off ]; then
+    [[ "$SCHEDULE" =~ $SCHEDULE_RE ]] \
+      || die "--schedule wants rate(...), cron(...), at(...) or off (got '$SCHEDULE'), e.g. 'rate(1 hour)'"
+  fi
+  [[ "$SCHEDULE_RETRIES" =~ ^[0-9]+$ ]] && [ "$SCHEDULE_RETRIES" -le 185 ] \
+    || die "--schedule-retries must be 0..185 (got '$SCHEDULE_RETRIES')"
+  [[ "$SCHEDULE_MAX_AGE_S" =~ ^[0-9]+$ ]] && [ "$SCHEDULE_MAX_AGE_S" -ge 60 ] && [ "$SCHEDULE_MAX_AGE_S" -le 86400 ] \
+    || die "--schedule-max-age must be 60..86400 s (got '$SCHEDULE_MAX_AGE_S')"
+  SCHEDULE_RETRIES=$((10#$SCHEDULE_RETRIES)); SCHEDULE_MAX_AGE_S=$((10#$SCHEDULE_MAX_AGE_S))   # JSON numbers: no 007
+  [ -n "$SCHEDULE_TZ" ] || die "--schedule-timezone must not be empty (e.g. UTC, Asia/Seoul)"
+  [ -z "$SCHEDULER_ROLE_ARN" ] || [[ "$SCHEDULER_ROLE_ARN" =~ $ARN_ROLE_RE ]] \
+    || die "--scheduler-role-arn '$SCHEDULER_ROLE_ARN' is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"
+  [ -z "$SCHEDULE_DLQ_ARN" ] || [[ "$SCHEDULE_DLQ_ARN" =~ $ARN_SQS_RE ]] \
+    || die "--schedule-dlq-arn '$SCHEDULE_DLQ_ARN' is not an SQS queue ARN (arn:aws:sqs:<region>:<account>:<queue>)"
+  [[ "$SCHEDULE_DLQ_ARN" != *.fifo ]] || die "--schedule-dlq-arn: Scheduler's dead-letter queue must be a standard SQS queue, not FIFO"
+  [ -z "$ALARM_TOPIC_ARN" ] || [[ "$ALARM_TOPIC_ARN" =~ $ARN_SNS_RE ]] \
+    || die "--alarm-topic-arn '$ALARM_TOPIC_ARN' is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<topic>)"
+  if [ "$LOG_RETENTION_DAYS" != keep ] && [[ "$LOG_RETENTION_VALUES" != *" $LOG_RETENTION_DAYS "* ]]; then
+    die "--log-retention-days must be keep or one of:$LOG_RETENTION_VALUES(got '$LOG_RETENTION_DAYS')"
+  fi
+  # With --schedule off, --scheduler-role-arn only says the role is not deploy.sh's.
+  if [ -z "$SCHEDULE" ] && [ -n "$SCHEDULER_ROLE_ARN" ]; then warn "--scheduler-role-arn has no effect without --schedule"; fi
+  if { [ -z "$SCHEDULE" ] || [ "$SCHEDULE" = off ]; } && [ -n "$SCHEDULE_DLQ_ARN" ]; then
+    warn "--schedule-dlq-arn has no effect without --schedule EXPR"
+  fi
+  [ "$NO_MONITORING" != 1 ] || [ -z "$ALARM_TOPIC_ARN" ] || warn "--alarm-topic-arn has no effect with --no-monitoring"
+  return 0
+}
+
+check_python() {
+  have python3 || die "python3 is needed for the dashboard and the report (deploy --no-monitoring does without it)"
 }
 
 # The database, one of three ways; DB_ENV_KEYS/DB_ENV_VALUES are what goes into the functions' environment:
@@ -386,6 +498,9 @@ write_environment() {
     json="$(json_string "$val")" || die "--env $key: the value contains control characters"
     body+="${body:+,}\"$key\":$json"
   done
+  # The extension emits its metrics in MAKENAIDE_METRICS_NAMESPACE (default Makenaide): the dashboard, the alarms
+  # and the report read the namespace given here, so the functions must write to it too.
+  [ "$METRICS_NAMESPACE" = "$DEFAULT_METRICS_NAMESPACE" ] || body+=",\"$METRICS_NS_ENV\":$(json_string "$METRICS_NAMESPACE")"
   ENV_FILE="$WORK/environment.json"
   printf '{"Variables":{%s}}' "$body" > "$ENV_FILE"
   DISPLAY_FROM+=("file://$ENV_FILE"); DISPLAY_TO+=("$(mask "$(cat "$ENV_FILE")")")
@@ -591,6 +706,460 @@ smoke_invoke() {
   log "smoke $fn: ok (${payload:0:200})"
 }
 
+# --- operations: log retention, dashboard, alarms, schedule ------------------------------------------------
+# json_arg NAME CONTENT [SHOWN]: CONTENT in the 0600 file $WORK/NAME; JSON_ARG is its file:// argument, shown in
+# --dry-run output as SHOWN (default: the content itself, masked).
+JSON_ARG=""
+json_arg() {
+  printf '%s' "$2" > "$WORK/$1"
+  JSON_ARG="file://$WORK/$1"
+  DISPLAY_FROM+=("$JSON_ARG"); DISPLAY_TO+=("${3:-$2}")
+}
+
+# The python3 helper (no AWS calls: JSON in, JSON or text out), written once per run.
+ops_py() {
+  [ -s "$WORK/ops.py" ] || write_ops_py
+  python3 "$WORK/ops.py" "$@"
+}
+
+# One read for the four groups; then only what differs: a missing group is created (Lambda would create it on the
+# first log line, with no retention), a different retention is set. A rerun changes nothing.
+apply_log_retention() {
+  if [ "$LOG_RETENTION_DAYS" = keep ]; then log "log groups: retention left as it is (--log-retention-days keep)"; return 0; fi
+  local prefix="/aws/lambda/${FUNCTION_PREFIX}makenaide-" current=" " f group name days changed=0
+  must_aws "listing log groups $prefix*" logs describe-log-groups --log-group-name-prefix "$prefix" \
+    --query 'logGroups[].[logGroupName, retentionInDays]' --output text
+  while IFS=$'\t' read -r name days; do [ -z "$name" ] || current+="$name=$days "; done <<<"$AWS_OUT"
+  dry_note "a missing log group is created; put-retention-policy only where the retention differs:"
+  for f in "${FUNCTIONS[@]}"; do
+    group="/aws/lambda/$(fn_name "$f")"
+    [[ "$current" != *" $group=$LOG_RETENTION_DAYS "* ]] || continue
+    if [[ "$current" != *" $group="* ]] && ! run_aws logs create-log-group --log-group-name "$group"; then
+      case "$AWS_ERR" in
+        *ResourceAlreadyExistsException*) ;;   # created meanwhile (by a first invocation)
+        *) die "creating log group $group failed: $AWS_ERR" ;;
+      esac
+    fi
+    must_aws "setting the retention of $group" logs put-retention-policy --log-group-name "$group" \
+      --retention-in-days "$LOG_RETENTION_DAYS"
+    changed=$((changed + 1))
+  done
+  [ "$DRY_RUN" = 1 ] || log "log groups /aws/lambda/<function>: $LOG_RETENTION_DAYS days retention ($changed changed)"
+}
+
+apply_dashboard() {
+  local name fns=() f body
+  name="$(fn_name "$EXTENSION")"
+  for f in "${FUNCTIONS[@]}"; do fns+=("$(fn_name "$f")"); done
+  body="$(ops_py dashboard "$REGION" "$METRICS_NAMESPACE" "${fns[@]}")" || die "writing the dashboard body failed"
+  local shown=""
+  [ "$DRY_RUN" = 0 ] || shown="file://<dashboard body: $(ops_py summary <<<"$body")>"
+  json_arg dashboard.json "$body" "$shown"
+  must_aws "putting dashboard $name" cloudwatch put-dashboard --dashboard-name "$name" --dashboard-body "$JSON_ARG" \
+    --query 'DashboardValidationMessages[].Message' --output text
+  [ -z "$AWS_OUT" ] || [ "$AWS_OUT" = None ] || warn "dashboard $name: CloudWatch says: $AWS_OUT"
+  [ "$DRY_RUN" = 1 ] || log "dashboard $name: put (namespace $METRICS_NAMESPACE)"
+}
+
+# put_alarm NAME DESCRIPTION NAMESPACE METRIC DIMENSION FUNCTION: "METRIC > 0 in 5 minutes" (missing data is OK).
+put_alarm() {
+  local actions=()
+  [ -z "$ALARM_TOPIC_ARN" ] || actions=(--alarm-actions "$ALARM_TOPIC_ARN")
+  # put-metric-alarm replaces the whole definition: running it again updates the alarm, never duplicates it.
+  must_aws "putting alarm $1" cloudwatch put-metric-alarm --alarm-name "$1" --alarm-description "$2" \
+    --namespace "$3" --metric-name "$4" --dimensions "Name=$5,Value=$6" --statistic Sum --period "$ALARM_PERIOD_S" \
+    --evaluation-periods 1 --datapoints-to-alarm 1 --threshold 0 --comparison-operator GreaterThanThreshold \
+    --treat-missing-data notBreaching ${actions[@]+"${actions[@]}"}
+}
+
+apply_alarms() {
+  local f fn
+  for f in "${FUNCTIONS[@]}"; do
+    fn="$(fn_name "$f")"
+    put_alarm "$fn-errors" "$fn: an invocation failed (AWS/Lambda Errors > 0)" AWS/Lambda Errors FunctionName "$fn"
+    put_alarm "$fn-throttles" "$fn: an invocation was throttled (AWS/Lambda Throttles > 0)" \
+      AWS/Lambda Throttles FunctionName "$fn"
+    put_alarm "$fn-upbit-418" "$fn: Upbit answered 418, this IP is blocked for a while ($METRICS_NAMESPACE Upbit418 > 0)" \
+      "$METRICS_NAMESPACE" Upbit418 function_name "$fn"
+  done
+  [ "$DRY_RUN" = 1 ] || log "alarms: $((3 * ${#FUNCTIONS[@]})) put${ALARM_TOPIC_ARN:+, notifying $ALARM_TOPIC_ARN}"
+}
+
+# Prerequisite (reads only): which role the schedule runs as. SCHED_ROLE_MODE: given | create | update.
+SCHED_ROLE_MODE=""; SCHED_ROLE_ARN=""
+check_scheduler_role() {
+  [ -n "$SCHEDULE" ] && [ "$SCHEDULE" != off ] || return 0
+  if [ -n "$SCHEDULER_ROLE_ARN" ]; then
+    SCHED_ROLE_MODE=given; SCHED_ROLE_ARN="$SCHEDULER_ROLE_ARN"
+    [[ "$SCHEDULER_ROLE_ARN" =~ $ARN_ROLE_RE ]]
+    if ! run_aws iam get-role --role-name "${BASH_REMATCH[1]##*/}" --query Role.Arn --output text; then
+      case "$AWS_ERR" in
+        *NoSuchEntity*) die "the scheduler role $SCHEDULER_ROLE_ARN does not exist" ;;
+        *AccessDenied*|*not\ authorized*) warn "cannot read IAM role $SCHEDULER_ROLE_ARN (no iam:GetRole): assuming it exists" ;;
+        *) die "checking the scheduler role failed: $AWS_ERR" ;;
+      esac
+    fi
+    [ -z "$SCHEDULE_DLQ_ARN" ] \
+      || warn "the scheduler role you gave is used as is: it needs sqs:SendMessage on $SCHEDULE_DLQ_ARN for the dead-letter queue"
+    return 0
+  fi
+  local name tag
+  name="$(fn_name "$SCHEDULER_ROLE")"
+  if run_aws iam get-role --role-name "$name" --query "Role.[Arn, Tags[?Key=='$MANAGED_TAG'].Value | [0]]" --output text; then
+    SCHED_ROLE_MODE=update
+    [ "$DRY_RUN" = 0 ] || return 0
+    IFS=$'\t' read -r SCHED_ROLE_ARN tag <<<"$AWS_OUT" || true
+    [ "$tag" = "$MANAGED_VALUE" ] || die "IAM role $name exists but deploy.sh did not create it (no tag" \
+      "$MANAGED_TAG=$MANAGED_VALUE): pass it with --scheduler-role-arn to use it as is, or use another --function-prefix"
+  else
+    case "$AWS_ERR" in
+      *NoSuchEntity*) SCHED_ROLE_MODE=create ;;
+      *) die "checking IAM role $name failed: $AWS_ERR" ;;
+    esac
+  fi
+}
+
+# ensure_scheduler_role FUNCTION_ARN: creates or updates the role deploy.sh owns (trust + one inline policy);
+# a given role is used as is. Sets SCHED_ROLE_ARN.
+SCHEDULER_POLICY="invoke-orchestrator"
+ensure_scheduler_role() {
+  local fn_arn="$1" name trust policy
+  [ "$SCHED_ROLE_MODE" != given ] || return 0
+  name="$(fn_name "$SCHEDULER_ROLE")"
+  # aws:SourceAccount: only schedules of this account may use the role (the confused-deputy guard AWS documents).
+  trust='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"scheduler.amazonaws.com"},'
+  trust+='"Action":"sts:AssumeRole","Condition":{"StringEquals":{"aws:SourceAccount":"'"$ACCOUNT"'"}}}]}'
+  policy='{"Version":"2012-10-17","Statement":[{"Sid":"InvokeOrchestrator","Effect":"Allow",'
+  policy+='"Action":"lambda:InvokeFunction","Resource":"'"$fn_arn"'"}'
+  [ -z "$SCHEDULE_DLQ_ARN" ] \
+    || policy+=',{"Sid":"DeadLetterQueue","Effect":"Allow","Action":"sqs:SendMessage","Resource":"'"$SCHEDULE_DLQ_ARN"'"}'
+  policy+=']}'
+  json_arg scheduler-trust.json "$trust"
+  local trust_arg="$JSON_ARG"
+  json_arg scheduler-policy.json "$policy"
+  local policy_arg="$JSON_ARG"
+  [ "$DRY_RUN" = 0 ] || dry_note "role $name absent → create-role; present (tagged $MANAGED_TAG=$MANAGED_VALUE) → update-assume-role-policy:"
+  if [ "$SCHED_ROLE_MODE" = create ] || [ "$DRY_RUN" = 1 ]; then
+    must_aws "creating IAM role $name" iam create-role --role-name "$name" --assume-role-policy-document "$trust_arg" \
+      --description "EventBridge Scheduler invokes $(fn_name "$ORCHESTRATOR") (made by makenaide-core deploy.sh)" \
+      --tags "Key=$MANAGED_TAG,Value=$MANAGED_VALUE" --query Role.Arn --output text
+    SCHED_ROLE_ARN="${AWS_OUT:-arn:aws:iam::$ACCOUNT:role/$name}"
+    [ "$DRY_RUN" = 1 ] || log "IAM role $name: created ($SCHED_ROLE_ARN)"
+  fi
+  if [ "$SCHED_ROLE_MODE" = update ] || [ "$DRY_RUN" = 1 ]; then
+    must_aws "updating the trust policy of $name" iam update-assume-role-policy --role-name "$name" \
+      --policy-document "$trust_arg"
+  fi
+  # put-role-policy replaces the inline policy: a removed dead-letter queue loses its permission too.
+  must_aws "putting the policy of $name" iam put-role-policy --role-name "$name" --policy-name "$SCHEDULER_POLICY" \
+    --policy-document "$policy_arg"
+  [ "$DRY_RUN" = 1 ] || log "IAM role $name: may invoke $fn_arn${SCHEDULE_DLQ_ARN:+ and send to $SCHEDULE_DLQ_ARN}"
+}
+
+# schedule_call WHAT ARGS...: a create/update-schedule call; a role made or changed seconds ago may not be assumable
+# yet (IAM is eventually consistent, Scheduler answers ValidationException): retry that for a while.
+schedule_call() {
+  local what="$1" deadline=$((SECONDS + SCHEDULE_ROLE_WAIT_S)); shift
+  until run_aws "$@"; do
+    if [ "$SCHED_ROLE_MODE" != given ] && [[ "$AWS_ERR" == *ValidationException*role* ]] && [ "$SECONDS" -lt "$deadline" ]; then
+      log "Scheduler cannot assume the role yet (IAM is still propagating it): retrying in 5 s"
+      sleep 5
+      continue
+    fi
+    die "$what failed: ${AWS_ERR:-no error text}"
+  done
+}
+
+apply_schedule() {
+  [ -n "$SCHEDULE" ] || return 0
+  local name fn fn_arn exists=0
+  name="$(fn_name "$ORCHESTRATOR")"; fn="$name"
+  if [ "$SCHEDULE" = off ]; then remove_schedule "$name"; return 0; fi
+
+  must_aws "reading the ARN of $fn" lambda get-function-configuration --function-name "$fn" --query FunctionArn --output text
+  fn_arn="${AWS_OUT:-arn:aws:lambda:$REGION:$ACCOUNT:function:$fn}"
+  ensure_scheduler_role "$fn_arn"
+
+  local target
+  target='{"Arn":"'"$fn_arn"'","RoleArn":"'"$SCHED_ROLE_ARN"'","Input":"{}",'
+  target+='"RetryPolicy":{"MaximumRetryAttempts":'"$SCHEDULE_RETRIES"',"MaximumEventAgeInSeconds":'"$SCHEDULE_MAX_AGE_S"'}'
+  [ -z "$SCHEDULE_DLQ_ARN" ] || target+=',"DeadLetterConfig":{"Arn":"'"$SCHEDULE_DLQ_ARN"'"}'
+  target+='}'
+  json_arg schedule-target.json "$target"
+  # create-schedule and update-schedule take the same, full definition.
+  local def=(--name "$name" --schedule-expression "$SCHEDULE" --schedule-expression-timezone "$SCHEDULE_TZ"
+    --flexible-time-window Mode=OFF --target "$JSON_ARG" --state ENABLED
+    --description "makenaide pipeline: invokes $fn (deploy.sh)" --query ScheduleArn --output text)
+
+  if run_aws scheduler get-schedule --name "$name" --query Arn --output text; then
+    exists=1
+  else
+    case "$AWS_ERR" in
+      *ResourceNotFoundException*) ;;
+      *) die "reading schedule $name failed: $AWS_ERR" ;;
+    esac
+  fi
+  if [ "$DRY_RUN" = 1 ]; then
+    dry_note "schedule $name exists → update-schedule (the full definition); absent → create-schedule:"
+    run_aws scheduler update-schedule "${def[@]}"
+    run_aws scheduler create-schedule "${def[@]}"
+    return 0
+  fi
+  if [ "$exists" = 1 ]; then
+    schedule_call "updating schedule $name" scheduler update-schedule "${def[@]}"
+    log "schedule $name: updated, $SCHEDULE ($SCHEDULE_TZ) → $fn"
+  else
+    schedule_call "creating schedule $name" scheduler create-schedule "${def[@]}"
+    log "schedule $name: created, $SCHEDULE ($SCHEDULE_TZ) → $fn ($AWS_OUT)"
+  fi
+}
+
+remove_schedule() {
+  local name="$1" role
+  if run_aws scheduler get-schedule --name "$name" --query Arn --output text; then
+    dry_note "schedule $name exists → delete it:"
+    must_aws "deleting schedule $name" scheduler delete-schedule --name "$name"
+    [ "$DRY_RUN" = 1 ] || log "schedule $name: deleted"
+  else
+    case "$AWS_ERR" in
+      *ResourceNotFoundException*) log "schedule $name: none to delete" ;;
+      *) die "reading schedule $name failed: $AWS_ERR" ;;
+    esac
+  fi
+  if [ -n "$SCHEDULER_ROLE_ARN" ]; then
+    log "the scheduler role $SCHEDULER_ROLE_ARN is left as it is"
+    return 0
+  fi
+  role="$(fn_name "$SCHEDULER_ROLE")"
+  if run_aws iam get-role --role-name "$role" --query Role.Arn --output text && [ "$DRY_RUN" = 0 ]; then
+    log "IAM role $role is kept (it may only invoke $(fn_name "$ORCHESTRATOR")); delete it in IAM if no schedule needs it"
+  fi
+}
+
+# The python3 helper of the dashboard and the report. It makes no AWS call: deploy.sh makes every call through
+# run_aws (so --dry-run shows them all) and hands the answers over as files.
+write_ops_py() {
+  cat > "$WORK/ops.py" <<'PY'
+import json, math, sys, time
+from pathlib import Path
+
+LAMBDA = "AWS/Lambda"
+
+
+def dashboard(region, ns, fns):
+    """The dashboard body: one line per function and statistic, in a fixed order (same input, same bytes)."""
+
+    def series(namespace, dimension, metric, stats, axis=None):
+        lines = []
+        for fn in fns:
+            for stat in stats:
+                opts = {"label": f"{fn} {metric} {stat}", "stat": stat}
+                if axis:
+                    opts["yAxis"] = axis
+                lines.append([namespace, metric, dimension, fn, opts])
+        return lines
+
+    def mk(metric, *stats, axis=None):  # the extension's EMF metrics
+        return series(ns, "function_name", metric, stats, axis)
+
+    def lam(metric, *stats):  # Lambda's own metrics
+        return series(LAMBDA, "FunctionName", metric, stats)
+
+    share = {"left": {"min": 0, "max": 1, "label": "share"}}
+    ms = {"left": {"min": 0, "label": "ms"}}
+    count = {"left": {"min": 0, "label": "count"}}
+    panels = [
+        ("Cold-start rate (ColdStart average: 0 warm, 1 cold)", mk("ColdStart", "Average"), share),
+        ("Init duration p50 / p99", mk("InitDuration", "p50", "p99"), ms),
+        ("Duration p50 / p99", mk("Duration", "p50", "p99"), ms),
+        ("Upbit 429 / 418 answers", mk("Upbit429", "Sum") + mk("Upbit418", "Sum"), count),
+        ("DB reconnects: new connections, dead connections replaced",
+         mk("DbNewConnections", "Sum") + mk("DbDeadConnectionsReplaced", "Sum"), count),
+        ("Rate-slot wait per invocation (average / p99)", mk("RateSlotWaitMs", "Average", "p99"), ms),
+        ("Errors: Lambda Errors, DB statement errors", lam("Errors", "Sum") + mk("DbStatementErrors", "Sum"), count),
+        ("Requests to the extension, DB round trips", mk("Requests", "Sum") + mk("DbRoundTrips", "Sum"), count),
+        ("Upbit requests, retries, cache hits, coalesced",
+         mk("UpbitRequests", "Sum") + mk("UpbitRetries", "Sum") + mk("UpbitCacheHits", "Sum")
+         + mk("UpbitCoalesced", "Sum"), count),
+        ("Billed duration p99 (ms), max memory used (MB, right)",
+         mk("BilledDuration", "p99") + mk("MaxMemoryUsed", "Maximum", axis="right"), ms),
+    ]
+    widgets = []
+    for i, (title, metrics, y_axis) in enumerate(panels):
+        widgets.append({
+            "type": "metric", "x": (i % 2) * 12, "y": (i // 2) * 6, "width": 12, "height": 6,
+            "properties": {"title": title, "region": region, "view": "timeSeries", "stacked": False,
+                           "period": 300, "metrics": metrics, "yAxis": y_axis},
+        })
+    return json.dumps({"widgets": widgets}, sort_keys=True, separators=(",", ":"))
+
+
+def summary(body):
+    widgets = json.loads(body)["widgets"]
+    return f"{len(widgets)} widgets, {len(body):,} bytes"
+
+
+def window(hours):
+    """[start, end) of the report: the last `hours` up to the current whole minute (UTC), and the fine period that
+    keeps each per-period series at 1,440 points at most (which also respects CloudWatch's coarser storage of data
+    older than 15 and 63 days)."""
+    end = int(time.time()) // 60 * 60
+    start = end - hours * 3600
+    fine = max(60, math.ceil(hours * 3600 / 1440 / 60) * 60)
+    return start, end, fine
+
+
+def iso(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def query(qid, namespace, metric, dimension, fn, stat, period):
+    return {"Id": qid, "ReturnData": True, "MetricStat": {
+        "Metric": {"Namespace": namespace, "MetricName": metric, "Dimensions": [{"Name": dimension, "Value": fn}]},
+        "Period": period, "Stat": stat}}
+
+
+def report_queries(out, hours, ns, fns):
+    """One get-metric-data request for every figure of the table but the percentiles (get-metric-statistics asks
+    for those), plus per-period averages and counts of the two durations, the fallback when no percentile comes."""
+    start, end, fine = window(hours)
+    total = end - start
+    queries = []
+    for i, fn in enumerate(fns):
+        queries += [
+            query(f"inv{i}", LAMBDA, "Invocations", "FunctionName", fn, "Sum", total),
+            query(f"cold{i}", ns, "ColdStart", "function_name", fn, "Average", total),
+            query(f"colds{i}", ns, "ColdStart", "function_name", fn, "Sum", total),
+            query(f"mem{i}", ns, "MaxMemoryUsed", "function_name", fn, "Maximum", total),
+        ]
+        for metric in ("InitDuration", "Duration"):
+            queries += [
+                query(f"{metric.lower()}avg{i}", ns, metric, "function_name", fn, "Average", fine),
+                query(f"{metric.lower()}n{i}", ns, metric, "function_name", fn, "SampleCount", fine),
+            ]
+    Path(out).write_text(json.dumps(queries, separators=(",", ":")))
+    return f"{iso(start)} {iso(end)} {fine} {len(queries)}"
+
+
+def nearest_rank(pairs, q):
+    """The q-th percentile (nearest rank) of values given as (value, weight) pairs."""
+    pairs = sorted((v, w) for v, w in pairs if w > 0)
+    total = sum(w for _, w in pairs)
+    if not total:
+        return None
+    rank, seen = math.ceil(q / 100 * total), 0
+    for value, weight in pairs:
+        seen += weight
+        if seen >= rank:
+            return value
+    return pairs[-1][0]
+
+
+def report_table(work, hours, start, end, fine, region, ns, layer, fns):
+    work = Path(work)
+    results = {r["Id"]: r for r in json.loads((work / "metrics.json").read_text() or "{}").get("MetricDataResults", [])}
+
+    def values(qid):
+        return results.get(qid, {}).get("Values") or []
+
+    def one(qid, combine):
+        v = values(qid)
+        return combine(v) if v else None
+
+    def percentile(i, metric, stat):
+        """CloudWatch's own percentile when it gives one. It gives none for data sent as statistic sets, and moto
+        (the emulator of the tests) implements no percentile at all: get-metric-statistics drops
+        ExtendedStatistics, get-metric-data fails on p50. Then: the nearest-rank percentile of the per-period
+        averages weighted by their sample counts (exact when each period holds one invocation), marked "~"."""
+        answer = json.loads((work / f"pct-{i}-{metric}.json").read_text() or "{}")
+        for point in answer.get("Datapoints", []):
+            ext = point.get("ExtendedStatistics") or {}
+            if stat in ext:
+                return ext[stat], False
+        avg, cnt = results.get(f"{metric.lower()}avg{i}", {}), results.get(f"{metric.lower()}n{i}", {})
+        counts = dict(zip(cnt.get("Timestamps", []), cnt.get("Values", [])))
+        pairs = [(v, counts.get(t, 0)) for t, v in zip(avg.get("Timestamps", []), avg.get("Values", []))]
+        value = nearest_rank(pairs, float(stat[1:]))
+        return value, value is not None
+
+    sizes = {}
+    for line in (work / "sizes.tsv").read_text().splitlines():
+        fn, code, layer_size, layer_id = (line.split("\t") + ["", "", ""])[:4]
+        sizes[fn] = (code, layer_size, layer_id)
+
+    def number(v, unit=""):
+        if v is None:
+            return "-"
+        text = f"{v:,.1f}".rstrip("0").rstrip(".")
+        return f"{text} {unit}".rstrip()
+
+    def as_int(text):
+        return int(text) if text.isdigit() else None
+
+    estimated = False
+    rows, versions = [], {}
+    for i, fn in enumerate(fns):
+        inv = one(f"inv{i}", sum)
+        share, colds = one(f"cold{i}", lambda v: v[0]), one(f"colds{i}", sum)
+        cells = {}
+        for key, metric, stat in (("init", "InitDuration", "p50"), ("p50", "Duration", "p50"), ("p99", "Duration", "p99")):
+            value, approx = percentile(i, metric, stat)
+            estimated |= approx
+            cells[key] = ("~" if approx else "") + number(value, "ms")
+        mem = one(f"mem{i}", max)
+        code, layer_size, layer_id = sizes.get(fn, ("", "", ""))
+        code_b, layer_b = as_int(code), as_int(layer_size)
+        deployed = None if code_b is None else code_b + (layer_b or 0)
+        rows.append([
+            fn,
+            "-" if inv is None else f"{int(inv):,}",
+            "-" if share is None else f"{share * 100:.1f}% ({int(colds or 0):,})",
+            cells["init"], cells["p50"], cells["p99"],
+            "-" if mem is None else number(mem, "MB"),
+            "-" if code_b is None else f"{code_b:,}",
+            "-" if layer_b is None else f"{layer_b:,}",
+            "-" if deployed is None else f"{deployed:,}",
+        ])
+        if layer_id:
+            versions.setdefault(layer_id, []).append(fn)
+    header = ["function", "invocations", "cold starts", "init p50", "dur p50", "dur p99", "max mem",
+              "code B", "layer B", "deployed B"]
+    widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
+    left = {0}  # the function column; numbers are right-aligned
+
+    def fmt(row):
+        return "  ".join(cell.ljust(w) if c in left else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+
+    out = [f"makenaide-core report: last {hours} h ({start} .. {end}), region {region}, metrics namespace {ns}", "",
+           fmt(header), fmt(["-" * w for w in widths])]
+    out += [fmt(r) for r in rows]
+    out += [""]
+    for layer_id, names in sorted(versions.items()):
+        out.append(f"layer {layer_id}: " + ("all functions" if len(names) == len(fns) else ", ".join(names)))
+    out += ["invocations: AWS/Lambda Invocations. cold starts: share (and count) of the invocations the extension",
+            "reported as cold (ColdStart). init p50: InitDuration; dur: Duration; max mem: MaxMemoryUsed.",
+            f"deployed B = function code (get-function CodeSize) + the attached {layer} layer version",
+            "(get-layer-version Content.CodeSize). '-': no data in the window, or no such function or layer."]
+    if estimated:
+        out.append(f"~: CloudWatch returned no percentile; estimated from {fine}-second averages (nearest rank).")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "dashboard":
+        print(dashboard(args[0], args[1], args[2:]))
+    elif cmd == "summary":
+        print(summary(sys.stdin.read()))
+    elif cmd == "report-queries":
+        print(report_queries(args[0], int(args[1]), args[2], args[3:]))
+    elif cmd == "report-table":
+        print(report_table(*args[:8], args[8:]))
+    else:
+        sys.exit(f"ops.py: unknown command {cmd}")
+PY
+}
+
 # --- commands ------------------------------------------------------------------------------------------------
 cmd_deploy() {
   dry_note "dry run: every AWS CLI call is printed, none is made"
@@ -600,6 +1169,8 @@ cmd_deploy() {
   check_artifacts
   check_credentials
   check_role
+  [ "$NO_MONITORING" = 1 ] || check_python
+  check_scheduler_role
   resolve_db
   print_db_policy
   write_environment
@@ -624,12 +1195,22 @@ cmd_deploy() {
   local i
   for i in "${!FUNCTIONS[@]}"; do deploy_function "$i" "$fn_layer"; done
 
+  apply_log_retention
+  if [ "$NO_MONITORING" = 1 ]; then
+    log "dashboard and alarms skipped (--no-monitoring)"
+  else
+    apply_dashboard
+    apply_alarms
+  fi
+
   if [ "$NO_SMOKE" = 1 ]; then
     log "smoke invocations skipped (--no-smoke)"
   else
     local entry
     for entry in "${SMOKE[@]}"; do smoke_invoke "$(fn_name "${entry%%$'\t'*}")" "${entry#*$'\t'}"; done
   fi
+  # Last: a deploy whose smoke invocation failed schedules nothing.
+  apply_schedule
   if [ "$DRY_RUN" = 1 ]; then log "dry run done: nothing was changed"; return 0; fi
   log "done: layer $fn_layer on ${#FUNCTIONS[@]} functions ($ARCH)"
 }
@@ -672,7 +1253,79 @@ cmd_attach() {
   fi
 }
 
+cmd_report() {
+  dry_note "dry run: every AWS CLI call is printed, none is made"
+  [[ "$REPORT_HOURS" =~ ^[0-9]+$ ]] && [ "$REPORT_HOURS" -ge 1 ] && [ "$REPORT_HOURS" -le 10920 ] \
+    || die "--hours must be 1..10920 (got '$REPORT_HOURS')"
+  REPORT_HOURS=$((10#$REPORT_HOURS))   # "08" is not octal here
+  check_ops_settings
+  check_cli
+  check_python
+  check_region
+  check_credentials
+  local fns=() f fn
+  for f in "${FUNCTIONS[@]}"; do fns+=("$(fn_name "$f")"); done
+
+  # Bytes deployed: each function's code and the makenaide-core layer version attached to it.
+  local code layers l arn size seen=() seen_size=() k
+  : > "$WORK/sizes.tsv"
+  for fn in "${fns[@]}"; do
+    code="-"; layers=""; arn=""; size="-"
+    if run_aws lambda get-function --function-name "$fn" \
+        --query '[Configuration.CodeSize, join(`" "`, Configuration.Layers[].Arn || `[]`)]' --output text; then
+      [ "$DRY_RUN" = 1 ] || IFS=$'\t' read -r code layers <<<"$AWS_OUT" || true
+      for l in $layers; do
+        case "$l" in *":layer:$LAYER_NAME-x86_64:"*|*":layer:$LAYER_NAME-arm64:"*) arn="$l" ;; esac
+      done
+    else
+      case "$AWS_ERR" in
+        *ResourceNotFoundException*) ;;
+        *) die "reading function $fn failed: $AWS_ERR" ;;
+      esac
+    fi
+    [ "$DRY_RUN" = 0 ] || arn="arn:aws:lambda:$REGION:$ACCOUNT:layer:$LAYER_NAME-<arch>:<attached version>"
+    if [ -n "$arn" ]; then
+      local known=0
+      for k in ${seen[@]+"${!seen[@]}"}; do
+        if [ "${seen[$k]}" = "$arn" ]; then size="${seen_size[$k]}"; known=1; fi
+      done
+      if [ "$known" = 0 ]; then
+        must_aws "reading layer $arn" lambda get-layer-version --layer-name "${arn%:*}" --version-number "${arn##*:}" \
+          --query Content.CodeSize --output text
+        size="${AWS_OUT:--}"; seen+=("$arn"); seen_size+=("$size")
+      fi
+    fi
+    printf '%s\t%s\t%s\t%s\n' "$fn" "$code" "$size" "${arn##*:layer:}" >> "$WORK/sizes.tsv"
+  done
+
+  # Metrics: one get-metric-data call for totals and per-period series, one get-metric-statistics per percentile set.
+  local window start end fine nq
+  window="$(ops_py report-queries "$WORK/queries.json" "$REPORT_HOURS" "$METRICS_NAMESPACE" "${fns[@]}")" \
+    || die "writing the metric queries failed"
+  read -r start end fine nq <<<"$window"
+  DISPLAY_FROM+=("file://$WORK/queries.json")
+  DISPLAY_TO+=("file://<$nq metric queries, namespaces AWS/Lambda and $METRICS_NAMESPACE>")
+  must_aws "reading metrics" cloudwatch get-metric-data --start-time "$start" --end-time "$end" \
+    --metric-data-queries "file://$WORK/queries.json" --output json
+  printf '%s' "$AWS_OUT" > "$WORK/metrics.json"
+  local i metric stats
+  for i in "${!fns[@]}"; do
+    for metric in InitDuration Duration; do
+      stats=(p50); [ "$metric" = InitDuration ] || stats=(p50 p99)
+      must_aws "reading the $metric percentiles of ${fns[$i]}" cloudwatch get-metric-statistics \
+        --namespace "$METRICS_NAMESPACE" --metric-name "$metric" --dimensions "Name=function_name,Value=${fns[$i]}" \
+        --start-time "$start" --end-time "$end" --period "$((REPORT_HOURS * 3600))" --extended-statistics "${stats[@]}" \
+        --output json
+      printf '%s' "$AWS_OUT" > "$WORK/pct-$i-$metric.json"
+    done
+  done
+  if [ "$DRY_RUN" = 1 ]; then log "dry run done: nothing was read"; return 0; fi
+  ops_py report-table "$WORK" "$REPORT_HOURS" "$start" "$end" "$fine" "$REGION" "$METRICS_NAMESPACE" "$LAYER_NAME" \
+    "${fns[@]}" || die "writing the report failed"
+}
+
 case "$CMD" in
   deploy) cmd_deploy ;;
   attach) cmd_attach ;;
+  report) cmd_report ;;
 esac

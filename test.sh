@@ -25,9 +25,12 @@ PASSED=0; FAILED=0; FAILED_SUITES=()
 LOG="$(mktemp)"; trap 'rm -f "$LOG"' EXIT
 
 echo "== suite: lint (clippy, warnings are errors)"
+T0=$SECONDS
 if cargo clippy --workspace --all-targets --quiet -- -D warnings; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); FAILED_SUITES+=("clippy"); fi
+echo "== lint took $((SECONDS - T0)) s"
 
 echo "== suite: rust (workspace)"
+T0=$SECONDS
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "${FILTER[@]}" 2>&1 | tee "$LOG"
   rc=${PIPESTATUS[0]}
@@ -42,11 +45,13 @@ else
     sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$LOG")
 fi
 [ "$rc" = 0 ] || FAILED_SUITES+=("rust")
+echo "== rust took $((SECONDS - T0)) s"
 
 # Hook for more suites: drop an executable script in scripts/test-suites/ (e.g. 20-layer-build.sh, 30-deploy.sh).
 for suite in scripts/test-suites/*; do
   [ -x "$suite" ] || continue
   echo "== suite: $suite"
+  T0=$SECONDS
   "$suite" 2>&1 | tee "$LOG"
   rc=${PIPESTATUS[0]}
   counts="$(grep -E '^([A-Za-z-]+: )?[0-9]+ passed, [0-9]+ failed' "$LOG" | tail -1)"
@@ -55,6 +60,7 @@ for suite in scripts/test-suites/*; do
     PASSED=$((PASSED + ${p:-0})); FAILED=$((FAILED + ${f:-0}))
   fi
   [ "$rc" = 0 ] || FAILED_SUITES+=("$suite")
+  echo "== $suite took $((SECONDS - T0)) s"
 done
 
 echo "== done in $((SECONDS - START)) s"

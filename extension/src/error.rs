@@ -214,6 +214,15 @@ impl Error {
         self
     }
 
+    /// The same error without a statement index (`/db/query` has one statement and reports none).
+    #[must_use]
+    pub fn without_statement_index(mut self) -> Self {
+        if let with_statement_index!(statement_index) = &mut self {
+            *statement_index = None;
+        }
+        self
+    }
+
     /// Shorthand for an `invalid_request` without a statement index.
     pub(crate) fn invalid_request(message: impl Into<String>) -> Self {
         Self::InvalidRequest {

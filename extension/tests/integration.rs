@@ -152,7 +152,7 @@ async fn upbit_mirror_passthrough_cache_retries_and_warm_connection() {
 #[tokio::test]
 async fn database_routes_over_http() {
     let upbit = FakeUpbit::start().await;
-    let db = TestDb::new("http").await;
+    let db = TestDb::create().await.unwrap();
     let ext = Running::start(config(&upbit, Some(&db))).await;
     ext.state.warm_up().await;
     let c = client();
@@ -218,7 +218,7 @@ async fn database_routes_over_http() {
 #[tokio::test]
 async fn shutdown_finishes_in_flight_requests_then_refuses() {
     let upbit = FakeUpbit::start().await;
-    let db = TestDb::new("drain").await;
+    let db = TestDb::create().await.unwrap();
     let mut ext = Running::start(config(&upbit, Some(&db))).await;
     let c = client();
     let slow = tokio::spawn({
@@ -227,7 +227,7 @@ async fn shutdown_finishes_in_flight_requests_then_refuses() {
         async move { post(&c, url, json!({"sql": "select pg_sleep(0.5) is null as slept"})).await }
     });
     // Wait until the query is really running on the server before shutting down.
-    let admin = common::pg(&db.url).await;
+    let admin = db.connect().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let n: i64 = admin

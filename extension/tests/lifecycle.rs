@@ -1,6 +1,6 @@
 //! The Lambda lifecycle of `run()` against a minimal fake Extensions API served under a path prefix, the way
 //! `cargo lambda watch` passes `AWS_LAMBDA_RUNTIME_API=http://127.0.0.1:9000/.rt`. (The full harness with real
-//! processes and freezing lives in /work/main/tests.) One test function: the env var is process-wide.
+//! processes and freezing lives in the `tests/` crate.) One test function: the env var is process-wide.
 
 #![allow(clippy::unwrap_used)]
 

@@ -4,7 +4,10 @@
   the tests do not depend on the slow Rust release build;
 - `moto`: a moto server on a free 127.0.0.1 port (started once, state reset for every test), with boto3 clients to
   assert what deploy.sh did;
-- `deploy_env` / `run_deploy`: deploy.sh run as a user would, with dummy credentials and `AWS_ENDPOINT_URL`.
+- `deploy_env` / `run_deploy`: deploy.sh run as a user would, with dummy credentials and `AWS_ENDPOINT_URL`;
+  `deploy_env` leaves out the monitoring part (dashboard, alarms, log retention: ~20 more CLI calls per deploy),
+  `ops_env` has deploy.sh's defaults (test_operations.py);
+- `ConnectionCounter`: an endpoint that counts connections, for runs that must make no call (--dry-run).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -149,6 +153,11 @@ class Moto:
         self.iam = boto3.client("iam", **kw)
         self.secrets = boto3.client("secretsmanager", **kw)
         self.ec2 = boto3.client("ec2", **kw)
+        self.scheduler = boto3.client("scheduler", **kw)
+        self.cloudwatch = boto3.client("cloudwatch", **kw)
+        self.logs = boto3.client("logs", **kw)
+        self.sqs = boto3.client("sqs", **kw)
+        self.sns = boto3.client("sns", **kw)
 
     def post(self, path: str, body: dict | None = None) -> None:
         req = urllib.request.Request(
@@ -236,7 +245,8 @@ def clean_env() -> dict:
 
 
 @pytest.fixture
-def deploy_env(moto, fake_dist) -> dict:
+def ops_env(moto, fake_dist) -> dict:
+    """deploy.sh's defaults, monitoring included."""
     env = clean_env()
     env.update({
         "AWS_ENDPOINT_URL": moto.url,
@@ -247,6 +257,13 @@ def deploy_env(moto, fake_dist) -> dict:
         "MAKENAIDE_DIST_DIR": str(fake_dist),
     })
     return env
+
+
+@pytest.fixture
+def deploy_env(ops_env) -> dict:
+    """Without the dashboard, the alarms and the log retention, which test_operations.py covers: they would add
+    about 20 CLI calls (~15 s here) to every deploy of the other tests."""
+    return {**ops_env, "MAKENAIDE_NO_MONITORING": "1", "MAKENAIDE_LOG_RETENTION_DAYS": "keep"}
 
 
 class Result:
@@ -270,3 +287,28 @@ def run_deploy(env: dict, *args: str, shell: tuple[str, ...] = ("bash",)) -> Res
     res = Result(proc)
     assert_no_secret(res)
     return res
+
+
+class ConnectionCounter:
+    """A TCP listener that counts connections (and answers none): the endpoint for a run that must make no call."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.count = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.count += 1
+            conn.close()
+
+    def close(self):
+        self.sock.close()

@@ -7,8 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from conftest import (
     LAYER_RUNTIMES,
     REGION,
     ROLE_ARN,
+    ConnectionCounter,
     clean_env,
     run_deploy,
 )
@@ -296,31 +295,6 @@ def test_invalid_settings(moto, deploy_env):
 
 
 # --- dry run -----------------------------------------------------------------------------------------------
-
-
-class ConnectionCounter:
-    """A TCP listener that counts connections (and answers none): the endpoint for a run that must make no call."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.count = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.count += 1
-            conn.close()
-
-    def close(self):
-        self.sock.close()
 
 
 def test_dry_run_prints_every_call_and_makes_none(deploy_env, tmp_path):

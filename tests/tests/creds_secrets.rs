@@ -12,14 +12,14 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod e2e_common;
+mod common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e_common::*;
+use common::*;
 use makenaide_contract::ErrorCode;
 use makenaide_tests::error::HarnessError;
 use makenaide_tests::lambda_env::{random_hex, EnvConfig, LambdaEnv};

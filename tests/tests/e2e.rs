@@ -7,74 +7,14 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod e2e_common;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use e2e_common::*;
+use common::*;
 use makenaide_tests::lambda_env::{LambdaEnv, RuntimeApiForm};
 use serde_json::{json, Value};
-
-/// One `ohlcv` row, in Upbit's JSON shape, for comparison with what the simulated Upbit served.
-fn candle_key_fields(c: &Value) -> (String, Value) {
-    let utc = c["candle_date_time_utc"].as_str().unwrap().to_string();
-    let fields = json!({
-        "candle_date_time_kst": c["candle_date_time_kst"],
-        "opening_price": c["opening_price"].as_f64(),
-        "high_price": c["high_price"].as_f64(),
-        "low_price": c["low_price"].as_f64(),
-        "trade_price": c["trade_price"].as_f64(),
-        "candle_acc_trade_volume": c["candle_acc_trade_volume"].as_f64(),
-        "candle_acc_trade_price": c["candle_acc_trade_price"].as_f64(),
-        "timestamp": c["timestamp"].as_i64(),
-    });
-    (utc, fields)
-}
-
-/// `(market, candle_date_time_utc)` → fields, as stored.
-async fn stored_candles(db: &makenaide_tests::pg::TestDb, interval: &str) -> BTreeMap<(String, String), Value> {
-    let client = db.connect().await.unwrap();
-    let rows = client
-        .query(
-            "select market, to_char(candle_date_time_utc, 'YYYY-MM-DD\"T\"HH24:MI:SS'),
-                    to_char(candle_date_time_kst, 'YYYY-MM-DD\"T\"HH24:MI:SS'),
-                    opening_price, high_price, low_price, trade_price,
-                    candle_acc_trade_volume, candle_acc_trade_price, timestamp
-               from ohlcv where interval = $1",
-            &[&interval],
-        )
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| {
-            let key = (r.get::<_, String>(0), r.get::<_, String>(1));
-            let fields = json!({
-                "candle_date_time_kst": r.get::<_, String>(2),
-                "opening_price": r.get::<_, f64>(3),
-                "high_price": r.get::<_, f64>(4),
-                "low_price": r.get::<_, f64>(5),
-                "trade_price": r.get::<_, f64>(6),
-                "candle_acc_trade_volume": r.get::<_, f64>(7),
-                "candle_acc_trade_price": r.get::<_, f64>(8),
-                "timestamp": r.get::<_, i64>(9),
-            });
-            (key, fields)
-        })
-        .collect()
-}
-
-/// What Upbit served, last answer per candle (a re-served candle replaces the earlier one, as the upsert does).
-fn served(upbit: &Upbit, interval: &str) -> BTreeMap<(String, String), Value> {
-    upbit
-        .served_candles(interval)
-        .into_iter()
-        .map(|(market, c)| {
-            let (utc, fields) = candle_key_fields(&c);
-            ((market, utc), fields)
-        })
-        .collect()
-}
 
 fn assert_same_candles(stored: &BTreeMap<(String, String), Value>, served: &BTreeMap<(String, String), Value>) {
     let stored_keys: BTreeSet<_> = stored.keys().collect();
@@ -115,7 +55,7 @@ async fn orchestrator_stores_exactly_what_upbit_served_and_reuses_warm_connectio
         assert!(s["duration_ms"].as_f64().is_some(), "step without duration_ms: {s}");
     }
     let stored1 = stored_candles(&b.db, "days").await;
-    let served1 = served(&b.upbit, "days");
+    let served1 = served(b.upbit.sim(), "days");
     assert!(!served1.is_empty(), "Upbit served no day candles");
     assert_same_candles(&stored1, &served1);
 
@@ -171,7 +111,7 @@ async fn orchestrator_stores_exactly_what_upbit_served_and_reuses_warm_connectio
         "invocation 2 opened new TCP connections to Upbit"
     );
     // Invocation 2 re-collected the same candles: still exactly what was served (updated in place, not duplicated).
-    assert_same_candles(&stored_candles(&b.db, "days").await, &served(&b.upbit, "days"));
+    assert_same_candles(&stored_candles(&b.db, "days").await, &served(b.upbit.sim(), "days"));
     assert_eq!(result2["steps"].as_array().unwrap().len(), 3);
 
     // --- SHUTDOWN ---
@@ -229,7 +169,7 @@ async fn one_bad_market_is_reported_without_failing_the_others() {
     let stored = stored_candles(&b.db, "days").await;
     let markets: BTreeSet<&str> = stored.keys().map(|(m, _)| m.as_str()).collect();
     assert_eq!(markets, BTreeSet::from(["KRW-BTC", "KRW-ETH"]));
-    assert_same_candles(&stored, &served(&b.upbit, "days"));
+    assert_same_candles(&stored, &served(b.upbit.sim(), "days"));
 }
 
 #[tokio::test]

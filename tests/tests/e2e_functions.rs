@@ -10,8 +10,8 @@ use makenaide_tests::lambda_env::{free_port, EnvConfig, InvokeStatus, LambdaEnv,
 use makenaide_tests::pg::TestDb;
 use serde_json::json;
 
-mod e2e_common;
-use e2e_common::{result_of, COLLECTOR, INITIALIZER, SHUTDOWN_BUDGET};
+mod common;
+use common::{result_of, COLLECTOR, INITIALIZER, SHUTDOWN_BUDGET};
 
 fn cfg(function: &str, db: &TestDb) -> EnvConfig {
     EnvConfig::makenaide(function)

@@ -38,8 +38,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-mod e2e_common;
-use e2e_common::result_of;
+mod common;
+use common::{result_of, served, stored_candles};
 
 /// Directory of the binaries under test (`makenaide-core` + one file per function name).
 const BIN_DIR_ENV: &str = "MAKENAIDE_EMULATOR_BIN_DIR";
@@ -346,66 +346,10 @@ fn exited_check(procs: &mut [Proc]) -> Result<(), String> {
     Ok(())
 }
 
-/// `(market, candle_date_time_utc)` → the stored row's values, in Upbit's field names.
-async fn stored_candles(db: &TestDb, interval: &str) -> BTreeMap<(String, String), Value> {
-    let rows = db
-        .connect()
-        .await
-        .unwrap()
-        .query(
-            "select market, to_char(candle_date_time_utc, 'YYYY-MM-DD\"T\"HH24:MI:SS'),
-                    to_char(candle_date_time_kst, 'YYYY-MM-DD\"T\"HH24:MI:SS'),
-                    opening_price, high_price, low_price, trade_price,
-                    candle_acc_trade_volume, candle_acc_trade_price, timestamp
-               from ohlcv where interval = $1",
-            &[&interval],
-        )
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| {
-            let key = (r.get::<_, String>(0), r.get::<_, String>(1));
-            let fields = json!({
-                "candle_date_time_kst": r.get::<_, String>(2),
-                "opening_price": r.get::<_, f64>(3),
-                "high_price": r.get::<_, f64>(4),
-                "low_price": r.get::<_, f64>(5),
-                "trade_price": r.get::<_, f64>(6),
-                "candle_acc_trade_volume": r.get::<_, f64>(7),
-                "candle_acc_trade_price": r.get::<_, f64>(8),
-                "timestamp": r.get::<_, i64>(9),
-            });
-            (key, fields)
-        })
-        .collect()
-}
-
-/// What the simulator served for `interval`, the last answer per candle (as the upsert keeps it).
-fn served_candles(upbit: &SimHandle, interval: &str) -> BTreeMap<(String, String), Value> {
-    upbit
-        .served_candles(interval)
-        .into_iter()
-        .map(|(market, c)| {
-            let key = (market, c["candle_date_time_utc"].as_str().unwrap().to_string());
-            let fields = json!({
-                "candle_date_time_kst": c["candle_date_time_kst"],
-                "opening_price": c["opening_price"].as_f64(),
-                "high_price": c["high_price"].as_f64(),
-                "low_price": c["low_price"].as_f64(),
-                "trade_price": c["trade_price"].as_f64(),
-                "candle_acc_trade_volume": c["candle_acc_trade_volume"].as_f64(),
-                "candle_acc_trade_price": c["candle_acc_trade_price"].as_f64(),
-                "timestamp": c["timestamp"].as_i64(),
-            });
-            (key, fields)
-        })
-        .collect()
-}
-
 /// `ohlcv` holds exactly what was served (keys and values) and no candle twice.
 async fn assert_stored_is_served(rig: &Rig, interval: &str) -> BTreeMap<(String, String), Value> {
     let stored = stored_candles(&rig.db, interval).await;
-    let served = served_candles(&rig.upbit, interval);
+    let served = served(&rig.upbit, interval);
     assert!(!served.is_empty(), "the simulator served no {interval} candles");
     let stored_keys: BTreeSet<_> = stored.keys().collect();
     let served_keys: BTreeSet<_> = served.keys().collect();
@@ -488,6 +432,28 @@ async fn db_initializer_twice_applies_the_schema_once() {
     assert_eq!(
         versions, applied,
         "schema_migrations must hold each applied version once"
+    );
+
+    // The emulator's implausible deadlines (600000 to the function, 0 in INVOKE to the extension) were each named
+    // in exactly one warning, although two invocations carried them, and failed nothing.
+    let logs = rig.logs.lock().unwrap().clone();
+    let count = |process: &str, needle: &str| {
+        logs.iter()
+            .filter(|l| l.starts_with(&format!("[{process}]")) && l.contains(needle))
+            .count()
+    };
+    assert_eq!(
+        count(
+            DB_INITIALIZER,
+            "Lambda-Runtime-Deadline-Ms = 600000 is not a plausible deadline"
+        ),
+        1,
+        "one warning from the function"
+    );
+    assert_eq!(
+        count(EXTENSION, "deadlineMs = 0 is not a plausible deadline"),
+        1,
+        "one warning from the extension"
     );
 }
 

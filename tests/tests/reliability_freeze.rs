@@ -1,4 +1,4 @@
-//! Reliability, item 1: freeze and thaw. While Lambda has the extension and the function frozen (SIGSTOP), every
+//! Reliability: freeze and thaw. While Lambda has the extension and the function frozen (SIGSTOP), every
 //! pooled PostgreSQL backend is terminated (`pg_terminate_backend`) and every Upbit connection is closed by the
 //! server; the next invocation must still succeed. 100 such cycles, 100 successes.
 //!
@@ -9,14 +9,14 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod reliability_common;
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::*;
 use makenaide_tests::lambda_env::{ApiEventKind, LambdaEnv, EXTENSION};
 use makenaide_tests::pg::TestDb;
 use makenaide_tests::upbit_sim::{SimConfig, UpbitSim};
-use reliability_common::*;
 use serde_json::json;
 
 const STEM: &str = "reliability_freeze";
@@ -195,7 +195,7 @@ async fn invocation_succeeds_after_every_connection_died_during_a_freeze_100_tim
     let per = |n: u64, d: u64| format!("{:.2}", n as f64 / d as f64);
     report(
         STEM,
-        "Freeze and thaw (item 1)",
+        "Freeze and thaw",
         &[
             format!(
                 "{KILL_CYCLES} cycles of freeze → `pg_terminate_backend` of every pooled backend ({backends_killed} in total) + Upbit connections closed server-side → thaw → invoke (data-collector, 1 market, count 1): **{} / {KILL_CYCLES} succeeded**",

@@ -1,4 +1,4 @@
-//! Reliability (issue 4, item 4): hostile input to the real extension's localhost API and to the functions'
+//! Reliability: hostile input to the real extension's localhost API and to the functions'
 //! events. Every request gets the contract's status and error code (never a 500, never a dropped connection,
 //! never a crash); PostgreSQL's own message and SQLSTATE come back for invalid SQL; parameters are always bound,
 //! so injection attempts are stored literally and harm nothing; Upbit's own errors for bad market codes are
@@ -10,11 +10,11 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod e2e_common;
+mod common;
 
 use std::time::Duration;
 
-use e2e_common::*;
+use common::*;
 use makenaide_tests::lambda_env::LambdaEnv;
 use makenaide_tests::report;
 use serde_json::{json, Value};
@@ -460,7 +460,7 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         );
     }
     // Numbers that are not a plausible absolute deadline (0, cargo-lambda's duration 600000, an expired time, far
-    // future): ignored, the default bounds apply, the request is served (issue "First contact").
+    // future): ignored, the default bounds apply, the request is served.
     for implausible in ["0".to_string(), "600000".into(), "1".into(), u64::MAX.to_string()] {
         let req = api
             .http

@@ -1,19 +1,19 @@
-//! Reliability, item 8: Lambda Managed Instances (`AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances`). The
+//! Reliability: Lambda Managed Instances (`AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances`). The
 //! extension registers for SHUTDOWN only, serves 64 concurrent requests correctly (database queries with bound
 //! parameters checked value by value, Upbit GETs checked against the simulator's deterministic answers), handles
 //! overlapping invocations, and nothing is ever frozen.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod reliability_common;
+mod common;
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use common::*;
 use makenaide_tests::lambda_env::{ApiEventKind, LambdaEnv, EXTENSION};
 use makenaide_tests::pg::TestDb;
 use makenaide_tests::upbit_sim::Interval;
-use reliability_common::*;
 use serde_json::{json, Value};
 
 const STEM: &str = "reliability_lmi";
@@ -128,7 +128,7 @@ async fn managed_instances_register_shutdown_only_and_serve_64_concurrent_reques
 
     report(
         STEM,
-        "Lambda Managed Instances (item 8)",
+        "Lambda Managed Instances",
         &[
             "registered events: `SHUTDOWN` only; INVOKE events delivered to the extension: 0; processes never stopped".into(),
             format!(

@@ -1,4 +1,4 @@
-//! Reliability, item 2: PostgreSQL outages, on a throwaway cluster of its own (so it can be stopped and
+//! Reliability: PostgreSQL outages, on a throwaway cluster of its own (so it can be stopped and
 //! restarted). The server crashes mid-run: requests get a JSON 503 `db_unavailable` within the connect timeout
 //! (2 s by default) plus a margin, the function fails with a clear `DatabaseError`, the extension keeps running
 //! and `/ping` answers; the server comes back: the next request succeeds with no restart. The same while the
@@ -6,14 +6,14 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod reliability_common;
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::*;
 use makenaide_tests::lambda_env::{ApiEventKind, LambdaEnv, EXTENSION};
 use makenaide_tests::pg::{ClusterOptions, PgCluster};
 use makenaide_tests::upbit_sim::SimConfig;
-use reliability_common::*;
 use serde_json::{json, Value};
 
 const STEM: &str = "reliability_pg";
@@ -185,7 +185,7 @@ async fn outages_give_bounded_503s_and_recover_without_restart() {
             ),
         ],
     );
-    report(STEM, "PostgreSQL outages (item 2)", &figures);
+    report(STEM, "PostgreSQL outages", &figures);
 }
 
 /// The server answers TCP but nothing else (postmaster and every backend SIGSTOPped, like a black-holed

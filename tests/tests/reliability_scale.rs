@@ -1,4 +1,4 @@
-//! Reliability, item 7: many environments.
+//! Reliability: many environments.
 //!
 //! - 16 extension + collector environments at once through PgBouncer (Debian's package, run here as a child
 //!   process) in transaction pooling mode with fewer server connections than clients: zero errors, zero
@@ -10,15 +10,15 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod reliability_common;
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::*;
 use makenaide_tests::lambda_env::{LambdaEnv, EXTENSION};
 use makenaide_tests::pg::{ClusterOptions, PgCluster, TestDb};
 use makenaide_tests::upbit_sim::SimConfig;
-use reliability_common::*;
 use serde_json::{json, Value};
 
 const STEM: &str = "reliability_scale";
@@ -166,7 +166,7 @@ async fn sixteen_environments_through_pgbouncer_transaction_pooling() {
 
     report(
         STEM,
-        "16 environments through PgBouncer, transaction pooling (item 7)",
+        "16 environments through PgBouncer, transaction pooling",
         &[
             format!(
                 "{version}; `pool_mode = transaction`, `default_pool_size = {SERVER_POOL}` → MAKENAIDE_DB_STATEMENT_CACHE={} (PgBouncer {} 1.21)",
@@ -344,7 +344,7 @@ async fn too_few_server_connections_give_bounded_clear_503s() {
 
     report(
         STEM,
-        "PostgreSQL max_connections below environments × pool size (item 7)",
+        "PostgreSQL max_connections below environments × pool size",
         &[
             format!(
                 "`max_connections = {MAX_CONNECTIONS}`, {N_ENVS} environments × pool {POOL} = {} wanted; {} concurrent 1.5 s statements",

@@ -1,4 +1,4 @@
-//! Reliability (issue 4, item 5): security of the real extension's localhost API under the emulated Lambda
+//! Reliability: security of the real extension's localhost API under the emulated Lambda
 //! environment: the token (401/403, `/ping` open), loopback-only listening (no connection on any other address of
 //! this machine), `X-Forwarded-For` refused, the inbound connection cap (429), no secret in any log line of a full
 //! debug-level run against a SCRAM-password PostgreSQL, and the read-only switch (writes 403 `read_only`, reads
@@ -6,12 +6,12 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod e2e_common;
+mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use e2e_common::*;
+use common::*;
 use makenaide_tests::lambda_env::{random_hex, CoreClient, CoreToken, EnvConfig, LambdaEnv};
 use makenaide_tests::moto::Moto;
 use makenaide_tests::pg::{connect, ClusterOptions, PgCluster};

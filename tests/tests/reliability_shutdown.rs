@@ -1,4 +1,4 @@
-//! Reliability, item 6: shutdown.
+//! Reliability: shutdown.
 //!
 //! - SHUTDOWN while a request is in flight (a 0.5 s `pg_sleep` through `/db/query`, seen active in
 //!   `pg_stat_activity` before SHUTDOWN is sent): the request completes with its result, the pool closes (no
@@ -10,15 +10,15 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod reliability_common;
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::*;
 use makenaide_tests::lambda_env::{LambdaEnv, EXTENSION};
 use makenaide_tests::pg::TestDb;
 use makenaide_tests::upbit_sim::Interval;
 use nix::sys::signal::Signal;
-use reliability_common::*;
 use serde_json::json;
 
 const STEM: &str = "reliability_shutdown";
@@ -95,7 +95,7 @@ async fn shutdown_during_an_in_flight_request_completes_it_and_closes_the_pool()
 
     report(
         STEM,
-        "SHUTDOWN with a request in flight (item 6)",
+        "SHUTDOWN with a request in flight",
         &[
             format!(
                 "`select … from pg_sleep(0.5)` in flight when SHUTDOWN was sent: completed with 200 and its row after {}",
@@ -234,7 +234,7 @@ async fn sigkill_mid_collection_leaves_no_partial_transaction() {
 
     report(
         STEM,
-        "SIGKILL in the middle of a collection (item 6)",
+        "SIGKILL in the middle of a collection",
         &[
             format!(
                 "collection of {} markets × 200 day candles; extension + function SIGKILLed while the upsert's INSERT was half done (blocked on a row held by another transaction)",

@@ -1,4 +1,4 @@
-//! Reliability (issue 4, item 3): Upbit faults served by the simulated Upbit, seen through the real extension and
+//! Reliability: Upbit faults served by the simulated Upbit, seen through the real extension and
 //! the real data-collector binary. For every fault the collector's result says exactly what was stored and what
 //! failed, and the database agrees with it and with what the simulator delivered: rows per market == `stored` ==
 //! candles the simulator delivered undamaged; failed markets have no rows at all (not even a first page); nothing
@@ -9,12 +9,12 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod e2e_common;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use e2e_common::*;
+use common::*;
 use makenaide_tests::lambda_env::LambdaEnv;
 use makenaide_tests::pg::TestDb;
 use makenaide_tests::report;

@@ -25,11 +25,10 @@
 
 use super::convert::{encode_param, type_name, Encoded, JsonCell};
 use super::pool::{ConnectError, Manager, PgConn};
-use super::{Inner, QueryResult, StatementRequest};
+use super::{QueryResult, StatementRequest};
 use crate::error::Error;
 use futures_util::future::{join, join_all};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
@@ -63,14 +62,12 @@ enum Outcome {
 }
 
 pub(super) async fn execute(
-    inner: &Arc<Inner>,
+    mut conn: bb8::PooledConnection<'_, Manager>,
     pool: &bb8::Pool<Manager>,
     stmts: &[StatementRequest],
     timeout: Duration,
+    opts: Options,
 ) -> Result<Vec<QueryResult>, Error> {
-    let opts = inner.opts;
-    let started = tokio::time::Instant::now();
-    let mut conn = inner.checkout(pool, started).await?;
     let first_started = tokio::time::Instant::now();
     let mut outcome = attempt(&mut conn, stmts, timeout, opts).await;
     if matches!(outcome, Outcome::PlanChanged) {
@@ -96,14 +93,13 @@ pub(super) async fn execute(
             let fresh = tokio::time::timeout(left, pool.dedicated_connection()).await;
             let mut fresh = match fresh {
                 Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    return Err(super::unreachable(&e));
-                }
+                Ok(Err(e)) => return Err(e.unavailable()),
                 Err(_) => {
-                    return Err(super::unreachable(&ConnectError {
+                    return Err(ConnectError {
                         message: format!("no connection within {} ms", left.as_millis()),
                         sqlstate: None,
-                    }))
+                    }
+                    .unavailable())
                 }
             };
             let outcome = attempt(&mut fresh, stmts, timeout, opts).await;
@@ -199,10 +195,14 @@ impl ConnectError {
     }
 }
 
+/// PostgreSQL has no SQLSTATE of its own for "cached plan must not change result type" (a statement prepared
+/// before a DDL): it is 0A000 raised by plancache.c's `RevalidateCachedQuery`. The routine name does not depend on
+/// `lc_messages`; the English message is the fallback for servers that do not report routines.
 fn is_plan_changed(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| {
         *db.code() == SqlState::FEATURE_NOT_SUPPORTED
-            && db.message().contains("cached plan must not change result type")
+            && (db.routine() == Some("RevalidateCachedQuery")
+                || db.message().contains("cached plan must not change result type"))
     })
 }
 

@@ -15,8 +15,7 @@ pub mod convert;
 pub mod credentials;
 mod exec;
 pub mod pool;
-#[cfg(test)]
-mod tests;
+pub(crate) mod sql;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -280,7 +279,7 @@ impl Db {
         let mut results = self
             .transaction(vec![stmt], timeout, deadline)
             .await
-            .map_err(strip_index)?;
+            .map_err(Error::without_statement_index)?;
         Ok(results.pop().unwrap_or_default())
     }
 
@@ -325,7 +324,8 @@ impl Db {
                 return Err(e);
             }
         }
-        let result = exec::execute(inner, &pool, &stmts, timeout).await;
+        let conn = inner.checkout(&pool, Instant::now()).await?;
+        let result = exec::execute(conn, &pool, &stmts, timeout, inner.opts).await;
         match &result {
             Ok(_) => inner.status.store(ST_READY, Ordering::SeqCst),
             Err(Error::DbUnavailable { .. }) => inner.mark_unavailable(),
@@ -348,33 +348,6 @@ impl Db {
     }
 }
 
-fn strip_index(e: Error) -> Error {
-    match e {
-        Error::InvalidRequest { message, .. } => Error::InvalidRequest {
-            message,
-            statement_index: None,
-        },
-        Error::InvalidParam { message, .. } => Error::InvalidParam {
-            message,
-            statement_index: None,
-        },
-        Error::Sql { message, sqlstate, .. } => Error::Sql {
-            message,
-            sqlstate,
-            statement_index: None,
-        },
-        Error::ReadOnly { message, .. } => Error::ReadOnly {
-            message,
-            statement_index: None,
-        },
-        Error::DbTimeout { message, .. } => Error::DbTimeout {
-            message,
-            statement_index: None,
-        },
-        other => other,
-    }
-}
-
 impl Inner {
     fn pool(&self) -> Option<Pool<Manager>> {
         self.pool.read().ok().and_then(|p| p.clone())
@@ -394,7 +367,7 @@ impl Inner {
             }
             Err(RunError::User(e)) => {
                 self.mark_unavailable();
-                Err(unreachable(&e))
+                Err(e.unavailable())
             }
             Err(RunError::TimedOut) => {
                 let recent = self
@@ -406,7 +379,7 @@ impl Inner {
                 match recent {
                     Some((_, e)) => {
                         self.mark_unavailable();
-                        Err(unreachable(&e))
+                        Err(e.unavailable())
                     }
                     // Fewer connections than the pool size: the wait was for a new connection that did not
                     // complete in time (bb8 gives up at the same moment as the connect attempt, before its
@@ -459,12 +432,5 @@ impl Inner {
             }
             this.reconnecting.store(false, Ordering::SeqCst);
         });
-    }
-}
-
-fn unreachable(e: &ConnectError) -> Error {
-    Error::DbUnavailable {
-        message: format!("PostgreSQL is unreachable: {} (retrying in the background)", e.message),
-        sqlstate: e.sqlstate.clone(),
     }
 }

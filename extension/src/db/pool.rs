@@ -61,6 +61,20 @@ impl fmt::Display for ConnectError {
     }
 }
 
+impl ConnectError {
+    /// The contract's answer to a connection that could not be made: 503 `db_unavailable` with the real cause.
+    #[must_use]
+    pub fn unavailable(&self) -> crate::error::Error {
+        crate::error::Error::DbUnavailable {
+            message: format!(
+                "PostgreSQL is unreachable: {} (retrying in the background)",
+                self.message
+            ),
+            sqlstate: self.sqlstate.clone(),
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for ConnectError {
     fn from(e: tokio_postgres::Error) -> Self {
         let sqlstate = e.code().map(|c| c.code().to_owned());

@@ -216,7 +216,7 @@ fn parse_statement(map: &Map<String, Value>, at: &str) -> Result<StatementReques
         Some(other) => return Err(format!("{at}sql must be a string, not {}", kind_of(other))),
         None => return Err(format!("{at}sql is required")),
     };
-    if let Some(word) = transaction_control(&sql) {
+    if let Some(word) = crate::db::sql::transaction_control(&sql) {
         // Each request is one transaction the extension begins and ends: a statement ending it early would run
         // the following ones outside it (no rollback on failure, and out of MAKENAIDE_DB_READ_ONLY's READ ONLY).
         return Err(format!(
@@ -229,58 +229,6 @@ fn parse_statement(map: &Map<String, Value>, at: &str) -> Result<StatementReques
         Some(other) => return Err(format!("{at}params must be an array, not {}", kind_of(other))),
     };
     Ok(StatementRequest { sql, params })
-}
-
-/// The leading keyword of `sql` when it is a statement that ends or starts a transaction (`BEGIN`, `START`,
-/// `COMMIT`, `END`, `ROLLBACK`, `ABORT`, `PREPARE TRANSACTION`), skipping whitespace and (nested) comments.
-fn transaction_control(sql: &str) -> Option<&'static str> {
-    let b = sql.as_bytes();
-    let mut i = 0;
-    let mut words: Vec<String> = Vec::new();
-    while i < b.len() && words.len() < 2 {
-        if b[i].is_ascii_whitespace() || b[i] == 0x0b {
-            i += 1;
-        } else if b[i..].starts_with(b"--") {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if b[i..].starts_with(b"/*") {
-            let mut depth = 0usize;
-            while i < b.len() {
-                if b[i..].starts_with(b"/*") {
-                    depth += 1;
-                    i += 2;
-                } else if b[i..].starts_with(b"*/") {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-        } else {
-            let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
-                i += 1;
-            }
-            if i == start {
-                break;
-            }
-            words.push(sql[start..i].to_ascii_uppercase());
-        }
-    }
-    match words.first().map(String::as_str) {
-        Some("BEGIN") => Some("BEGIN"),
-        Some("START") => Some("START"),
-        Some("COMMIT") => Some("COMMIT"),
-        Some("END") => Some("END"),
-        Some("ROLLBACK") => Some("ROLLBACK"),
-        Some("ABORT") => Some("ABORT"),
-        Some("PREPARE") if words.get(1).map(String::as_str) == Some("TRANSACTION") => Some("PREPARE TRANSACTION"),
-        _ => None,
-    }
 }
 
 fn parse_timeout(map: &Map<String, Value>) -> Result<Option<Duration>, Error> {
@@ -396,6 +344,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn transaction_control_is_refused() {
+        for sql in ["commit", "/* c */ ROLLBACK", "prepare transaction 'x'"] {
+            let body = json!({"sql": sql}).to_string();
+            let e = parse_query(body.as_bytes()).unwrap_err();
+            assert_eq!(e.kind(), makenaide_contract::ErrorCode::InvalidRequest, "{sql}");
+        }
+    }
+
+    #[test]
     fn query_parsing_names_the_field() {
         let (s, t) = parse_query(br#"{"sql":"select $1","params":[1],"timeout_ms":50}"#).unwrap();
         assert_eq!(s.sql, "select $1");
@@ -463,41 +420,6 @@ mod tests {
         assert!(e.to_string().contains("empty"));
         let e = parse_transaction(br#"{"statements":["select 1"]}"#).unwrap_err();
         assert_eq!(e.statement_index(), Some(0));
-    }
-
-    #[test]
-    fn transaction_control_is_refused() {
-        for sql in [
-            "commit",
-            "  CoMmIt and chain",
-            "/* a /* nested */ comment */ ROLLBACK",
-            "-- c\nend",
-            "abort",
-            "begin read write",
-            "START TRANSACTION",
-            "prepare transaction 'x'",
-        ] {
-            assert!(transaction_control(sql).is_some(), "{sql}");
-            let body = json!({"sql": sql}).to_string();
-            let e = parse_query(body.as_bytes()).unwrap_err();
-            assert_eq!(
-                e.code(),
-                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
-                "{sql}"
-            );
-        }
-        for sql in [
-            "select 1",
-            "prepare p as select 1",
-            "select 'commit'",
-            "committed",
-            "/* commit */ select 1",
-            "with x as (select 1) select * from x",
-            "",
-            "/* unterminated",
-        ] {
-            assert_eq!(transaction_control(sql), None, "{sql}");
-        }
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! Property tests of every request parser of the localhost API (issue 4, item 4): the `/db` body parsers with
+//! Property tests of every request parser of the localhost API: the `/db` body parsers with
 //! arbitrary JSON in every field, the JSON→PostgreSQL parameter conversion for every supported type, the
 //! `X-Makenaide-Deadline-Ms` and `X-Makenaide-Token` headers, and the whole request path (method, path, query
 //! string, headers, body) through a real socket into [`crate::serve`] with a stub Upbit behind it. Zero panics,
 //! every reply one of the contract's statuses with its JSON error body, never a 500.
 //!
 //! Cases per property: `PROPTEST_CASES` (default 2000), counted and recorded by
-//! [`crate::upbit::proptests::run_counted`].
+//! `makenaide_tests::run_counted!`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,9 +13,9 @@ use super::{check_token, deadline, parse_query, parse_transaction, HEADER_DEADLI
 use crate::config::{Config, Secret};
 use crate::db::convert::{decode, encode_param};
 use crate::state::AppState;
-use crate::upbit::proptests::run_counted;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
+use makenaide_tests::run_counted;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -94,7 +94,7 @@ fn body_value() -> impl Strategy<Value = Value> {
 
 #[test]
 fn db_body_parsers_never_panic_on_any_json() {
-    run_counted(
+    run_counted!(
         "router::parse_query + parse_transaction (/db bodies, typed JSON)",
         body_value(),
         |body| {
@@ -132,7 +132,7 @@ fn db_body_parsers_never_panic_on_any_bytes() {
             s
         }),
     ];
-    run_counted(
+    run_counted!(
         "router::parse_query + parse_transaction (/db bodies, raw bytes)",
         bytes,
         |b| {
@@ -190,7 +190,7 @@ fn pg_types() -> Vec<Type> {
 fn param_conversion_never_panics() {
     let types = pg_types();
     let n = types.len();
-    run_counted(
+    run_counted!(
         "db::convert::encode_param (JSON -> PostgreSQL params, 38 types)",
         (json_value(), 0..n),
         |(v, t)| {
@@ -207,7 +207,7 @@ fn param_conversion_never_panics() {
 #[test]
 fn result_decoding_never_panics() {
     let n = pg_types().len();
-    run_counted(
+    run_counted!(
         "db::convert::decode (PostgreSQL binary values -> JSON, 38 types)",
         (prop::collection::vec(any::<u8>(), 0..64), 0..n),
         |(raw, t)| {
@@ -229,7 +229,7 @@ fn deadline_header_parsing_never_panics() {
         any::<u64>().prop_map(|n| n.to_string().into_bytes()),
         (0u64..100_000_000).prop_map(|d| (now_ms() + d).to_string().into_bytes()),
     ];
-    run_counted("router::deadline (X-Makenaide-Deadline-Ms)", value, |v| {
+    run_counted!("router::deadline (X-Makenaide-Deadline-Ms)", value, |v| {
         let Ok(hv) = HeaderValue::from_bytes(&v) else {
             return Ok(());
         };
@@ -280,7 +280,7 @@ fn token_check_accepts_only_the_token() {
         }),
         "[ -~]{0,16}".prop_map(|s| format!("{TOKEN}{s}").into_bytes()),
     ];
-    run_counted(
+    run_counted!(
         "router::check_token (X-Makenaide-Token)",
         prop::option::of(value),
         |v| {
@@ -453,7 +453,7 @@ fn whole_requests_through_the_server_get_contract_answers() {
         tokio::spawn(crate::serve(state, listener, std::future::pending()));
         addr
     });
-    run_counted(
+    run_counted!(
         "server: method + path + query + token/deadline/X-Forwarded-For headers + body (real socket)",
         raw_request(),
         |r| {

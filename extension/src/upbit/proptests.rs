@@ -1,55 +1,14 @@
-//! Property tests of the Upbit-side parsers (issue 4, item 4): the mirror's path routing, `Remaining-Req` and the
+//! Property tests of the Upbit-side parsers: the mirror's path routing, `Remaining-Req` and the
 //! 418 block time. Zero panics on any input, and the parsed values are the ones that were written.
 //!
-//! Cases per property: `PROPTEST_CASES` (default [`DEFAULT_CASES`]); each test prints and records how many cases
-//! it ran ([`run_counted`]), so the reliability report can state the total.
+//! Cases per property and the report line: the workspace runner, `makenaide_tests::run_counted!`.
 
 #![allow(clippy::unwrap_used)]
 
 use super::{ban_duration, remaining_sec, route};
+use makenaide_tests::run_counted;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
-use std::cell::Cell;
-use std::io::Write;
 use std::time::Duration;
-
-/// Cases per property when `PROPTEST_CASES` is not set.
-pub(crate) const DEFAULT_CASES: u32 = 2000;
-/// Report directory (see `tests/src/report.rs`); figures go to `<dir>/proptest_parsers.md`.
-const REPORT_DIR_ENV: &str = "MAKENAIDE_REPORT_DIR";
-
-/// Runs `check` on `cases` generated values (no failure persistence files), panicking with the minimal failing
-/// input on the first failure or panic. Prints and records the number of cases run.
-pub(crate) fn run_counted<S: Strategy>(name: &str, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
-    S::Value: std::fmt::Debug,
-{
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let ran = Cell::new(0u32);
-    let result = runner.run(&strategy, |v| {
-        ran.set(ran.get() + 1);
-        check(v)
-    });
-    if let Err(e) = result {
-        panic!("property {name} failed after {} cases: {e}", ran.get());
-    }
-    let line = format!("- `makenaide-core` {name}: {cases} cases, 0 failures, 0 panics");
-    eprintln!("[proptest] {line}");
-    if let Some(dir) = std::env::var_os(REPORT_DIR_ENV).filter(|d| !d.is_empty()) {
-        let path = std::path::Path::new(&dir).join("proptest_parsers.md");
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = f.write_all(format!("{line}\n").as_bytes());
-        }
-    }
-}
 
 fn path_strategy() -> impl Strategy<Value = String> {
     let prefixes = prop_oneof![
@@ -68,7 +27,7 @@ fn path_strategy() -> impl Strategy<Value = String> {
 
 #[test]
 fn mirror_routing_never_panics_and_only_routes_quotation_paths() {
-    run_counted("upbit::route (mirror path routing)", path_strategy(), |p| {
+    run_counted!("upbit::route (mirror path routing)", path_strategy(), |p| {
         if let Some(group) = route(&p) {
             let rest = p.strip_prefix("/v1/").unwrap();
             let known = [
@@ -95,7 +54,7 @@ fn mirror_routing_never_panics_and_only_routes_quotation_paths() {
 
 #[test]
 fn remaining_req_parsing_never_panics() {
-    run_counted(
+    run_counted!(
         "upbit::remaining_sec (Remaining-Req, arbitrary text)",
         any::<String>(),
         |s| {
@@ -108,7 +67,7 @@ fn remaining_req_parsing_never_panics() {
 #[test]
 fn remaining_req_parsing_reads_what_was_written() {
     let strategy = ("[a-z_-]{1,12}", any::<u32>(), any::<u32>(), 0usize..3, "[ ]{0,2}");
-    run_counted(
+    run_counted!(
         "upbit::remaining_sec (well-formed headers, any order/spacing)",
         strategy,
         |(group, min, sec, order, sp)| {
@@ -156,7 +115,7 @@ fn block_time_parsing_never_panics_and_stays_bounded() {
         )
             .prop_map(|(n, unit, sp)| format!(r#"{{"error":{{"name":418,"message":"Blocked for {n}{sp}{unit}."}}}}"#)),
     ];
-    run_counted(
+    run_counted!(
         "upbit::ban_duration (418 block time: Retry-After + body)",
         (retry_after(), body),
         |(ra, body)| {
@@ -176,7 +135,7 @@ fn block_time_parsing_never_panics_and_stays_bounded() {
 
 #[test]
 fn block_time_parsing_reads_seconds_and_minutes() {
-    run_counted(
+    run_counted!(
         "upbit::ban_duration (well-formed \"Blocked for N seconds|minutes\")",
         (1u64..=86_400, any::<bool>()),
         |(n, minutes)| {

@@ -151,73 +151,14 @@ impl FakeUpbit {
     }
 }
 
-const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
-
-pub fn admin_url() -> String {
-    std::env::var("MAKENAIDE_TEST_PG_ADMIN_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
-}
-
-pub async fn pg(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL must run on 127.0.0.1:5432 (trust auth) or set MAKENAIDE_TEST_PG_ADMIN_URL: {e}")
-        });
-    tokio::spawn(conn);
-    client
-}
-
-/// A throwaway database, dropped (FORCE) when the guard goes away, even if the test failed.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("mkcore_it_{tag}_{}_{nanos}", std::process::id());
-        pg(&admin_url())
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&admin_url()).unwrap();
-        url.set_path(&name);
-        Self {
-            name,
-            url: url.to_string(),
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let _ = pg(&admin_url())
-                    .await
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
-        })
-        .join();
-    }
-}
+/// The one test database type of the workspace.
+pub use makenaide_tests::pg::TestDb;
 
 pub fn config(upbit: &FakeUpbit, db: Option<&TestDb>) -> Config {
     Config {
         port: 0,
         token: Secret::new(TOKEN),
-        database: db.map(|d| parse_database_url(&d.url).unwrap()),
+        database: db.map(|d| parse_database_url(d.url()).unwrap()),
         upbit_base_url: upbit.base(),
         ..Config::default()
     }

@@ -31,66 +31,7 @@ pub const CONCURRENCY: usize = 8;
 /// Rows per upsert statement (≈ 200 KB of JSON). 5,000-row statements were no faster and took the extension to a
 /// 20 MiB peak while it held the decoded parameters; 1,000 keeps it under 10 MiB (docs/benchmarks.md, figure 6).
 pub const ROWS_PER_STATEMENT: usize = 1000;
-/// Minute units Upbit serves.
-pub const MINUTE_UNITS: [u32; 8] = [1, 3, 5, 10, 15, 30, 60, 240];
-
-/// Candle interval; its string form is both the `ohlcv.interval` value and the Upbit path after `/v1/candles/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interval {
-    /// `days`
-    Days,
-    /// `weeks`
-    Weeks,
-    /// `months`
-    Months,
-    /// `minutes/N`, N in [`MINUTE_UNITS`].
-    Minutes(u32),
-}
-
-impl Interval {
-    /// Parse `days`, `weeks`, `months` or `minutes/1|3|5|10|15|30|60|240`.
-    pub fn parse(s: &str) -> Result<Self, PipelineError> {
-        let iv = match s {
-            "days" => Some(Self::Days),
-            "weeks" => Some(Self::Weeks),
-            "months" => Some(Self::Months),
-            _ => s
-                .strip_prefix("minutes/")
-                .and_then(|u| u.parse::<u32>().ok())
-                .filter(|u| MINUTE_UNITS.contains(u))
-                .map(Self::Minutes),
-        };
-        iv.ok_or_else(|| {
-            PipelineError::invalid(format!(
-                "event.interval {s:?} is not one of days, weeks, months, minutes/1, minutes/3, minutes/5, \
-                 minutes/10, minutes/15, minutes/30, minutes/60, minutes/240"
-            ))
-        })
-    }
-
-    /// `days`, `minutes/5`, ...
-    pub fn as_string(&self) -> String {
-        match self {
-            Self::Days => "days".into(),
-            Self::Weeks => "weeks".into(),
-            Self::Months => "months".into(),
-            Self::Minutes(u) => format!("minutes/{u}"),
-        }
-    }
-}
-
-impl Serialize for Interval {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.as_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Interval {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Interval::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
+pub use crate::upbit::{Interval, MINUTE_UNITS};
 
 /// Collector event: `{"markets": ["KRW-BTC", ...], "interval": "days", "count": 3}`, every field optional.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,12 +196,11 @@ pub async fn fetch_market(
     interval: Interval,
     count: u32,
 ) -> Result<Vec<Candle>, PipelineError> {
-    let path = interval.as_string();
     let mut pager = Pager::new(count);
     let mut out: Vec<Candle> = Vec::with_capacity(count.min(MAX_CANDLES_PER_REQUEST) as usize);
     let mut seen = HashSet::new();
     while let Some((n, to)) = pager.next_request() {
-        let page = upbit::candles(client, &path, market, n, to).await?;
+        let page = upbit::candles(client, interval, market, n, to).await?;
         for c in &page {
             if c.market != market
                 || !is_upbit_datetime(&c.candle_date_time_utc)

@@ -9,6 +9,73 @@ use crate::error::PipelineError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Minute units Upbit serves.
+pub const MINUTE_UNITS: [u32; 8] = [1, 3, 5, 10, 15, 30, 60, 240];
+
+/// Candle interval; its string form is both the `ohlcv.interval` value and the Upbit path after `/v1/candles/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interval {
+    /// `days`
+    Days,
+    /// `weeks`
+    Weeks,
+    /// `months`
+    Months,
+    /// `minutes/N`, N in [`MINUTE_UNITS`].
+    Minutes(u32),
+}
+
+impl Interval {
+    /// Parse `days`, `weeks`, `months` or `minutes/1|3|5|10|15|30|60|240`.
+    pub fn parse(s: &str) -> Result<Self, PipelineError> {
+        let iv = match s {
+            "days" => Some(Self::Days),
+            "weeks" => Some(Self::Weeks),
+            "months" => Some(Self::Months),
+            _ => s
+                .strip_prefix("minutes/")
+                .and_then(|u| u.parse::<u32>().ok())
+                .filter(|u| MINUTE_UNITS.contains(u))
+                .map(Self::Minutes),
+        };
+        iv.ok_or_else(|| {
+            PipelineError::invalid(format!(
+                "event.interval {s:?} is not one of days, weeks, months, minutes/1, minutes/3, minutes/5, \
+                 minutes/10, minutes/15, minutes/30, minutes/60, minutes/240"
+            ))
+        })
+    }
+
+    /// `days`, `minutes/5`, ...
+    pub fn as_string(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for Interval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Days => f.write_str("days"),
+            Self::Weeks => f.write_str("weeks"),
+            Self::Months => f.write_str("months"),
+            Self::Minutes(u) => write!(f, "minutes/{u}"),
+        }
+    }
+}
+
+impl Serialize for Interval {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Interval::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Largest `count` Upbit serves per candle request (larger values are silently clamped).
 pub const MAX_CANDLES_PER_REQUEST: u32 = 200;
 /// Markets per `/v1/ticker` call: a comma list this long stays far below URL length limits.
@@ -119,17 +186,17 @@ pub async fn tickers(client: &CoreClient, markets: &[String]) -> Result<Vec<Tick
 /// `GET /v1/candles/{interval}?market=..&count=..[&to=..]`; `to` is exclusive, a naive UTC timestamp.
 pub async fn candles(
     client: &CoreClient,
-    interval_path: &str,
+    interval: Interval,
     market: &str,
     count: u32,
     to: Option<&str>,
 ) -> Result<Vec<Candle>, PipelineError> {
-    client.upbit_get(&candles_path(interval_path, market, count, to)).await
+    client.upbit_get(&candles_path(interval, market, count, to)).await
 }
 
 /// The request path for one page of candles (pure, for tests).
-pub fn candles_path(interval_path: &str, market: &str, count: u32, to: Option<&str>) -> String {
-    let mut p = format!("/v1/candles/{interval_path}?market={market}&count={count}");
+pub fn candles_path(interval: Interval, market: &str, count: u32, to: Option<&str>) -> String {
+    let mut p = format!("/v1/candles/{interval}?market={market}&count={count}");
     if let Some(to) = to {
         // Upbit's candle_date_time_utc has no zone suffix; say UTC explicitly ("Z" needs no URL escaping, a
         // "+09:00" offset or a space would).
@@ -183,13 +250,13 @@ mod tests {
     #[test]
     fn candle_path_marks_to_as_utc() {
         assert_eq!(
-            candles_path("days", "KRW-BTC", 3, None),
+            candles_path(Interval::Days, "KRW-BTC", 3, None),
             "/v1/candles/days?market=KRW-BTC&count=3"
         );
         assert_eq!(
-            candles_path("minutes/5", "KRW-BTC", 200, Some("2024-01-01T00:00:00")),
+            candles_path(Interval::Minutes(5), "KRW-BTC", 200, Some("2024-01-01T00:00:00")),
             "/v1/candles/minutes/5?market=KRW-BTC&count=200&to=2024-01-01T00:00:00Z"
         );
-        assert!(candles_path("days", "KRW-BTC", 1, Some("2024-01-01T00:00:00Z")).ends_with("00:00:00Z"));
+        assert!(candles_path(Interval::Days, "KRW-BTC", 1, Some("2024-01-01T00:00:00Z")).ends_with("00:00:00Z"));
     }
 }

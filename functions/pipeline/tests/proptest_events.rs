@@ -1,4 +1,4 @@
-//! Property tests of the functions' event parsers (issue 4, item 4): whatever JSON Lambda hands a function, the
+//! Property tests of the functions' event parsers: whatever JSON Lambda hands a function, the
 //! parser returns a typed event or an `InvalidEvent` error, never panics, and an accepted event only ever holds
 //! valid values (upper-case market codes, known intervals, counts and limits in range), so nothing unchecked can
 //! reach an Upbit URL or a SQL statement.
@@ -11,47 +11,10 @@
 use makenaide_pipeline::collector::{validate_markets, Interval, MAX_COUNT, MAX_MARKETS};
 use makenaide_pipeline::upbit::{Candle, MarketInfo, Ticker};
 use makenaide_pipeline::{is_market_code, CollectEvent, OrchestrateEvent, ScanEvent};
+use makenaide_tests::run_counted;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
-use std::cell::Cell;
-use std::io::Write;
-
-const DEFAULT_CASES: u32 = 2000;
-const REPORT_DIR_ENV: &str = "MAKENAIDE_REPORT_DIR";
-
-fn run_counted<S: Strategy>(name: &str, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
-    S::Value: std::fmt::Debug,
-{
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let ran = Cell::new(0u32);
-    if let Err(e) = runner.run(&strategy, |v| {
-        ran.set(ran.get() + 1);
-        check(v)
-    }) {
-        panic!("property {name} failed after {} cases: {e}", ran.get());
-    }
-    let line = format!("- `makenaide-pipeline` {name}: {cases} cases, 0 failures, 0 panics");
-    eprintln!("[proptest] {line}");
-    if let Some(dir) = std::env::var_os(REPORT_DIR_ENV).filter(|d| !d.is_empty()) {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(std::path::Path::new(&dir).join("proptest_parsers.md"))
-        {
-            let _ = f.write_all(format!("{line}\n").as_bytes());
-        }
-    }
-}
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -122,7 +85,7 @@ fn check_collect(e: &CollectEvent) -> Result<(), TestCaseError> {
 
 #[test]
 fn collector_event_parser() {
-    run_counted("CollectEvent::from_value (data-collector event)", event(), |v| {
+    run_counted!("CollectEvent::from_value (data-collector event)", event(), |v| {
         match CollectEvent::from_value(&v) {
             Ok(e) => check_collect(&e)?,
             Err(e) => prop_assert_eq!(e.error_type(), "InvalidEvent"),
@@ -133,7 +96,7 @@ fn collector_event_parser() {
 
 #[test]
 fn scanner_event_parser() {
-    run_counted("ScanEvent::from_value (scanner event)", event(), |v| {
+    run_counted!("ScanEvent::from_value (scanner event)", event(), |v| {
         match ScanEvent::from_value(&v) {
             Ok(e) => {
                 prop_assert!((1..=1000).contains(&e.limit));
@@ -147,7 +110,7 @@ fn scanner_event_parser() {
 
 #[test]
 fn orchestrator_event_parser() {
-    run_counted("OrchestrateEvent::from_value (orchestrator event)", event(), |v| {
+    run_counted!("OrchestrateEvent::from_value (orchestrator event)", event(), |v| {
         match OrchestrateEvent::from_value(&v) {
             Ok(e) => check_collect(&e.collect)?,
             Err(e) => prop_assert_eq!(e.error_type(), "InvalidEvent"),
@@ -159,7 +122,7 @@ fn orchestrator_event_parser() {
 #[test]
 fn interval_and_market_code_parsers() {
     let text = prop_oneof![any::<String>(), "minutes/[0-9]{0,12}", "[A-Za-z0-9-]{0,30}"];
-    run_counted(
+    run_counted!(
         "Interval::parse + is_market_code + validate_markets",
         prop::collection::vec(text, 0..8),
         |list| {
@@ -189,7 +152,7 @@ fn upbit_reply_decoding() {
         prop::collection::vec(any::<u8>(), 0..256),
         json_value().prop_map(|v| serde_json::to_vec(&json!([v])).unwrap()),
     ];
-    run_counted(
+    run_counted!(
         "serde decoding of Upbit replies (Candle, Ticker, MarketInfo)",
         bytes,
         |b| {

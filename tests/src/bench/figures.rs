@@ -1,4 +1,4 @@
-//! The seven figures of issue 5. Each measures its variants side by side in the same run (interleaved where the
+//! The seven figures of the benchmark suite. Each measures its variants side by side in the same run (interleaved where the
 //! variants can live at once) and stores what it measured in the [`Report`](super::Report); none asserts a
 //! timing. Correctness is checked where it is cheap (every invocation must succeed and store its rows), so a
 //! fast wrong answer can never pass for a fast answer.

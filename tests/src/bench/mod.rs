@@ -1,4 +1,4 @@
-//! The benchmark suite of issue 5 (`./bench.sh` runs `makenaide-bench`): makenaide-core against the old Python
+//! The benchmark suite (`./bench.sh` runs `makenaide-bench`): makenaide-core against the old Python
 //! layer and against the physical floor, every comparison measured side by side in the same run and quoted as a
 //! ratio. It prints the figures, writes `bench-out/results.json` (the chart is drawn from it) and
 //! `docs/benchmarks.md`. Benchmarks never assert timings: they report them, with each goal's verdict.

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::stats::Summary;
 use super::Options;
 
-/// Goals of issue 5.
+/// The performance goals (README "Performance").
 pub const GOAL_WARM_RATIO: f64 = 20.0;
 pub const GOAL_HOP_ADDED_US: f64 = 50.0;
 pub const GOAL_REGISTERED_MS: f64 = 5.0;

@@ -1,4 +1,4 @@
-//! `makenaide-bench`: the benchmark suite of issue 5 (see `makenaide_tests::bench`). Run it with `./bench.sh`,
+//! `makenaide-bench`: the benchmark suite (see `makenaide_tests::bench`). Run it with `./bench.sh`,
 //! which builds the release binaries and the Python venv first.
 
 use makenaide_tests::bench::{main_with, Options};

@@ -218,3 +218,197 @@ impl Journal {
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// A successful registration, as the journal recorded it.
+#[derive(Debug, Clone, Copy)]
+pub struct Registration<'a> {
+    pub at: Instant,
+    pub id: &'a str,
+    pub name: &'a str,
+    pub events: &'a [String],
+}
+
+impl Registration<'_> {
+    /// Whether it registered for `event` (`INVOKE`, `SHUTDOWN`).
+    pub fn subscribes(&self, event: &str) -> bool {
+        self.events.iter().any(|e| e.eq_ignore_ascii_case(event))
+    }
+}
+
+/// How an invocation ended, as the journal saw it.
+#[derive(Debug, Clone)]
+pub enum InvocationEnd {
+    Response,
+    /// `/invocation/{id}/error` with its error type.
+    Error(String),
+    /// The runtime process died (Lambda: `Runtime.ExitError`).
+    RuntimeExited(ExitInfo),
+}
+
+/// Typed queries over recorded events, so the phases ask questions instead of matching [`ApiEventKind`] by hand.
+pub trait Events {
+    /// Every successful registration, in order.
+    fn registrations(&self) -> Vec<Registration<'_>>;
+    /// The registration of the extension named `name`.
+    fn registration_of(&self, name: &str) -> Option<Registration<'_>>;
+    /// Names of the extensions that called `next` at least once.
+    fn extensions_that_called_next(&self) -> std::collections::HashSet<&str>;
+    /// When extension `id` first called `next`, looking from index `from` on.
+    fn next_of(&self, id: &str, from: usize) -> Option<Instant>;
+    /// When the runtime first called `/runtime/invocation/next`.
+    fn first_runtime_next(&self) -> Option<Instant>;
+    /// Index of the delivery of an `event_type` event to extension `id` (for INVOKE: of `request_id`).
+    fn delivery_to(&self, id: &str, event_type: &str, request_id: Option<&str>) -> Option<usize>;
+    /// Whether extension `id` called `next` after its SHUTDOWN (it is done; Lambda then kills it).
+    fn done_after_shutdown(&self, id: &str) -> bool;
+    /// Whether an extension process (the one named `name`, or any with `None`) has exited.
+    fn extension_exited(&self, name: Option<&str>) -> bool;
+    /// `(name, error type, body)` of each `/extension/init/error`.
+    fn extension_init_errors(&self) -> Vec<(String, String, String)>;
+    /// Names of the extensions that posted an init or exit error.
+    fn extensions_that_reported_errors(&self) -> Vec<String>;
+    /// `(error type, body)` of a `/runtime/init/error`.
+    fn runtime_init_error(&self) -> Option<(String, String)>;
+    /// The first thing that fails Init, described.
+    fn init_problem(&self) -> Option<String>;
+    /// How invocation `request_id` ended, and when (a runtime exit counts only at or after `since`).
+    fn invocation_end(&self, request_id: &str, since: Instant) -> Option<(Instant, InvocationEnd)>;
+}
+
+impl Events for [ApiEvent] {
+    fn registrations(&self) -> Vec<Registration<'_>> {
+        self.iter()
+            .filter_map(|e| match &e.kind {
+                ApiEventKind::ExtensionRegistered { id, name, events } => Some(Registration {
+                    at: e.at,
+                    id,
+                    name,
+                    events,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn registration_of(&self, name: &str) -> Option<Registration<'_>> {
+        self.registrations().into_iter().find(|r| r.name == name)
+    }
+
+    fn extensions_that_called_next(&self) -> std::collections::HashSet<&str> {
+        self.iter()
+            .filter_map(|e| match &e.kind {
+                ApiEventKind::ExtensionNext { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn next_of(&self, id: &str, from: usize) -> Option<Instant> {
+        self.get(from..)?.iter().find_map(|e| match &e.kind {
+            ApiEventKind::ExtensionNext { id: eid, .. } if eid == id => Some(e.at),
+            _ => None,
+        })
+    }
+
+    fn first_runtime_next(&self) -> Option<Instant> {
+        self.iter()
+            .find_map(|e| matches!(e.kind, ApiEventKind::RuntimeNext).then_some(e.at))
+    }
+
+    fn delivery_to(&self, id: &str, event_type: &str, request_id: Option<&str>) -> Option<usize> {
+        self.iter().position(|e| match &e.kind {
+            ApiEventKind::ExtensionEvent {
+                id: eid,
+                event_type: t,
+                request_id: r,
+                ..
+            } => {
+                eid == id && t.eq_ignore_ascii_case(event_type) && (request_id.is_none() || r.as_deref() == request_id)
+            }
+            _ => false,
+        })
+    }
+
+    fn done_after_shutdown(&self, id: &str) -> bool {
+        self.iter()
+            .any(|e| matches!(&e.kind, ApiEventKind::ExtensionNextAfterShutdown { id: eid, .. } if eid == id))
+    }
+
+    fn extension_exited(&self, which: Option<&str>) -> bool {
+        self.iter().any(|e| match &e.kind {
+            ApiEventKind::ProcessExited {
+                role: Role::Extension,
+                name,
+                ..
+            } => which.is_none_or(|w| w == name),
+            _ => false,
+        })
+    }
+
+    fn extension_init_errors(&self) -> Vec<(String, String, String)> {
+        self.iter()
+            .filter_map(|e| match &e.kind {
+                ApiEventKind::ExtensionInitError {
+                    name, error_type, body, ..
+                } => Some((name.clone().unwrap_or_default(), error_type.clone(), body.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn extensions_that_reported_errors(&self) -> Vec<String> {
+        self.iter()
+            .filter_map(|e| match &e.kind {
+                ApiEventKind::ExtensionInitError { name, .. } | ApiEventKind::ExtensionExitError { name, .. } => {
+                    name.clone()
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn runtime_init_error(&self) -> Option<(String, String)> {
+        self.iter().find_map(|e| match &e.kind {
+            ApiEventKind::RuntimeInitError { error_type, body } => Some((error_type.clone(), body.clone())),
+            _ => None,
+        })
+    }
+
+    fn init_problem(&self) -> Option<String> {
+        self.iter().find_map(|e| match &e.kind {
+            ApiEventKind::ExtensionInitError { name, error_type, .. } => Some(format!(
+                "extension {} reported init error {error_type}",
+                name.clone().unwrap_or_default()
+            )),
+            ApiEventKind::ExtensionExitError { name, error_type, .. } => Some(format!(
+                "extension {} reported exit error {error_type}",
+                name.clone().unwrap_or_default()
+            )),
+            ApiEventKind::ExtensionRegisterRejected { name, reason, .. } => {
+                Some(format!("registration of {name} refused: {reason}"))
+            }
+            ApiEventKind::RuntimeInitError { error_type, .. } => Some(format!("runtime init error {error_type}")),
+            ApiEventKind::ProcessExited { role, name, exit, .. } => Some(match role {
+                Role::Extension => format!("extension {name} exited during Init ({exit}): Extension.Crash"),
+                Role::Runtime => format!("runtime {name} exited during Init ({exit}): Runtime.ExitError"),
+            }),
+            _ => None,
+        })
+    }
+
+    fn invocation_end(&self, request_id: &str, since: Instant) -> Option<(Instant, InvocationEnd)> {
+        self.iter().find_map(|e| match &e.kind {
+            ApiEventKind::RuntimeResponse { request_id: r } if r == request_id => Some((e.at, InvocationEnd::Response)),
+            ApiEventKind::RuntimeError {
+                request_id: r,
+                error_type,
+            } if r == request_id => Some((e.at, InvocationEnd::Error(error_type.clone()))),
+            ApiEventKind::ProcessExited {
+                role: Role::Runtime,
+                exit,
+                ..
+            } if e.at >= since => Some((e.at, InvocationEnd::RuntimeExited(*exit))),
+            _ => None,
+        })
+    }
+}

@@ -230,7 +230,7 @@ impl Default for Catalog {
 
 impl Catalog {
     /// The default catalog with synthetic KRW markets (`KRW-SIM001`, ...) added until there are `n` KRW markets
-    /// (issue 5's throughput run uses 230). Synthetic markets get deterministic prices, turnovers, trade rates,
+    /// (the throughput figure uses 230). Synthetic markets get deterministic prices, turnovers, trade rates,
     /// listing dates and flags (every 17th under a warning, every 11th with a caution).
     pub fn with_krw_markets(n: usize) -> Self {
         let mut c = Self::default();

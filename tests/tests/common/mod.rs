@@ -1,7 +1,8 @@
-//! Shared set-up of the reliability tests (issue 4, items 1, 2, 6, 7, 8): environment configurations wired to a
-//! database and the simulated Upbit, schema initialisation through the real db-initializer, a counting TCP proxy in
-//! front of PostgreSQL (frontend messages per request, to show what the normal path costs), a PgBouncer child
-//! process, latency summaries, and the figures file each test appends to when `MAKENAIDE_REPORT_DIR` is set.
+//! The shared set-up of the integration tests (one module for every test file: `mod common;`): the function names
+//! (from the contract crate), a test database and the simulated Upbit as a pair ([`Backends`]), environment
+//! configurations wired to them, schema initialisation through the real db-initializer, the success envelope,
+//! polling with a bound, a counting TCP proxy in front of PostgreSQL (frontend messages per request), a PgBouncer
+//! child process, latency summaries, and the reliability report's figures (`MAKENAIDE_REPORT_DIR`).
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use makenaide_tests::lambda_env::{free_port, CoreClient, EnvConfig, LambdaEnv};
+use makenaide_tests::pg::TestDb;
 use makenaide_tests::upbit_sim::{SimConfig, SimHandle, UpbitSim};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub use makenaide_contract::functions::DATA_COLLECTOR as COLLECTOR;
 pub use makenaide_contract::functions::DB_INITIALIZER as INITIALIZER;
+pub use makenaide_contract::functions::ORCHESTRATOR;
+pub use makenaide_contract::functions::SCANNER;
 pub const CORE_APP_NAME: &str = "makenaide-core";
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(2);
 /// The extension's default `MAKENAIDE_DB_CONNECT_TIMEOUT_MS` (contract): the bound of a 503 when the DB is down.
@@ -142,16 +146,153 @@ pub async fn init_schema(db_url: &str) {
     env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
 }
 
-/// `result` of a success envelope, asserting success.
+/// `result` of the old envelope `{"success": true, "result": {...}, ...}`, asserting success.
 pub fn result_of(response: &Value) -> &Value {
     assert_eq!(
         response.get("success"),
         Some(&Value::Bool(true)),
         "not a success envelope: {response}"
     );
+    assert!(
+        response.get("execution_time").and_then(Value::as_f64).is_some(),
+        "no execution_time: {response}"
+    );
+    assert!(
+        response.get("timestamp").and_then(Value::as_str).is_some(),
+        "no timestamp: {response}"
+    );
     response
         .get("result")
         .unwrap_or_else(|| panic!("no result: {response}"))
+}
+
+/// The simulated Upbit as these tests use it.
+pub struct Upbit {
+    inner: makenaide_tests::upbit_sim::SimHandle,
+}
+
+impl Upbit {
+    pub async fn start() -> Self {
+        let sim = makenaide_tests::upbit_sim::UpbitSim::start(Default::default()).await;
+        Self {
+            inner: sim.expect("start the simulated Upbit"),
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        self.inner.base_url()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.inner.connections()
+    }
+
+    /// The simulator itself (knobs, stats, faults).
+    pub fn sim(&self) -> &makenaide_tests::upbit_sim::SimHandle {
+        &self.inner
+    }
+
+    /// Every candle the server answered with, for `interval` (`days`, `minutes/5`, ...), in the order served:
+    /// `(market, candle JSON object)`.
+    pub fn served_candles(&self, interval: &str) -> Vec<(String, Value)> {
+        self.inner.served_candles(interval)
+    }
+}
+
+/// Test database + simulated Upbit.
+pub struct Backends {
+    pub db: TestDb,
+    pub upbit: Upbit,
+}
+
+impl Backends {
+    pub async fn start() -> Self {
+        let db = TestDb::create().await.expect("test database");
+        let upbit = Upbit::start().await;
+        Self { db, upbit }
+    }
+
+    /// The configuration of a function + makenaide-core wired to these backends.
+    pub fn env_config(&self, function: &str) -> EnvConfig {
+        env_config(function, self.db.url(), &self.upbit.base_url())
+    }
+
+    pub async fn start_env(&self, function: &str) -> LambdaEnv {
+        match LambdaEnv::start(self.env_config(function)).await {
+            Ok(env) => env,
+            Err(e) => panic!("environment for {function} did not start: {e}"),
+        }
+    }
+
+    /// Runs the db-initializer once (its own environment), so a collector finds the schema.
+    pub async fn init_schema(&self) {
+        init_schema(self.db.url()).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Candles: stored vs served
+// ---------------------------------------------------------------------------------------------------------------
+
+/// One `ohlcv` row, in Upbit's JSON shape, for comparison with what the simulated Upbit served.
+pub fn candle_key_fields(c: &Value) -> (String, Value) {
+    let utc = c["candle_date_time_utc"].as_str().unwrap().to_string();
+    let fields = json!({
+        "candle_date_time_kst": c["candle_date_time_kst"],
+        "opening_price": c["opening_price"].as_f64(),
+        "high_price": c["high_price"].as_f64(),
+        "low_price": c["low_price"].as_f64(),
+        "trade_price": c["trade_price"].as_f64(),
+        "candle_acc_trade_volume": c["candle_acc_trade_volume"].as_f64(),
+        "candle_acc_trade_price": c["candle_acc_trade_price"].as_f64(),
+        "timestamp": c["timestamp"].as_i64(),
+    });
+    (utc, fields)
+}
+
+/// `(market, candle_date_time_utc)` → fields, as stored in `ohlcv`, for comparison with [`served`].
+pub async fn stored_candles(db: &TestDb, interval: &str) -> BTreeMap<(String, String), Value> {
+    let client = db.connect().await.unwrap();
+    let rows = client
+        .query(
+            "select market, to_char(candle_date_time_utc, 'YYYY-MM-DD\"T\"HH24:MI:SS'),
+                    to_char(candle_date_time_kst, 'YYYY-MM-DD\"T\"HH24:MI:SS'),
+                    opening_price, high_price, low_price, trade_price,
+                    candle_acc_trade_volume, candle_acc_trade_price, timestamp
+               from ohlcv where interval = $1",
+            &[&interval],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            let key = (r.get::<_, String>(0), r.get::<_, String>(1));
+            let fields = json!({
+                "candle_date_time_kst": r.get::<_, String>(2),
+                "opening_price": r.get::<_, f64>(3),
+                "high_price": r.get::<_, f64>(4),
+                "low_price": r.get::<_, f64>(5),
+                "trade_price": r.get::<_, f64>(6),
+                "candle_acc_trade_volume": r.get::<_, f64>(7),
+                "candle_acc_trade_price": r.get::<_, f64>(8),
+                "timestamp": r.get::<_, i64>(9),
+            });
+            (key, fields)
+        })
+        .collect()
+}
+
+/// What Upbit served, last answer per candle (a re-served candle replaces the earlier one, as the upsert does).
+pub fn served(upbit: &SimHandle, interval: &str) -> BTreeMap<(String, String), Value> {
+    upbit
+        .served_candles(interval)
+        .into_iter()
+        .map(|(market, c)| {
+            let (utc, fields) = candle_key_fields(&c);
+            ((market, utc), fields)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------------------------

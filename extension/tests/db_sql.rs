@@ -1,93 +1,25 @@
-//! Database tests against the real PostgreSQL on 127.0.0.1:5432 (override with `MAKENAIDE_TEST_PG_ADMIN_URL`),
-//! each in its own throwaway database, dropped afterwards even when the test fails.
+//! The SQL path against a real PostgreSQL (the machine's on 127.0.0.1:5432, or `MAKENAIDE_TEST_PG`): JSON ↔
+//! PostgreSQL conversions by inferred type, transactions and their rollback, statement timeouts and deadlines,
+//! read-only mode, the statement cache across schema changes, stale pooled connections, shutdown. Each test has
+//! its own throwaway database (`makenaide_tests::pg::TestDb`), dropped afterwards even when the test fails.
 
 #![allow(clippy::unwrap_used)]
 
-use super::*;
-use crate::config::{parse_database_url, Config, Secret};
+use makenaide_core::config::{parse_database_url, Config, Secret};
+use makenaide_core::db::{Db, DbStatus, QueryResult, StatementRequest};
+use makenaide_core::Error;
+use makenaide_tests::pg::TestDb;
 use serde_json::json;
-use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+use tokio::time::Instant;
 
-const ENV_ADMIN_URL: &str = "MAKENAIDE_TEST_PG_ADMIN_URL";
-const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
-
-fn admin_url() -> String {
-    std::env::var(ENV_ADMIN_URL).unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
-}
-
-async fn admin() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL must run on 127.0.0.1:5432 with trust auth (or set {ENV_ADMIN_URL}): {e}")
-        });
-    tokio::spawn(conn);
-    client
-}
-
-/// A throwaway database, dropped (with FORCE) when the guard goes away.
-pub(crate) struct TestDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!(
-            "mkcore_unit_{}_{}_{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        admin()
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&admin_url()).unwrap();
-        url.set_path(&name);
-        Self {
-            name,
-            url: url.to_string(),
-        }
-    }
-
-    pub fn config(&self) -> Config {
-        Config {
-            token: Secret::new("t"),
-            database: Some(parse_database_url(&self.url).unwrap()),
-            db_connect_timeout: Duration::from_millis(2000),
-            ..Config::default()
-        }
-    }
-
-    pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        client
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let _ = admin()
-                    .await
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
-        })
-        .join();
+/// The extension's configuration for `db` (token and timeouts of a test).
+fn config(db: &TestDb) -> Config {
+    Config {
+        token: Secret::new("t"),
+        database: Some(parse_database_url(db.url()).unwrap()),
+        db_connect_timeout: Duration::from_millis(2000),
+        ..Config::default()
     }
 }
 
@@ -104,8 +36,8 @@ async fn q(db: &Db, sql: &str, params: serde_json::Value) -> Result<QueryResult,
 
 #[tokio::test]
 async fn scalar_conversions_follow_inferred_types() {
-    let t = TestDb::new().await;
-    let db = Db::new(&t.config()).unwrap();
+    let t = TestDb::create().await.unwrap();
+    let db = Db::new(&config(&t)).unwrap();
     let r = q(
         &db,
         "select $1::bool b, $2::int2 s, $3::int4 i, $4::int8 l, $5::float4 f, $6::float8 d, $7::numeric n, \
@@ -152,8 +84,8 @@ async fn scalar_conversions_follow_inferred_types() {
 
 #[tokio::test]
 async fn nulls_arrays_and_inference() {
-    let t = TestDb::new().await;
-    let db = Db::new(&t.config()).unwrap();
+    let t = TestDb::create().await.unwrap();
+    let db = Db::new(&config(&t)).unwrap();
     // `$1 + 1` makes PostgreSQL infer int4 for $1; `= any($2)` infers text[].
     let r = q(
         &db,
@@ -186,8 +118,8 @@ async fn nulls_arrays_and_inference() {
 
 #[tokio::test]
 async fn writes_row_counts_and_injection_is_inert() {
-    let t = TestDb::new().await;
-    let db = Db::new(&t.config()).unwrap();
+    let t = TestDb::create().await.unwrap();
+    let db = Db::new(&config(&t)).unwrap();
     q(
         &db,
         "create table items (id serial primary key, name text not null, price numeric, at timestamptz)",
@@ -230,8 +162,8 @@ async fn writes_row_counts_and_injection_is_inert() {
 
 #[tokio::test]
 async fn transaction_is_all_or_nothing_with_statement_index() {
-    let t = TestDb::new().await;
-    let db = Db::new(&t.config()).unwrap();
+    let t = TestDb::create().await.unwrap();
+    let db = Db::new(&config(&t)).unwrap();
     q(&db, "create table kv (k text primary key, v int)", json!([]))
         .await
         .unwrap();
@@ -295,8 +227,8 @@ async fn transaction_is_all_or_nothing_with_statement_index() {
 
 #[tokio::test]
 async fn statement_timeout_and_deadline() {
-    let t = TestDb::new().await;
-    let db = Db::new(&t.config()).unwrap();
+    let t = TestDb::create().await.unwrap();
+    let db = Db::new(&config(&t)).unwrap();
     let started = Instant::now();
     let e = db
         .query(
@@ -325,12 +257,12 @@ async fn statement_timeout_and_deadline() {
 
 #[tokio::test]
 async fn read_only_switch() {
-    let t = TestDb::new().await;
-    let rw = Db::new(&t.config()).unwrap();
+    let t = TestDb::create().await.unwrap();
+    let rw = Db::new(&config(&t)).unwrap();
     q(&rw, "create table t (x int)", json!([])).await.unwrap();
     let ro = Db::new(&Config {
         db_read_only: true,
-        ..t.config()
+        ..config(&t)
     })
     .unwrap();
     let e = q(&ro, "insert into t values (1)", json!([])).await.unwrap_err();
@@ -345,8 +277,8 @@ async fn read_only_switch() {
 
 #[tokio::test]
 async fn unsupported_result_type_says_how_to_cast() {
-    let t = TestDb::new().await;
-    let db = Db::new(&t.config()).unwrap();
+    let t = TestDb::create().await.unwrap();
+    let db = Db::new(&config(&t)).unwrap();
     let e = q(&db, "select 'a b'::tsvector as doc", json!([])).await.unwrap_err();
     assert_eq!(e.code(), makenaide_contract::ErrorCode::InvalidRequest.as_str());
     assert!(e.to_string().contains("doc::text"), "{e}");
@@ -375,8 +307,8 @@ async fn backend_pids(admin: &tokio_postgres::Client, db: &str) -> Vec<i32> {
 
 #[tokio::test]
 async fn stale_connections_are_retried_on_a_fresh_one() {
-    let t = TestDb::new().await;
-    let db = Db::new(&t.config()).unwrap();
+    let t = TestDb::create().await.unwrap();
+    let db = Db::new(&config(&t)).unwrap();
     db.warm_up().await;
     assert_eq!(db.status(), DbStatus::Ready);
     let pid1 = q(&db, "select pg_backend_pid()", json!([])).await.unwrap().rows[0][0].clone();
@@ -387,23 +319,23 @@ async fn stale_connections_are_retried_on_a_fresh_one() {
     );
 
     // Kill every backend of ours (what a freeze + server-side idle kill looks like after the thaw).
-    let admin = t.client().await;
+    let admin = t.connect().await.unwrap();
     for _ in 0..5 {
         admin
-            .execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and application_name = 'makenaide-core'", &[&t.name])
+            .execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and application_name = 'makenaide-core'", &[&t.name()])
             .await
             .unwrap();
         let r = q(&db, "select pg_backend_pid()", json!([])).await.unwrap();
         assert_ne!(r.rows[0][0], pid1, "a fresh backend answered");
     }
     assert_eq!(db.status(), DbStatus::Ready);
-    assert!(backend_pids(&admin, &t.name).await.len() <= 4);
+    assert!(backend_pids(&admin, t.name()).await.len() <= 4);
 }
 
 #[tokio::test]
 async fn statement_cache_on_and_off() {
-    let t = TestDb::new().await;
-    let cached = Db::new(&t.config()).unwrap();
+    let t = TestDb::create().await.unwrap();
+    let cached = Db::new(&config(&t)).unwrap();
     for _ in 0..3 {
         q(&cached, "select $1::int4 + 1 as x", json!([1])).await.unwrap();
     }
@@ -419,7 +351,7 @@ async fn statement_cache_on_and_off() {
     let uncached = Db::new(&Config {
         db_statement_cache: false,
         db_pool_size: 1,
-        ..t.config()
+        ..config(&t)
     })
     .unwrap();
     for _ in 0..3 {
@@ -450,10 +382,10 @@ async fn statement_cache_on_and_off() {
 
 #[tokio::test]
 async fn schema_change_under_a_cached_statement_is_transparent() {
-    let t = TestDb::new().await;
+    let t = TestDb::create().await.unwrap();
     let db = Db::new(&Config {
         db_pool_size: 1,
-        ..t.config()
+        ..config(&t)
     })
     .unwrap();
     q(&db, "create table s (a int)", json!([])).await.unwrap();
@@ -497,19 +429,19 @@ async fn unreachable_database_answers_503_within_the_connect_timeout() {
 
 #[tokio::test]
 async fn close_ends_every_session() {
-    let t = TestDb::new().await;
-    let db = Db::new(&t.config()).unwrap();
+    let t = TestDb::create().await.unwrap();
+    let db = Db::new(&config(&t)).unwrap();
     let f1 = q(&db, "select pg_sleep(0.2)", json!([]));
     let f2 = q(&db, "select pg_sleep(0.2)", json!([]));
     let (a, b) = tokio::join!(f1, f2);
     a.unwrap();
     b.unwrap();
-    let admin = t.client().await;
-    assert_eq!(backend_pids(&admin, &t.name).await.len(), 2);
+    let admin = t.connect().await.unwrap();
+    assert_eq!(backend_pids(&admin, t.name()).await.len(), 2);
     db.close(Duration::from_millis(500)).await;
     // Terminate was sent: the server-side sessions go away promptly.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while !backend_pids(&admin, &t.name).await.is_empty() {
+    while !backend_pids(&admin, t.name()).await.is_empty() {
         assert!(Instant::now() < deadline, "sessions still there after close");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
