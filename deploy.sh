@@ -32,7 +32,8 @@
 #
 # attach: puts the newest "<layer-name>-<arch>" version on FUNCTION (Rust, Python, any zip runtime), replacing an
 #   older makenaide-core version and keeping every other layer in place. <arch> defaults to the function's own.
-#   The extension reads MAKENAIDE_DATABASE_URL from that function's environment: set it there.
+#   The extension reads MAKENAIDE_DATABASE_URL (or MAKENAIDE_DATABASE_SECRET_ID) from that function's environment:
+#   set it there.
 #
 # report: per function over the last --hours (default 24): invocations (AWS/Lambda Invocations), cold-start share
 #   and count (ColdStart), init p50 (InitDuration), duration p50/p99 (Duration), max memory (MaxMemoryUsed), and the
@@ -45,9 +46,17 @@
 #   --region REGION              AWS_REGION, AWS_DEFAULT_REGION, or the CLI profile's region
 #   --profile NAME               AWS_PROFILE
 #   --role-arn ARN               MAKENAIDE_ROLE_ARN             (required)         functions' execution role
-#   --db-secret-id ID            MAKENAIDE_DB_SECRET_ID                            Secrets Manager secret holding the
-#                                                                                  database URL as plain text
-#   (database URL)               MAKENAIDE_DATABASE_URL                            used when no secret id is given
+#   (database URL)               MAKENAIDE_DATABASE_URL                            postgres://user:pass@host:5432/db
+#                                                                                  (the password then sits in the
+#                                                                                  functions' environment)
+#   --db-secret-id ID            MAKENAIDE_DB_SECRET_ID                            Secrets Manager secret (ARN or
+#                                                                                  name) holding the URL or RDS JSON:
+#                                                                                  only its id goes into the functions'
+#                                                                                  environment, the extension reads it
+#                                                                                  (checked with describe-secret)
+#   --db-iam-auth                MAKENAIDE_DB_IAM_AUTH=1                           RDS IAM authentication: the URL has
+#                                                                                  no password, the extension signs a
+#                                                                                  token per connection
 #   --memory MB                  MAKENAIDE_MEMORY_MB            256
 #   --timeout SECONDS            MAKENAIDE_TIMEOUT_S            300
 #   --subnet-ids a,b             MAKENAIDE_SUBNET_IDS                              VPC (both or neither)
@@ -80,6 +89,9 @@
 # The CLI itself also honours AWS_ENDPOINT_URL (CLI v2, and v1 since botocore 1.31).
 # python3 writes the dashboard body and the report (deploy --no-monitoring and attach do not need it).
 #
+# With --db-secret-id or --db-iam-auth the script prints the IAM policy the execution role needs for it
+# (secretsmanager:GetSecretValue on the secret, or rds-db:connect on the database user).
+#
 # Secrets: the database URL never appears on a command line (it reaches the CLI through a 0600 file:// argument),
 # in --dry-run output, or in anything this script prints (values are masked); xtrace is switched off.
 set -euo pipefail
@@ -101,6 +113,8 @@ MAX_LAYERS_PER_FUNCTION=5                       # Lambda's limit
 # Smoke invocations: "function<TAB>event". db-initializer also applies the schema on a fresh database.
 SMOKE=($'makenaide-db-initializer\t{}' $'makenaide-scanner\t{"limit":1}')
 DB_URL_ENV="MAKENAIDE_DATABASE_URL"
+DB_SECRET_ENV="MAKENAIDE_DATABASE_SECRET_ID"   # what the extension reads (the functions' environment)
+DB_IAM_ENV="MAKENAIDE_DB_IAM_AUTH"
 # Operations (schedule, dashboard, alarms, logs, report).
 ORCHESTRATOR="makenaide-integrated-orchestrator"   # the scheduled function; the schedule has its name
 SCHEDULER_ROLE="makenaide-scheduler"               # the role created when no --scheduler-role-arn is given
@@ -133,6 +147,8 @@ REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
 PROFILE=""
 ROLE_ARN="${MAKENAIDE_ROLE_ARN:-}"
 DB_SECRET_ID="${MAKENAIDE_DB_SECRET_ID:-}"
+DB_IAM_AUTH="${MAKENAIDE_DB_IAM_AUTH:-0}"
+case "$DB_IAM_AUTH" in 1|true|yes|on) DB_IAM_AUTH=1 ;; *) DB_IAM_AUTH=0 ;; esac
 MEMORY_MB="${MAKENAIDE_MEMORY_MB:-256}"
 TIMEOUT_S="${MAKENAIDE_TIMEOUT_S:-300}"
 SUBNET_IDS="${MAKENAIDE_SUBNET_IDS:-}"
@@ -171,6 +187,7 @@ while [ $# -gt 0 ]; do
     --profile) need_value "$1" $#; PROFILE="$2"; shift 2 ;;
     --role-arn) need_value "$1" $#; ROLE_ARN="$2"; shift 2 ;;
     --db-secret-id) need_value "$1" $#; DB_SECRET_ID="$2"; shift 2 ;;
+    --db-iam-auth) DB_IAM_AUTH=1; shift ;;
     --memory) need_value "$1" $#; MEMORY_MB="$2"; shift 2 ;;
     --timeout) need_value "$1" $#; TIMEOUT_S="$2"; shift 2 ;;
     --subnet-ids) need_value "$1" $#; SUBNET_IDS="$2"; shift 2 ;;
@@ -351,7 +368,10 @@ check_settings() {
   local kv
   for kv in ${EXTRA_ENV[@]+"${EXTRA_ENV[@]}"}; do
     [[ "$kv" =~ ^([A-Za-z][A-Za-z0-9_]*)=(.*)$ ]] || die "--env wants KEY=VALUE (got a value without a valid KEY=)"
-    [ "${BASH_REMATCH[1]}" != "$DB_URL_ENV" ] || die "set the database URL with $DB_URL_ENV or --db-secret-id, not --env"
+    case "${BASH_REMATCH[1]}" in
+      "$DB_URL_ENV"|"$DB_SECRET_ENV"|"$DB_IAM_ENV")
+        die "set the database with $DB_URL_ENV, --db-secret-id or --db-iam-auth, not --env ${BASH_REMATCH[1]}" ;;
+    esac
     [ "${BASH_REMATCH[1]}" != "$METRICS_NS_ENV" ] || die "set the metrics namespace with --metrics-namespace, not --env"
     case "${BASH_REMATCH[1]}" in *TOKEN*|*SECRET*|*PASSWORD*|*PASS|*KEY*|*URL*|*DSN*) add_secret "${BASH_REMATCH[2]}" ;; esac
   done
@@ -401,33 +421,82 @@ check_python() {
   have python3 || die "python3 is needed for the dashboard and the report (deploy --no-monitoring does without it)"
 }
 
-# The database URL: a Secrets Manager secret (plain-text SecretString) or $MAKENAIDE_DATABASE_URL.
-resolve_db_url() {
-  if [ -n "$DB_SECRET_ID" ]; then
-    [ "$DRY_RUN" = 1 ] && DB_URL="postgres://from-secret"
-    run_aws secretsmanager get-secret-value --secret-id "$DB_SECRET_ID" --query SecretString --output text \
-      || die "reading the database URL from secret '$DB_SECRET_ID' failed: $AWS_ERR"
-    [ "$DRY_RUN" = 1 ] || DB_URL="$AWS_OUT"
-  fi
+# The database, one of three ways; DB_ENV_KEYS/DB_ENV_VALUES are what goes into the functions' environment:
+# - $MAKENAIDE_DATABASE_URL (password included);
+# - --db-secret-id: only the secret's id (the extension reads the secret); the secret must exist (describe-secret);
+# - --db-iam-auth: a password-less $MAKENAIDE_DATABASE_URL plus MAKENAIDE_DB_IAM_AUTH=true.
+DB_ENV_KEYS=(); DB_ENV_VALUES=(); DB_POLICY=""
+resolve_db() {
   register_db_url "$DB_URL"
-  [ -n "$DB_URL" ] || die "no database URL: set $DB_URL_ENV=postgres://user:pass@host:5432/db?sslmode=require, or pass --db-secret-id"
+  if [ -n "$DB_SECRET_ID" ] && [ "$DB_IAM_AUTH" = 1 ]; then
+    die "--db-secret-id and --db-iam-auth do not combine: IAM authentication needs no secret (use one of them)"
+  fi
+  if [ -n "$DB_SECRET_ID" ]; then
+    [ -z "$DB_URL" ] || die "both $DB_URL_ENV and --db-secret-id are set: unset $DB_URL_ENV (the secret holds the database URL or RDS JSON)"
+    local arn
+    if run_aws secretsmanager describe-secret --secret-id "$DB_SECRET_ID" --query ARN --output text; then
+      arn="${AWS_OUT:-arn:aws:secretsmanager:$REGION:$ACCOUNT:secret:$DB_SECRET_ID-*}"
+      [ "$DRY_RUN" = 1 ] || log "database secret: $arn"
+    else
+      case "$AWS_ERR" in
+        *ResourceNotFound*) die "secret '$DB_SECRET_ID' does not exist in $REGION: create it first (the database URL, or RDS's JSON with username, password, host, port, dbname), or pass its ARN" ;;
+        *AccessDenied*|*not\ authorized*)
+          warn "cannot check secret '$DB_SECRET_ID' (no secretsmanager:DescribeSecret): assuming it exists"
+          arn="arn:aws:secretsmanager:$REGION:$ACCOUNT:secret:$DB_SECRET_ID*"
+          [[ "$DB_SECRET_ID" != arn:* ]] || arn="$DB_SECRET_ID" ;;
+        *) die "checking secret '$DB_SECRET_ID' failed: $AWS_ERR" ;;
+      esac
+    fi
+    DB_ENV_KEYS=("$DB_SECRET_ENV"); DB_ENV_VALUES=("$DB_SECRET_ID")
+    DB_POLICY="$(printf '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"secretsmanager:GetSecretValue","Resource":"%s"}]}' "$arn")"
+    DB_POLICY_NOTE="(add kms:Decrypt on the secret's key if it uses a customer managed KMS key)"
+    return 0
+  fi
+  [ -n "$DB_URL" ] || die "no database: set $DB_URL_ENV=postgres://user:pass@host:5432/db?sslmode=require, or pass --db-secret-id (or --db-iam-auth with a password-less $DB_URL_ENV)"
   case "$DB_URL" in
     postgres://*|postgresql://*) ;;
-    \{*) die "the database secret holds JSON: store the URL itself (postgres://...) as the secret's plain text" ;;
     *) die "the database URL does not start with postgres:// or postgresql:// (value not shown)" ;;
   esac
+  if [ "$DB_IAM_AUTH" = 1 ]; then
+    # postgres://user[:password]@host[:port]/...
+    [[ "$DB_URL" =~ ^[a-z]+://([^:@/]+)(:[^@]*)?@([^:/?]+)(:([0-9]+))? ]] \
+      || die "--db-iam-auth: $DB_URL_ENV must be postgres://user@host:5432/db (it names the database user)"
+    [ -z "${BASH_REMATCH[2]}" ] \
+      || die "--db-iam-auth: remove the password from $DB_URL_ENV (the extension generates an IAM token per connection)"
+    local user="${BASH_REMATCH[1]}" host="${BASH_REMATCH[3]}"
+    case "$DB_URL" in
+      *sslmode=disable*|*sslmode=allow*|*sslmode=prefer*)
+        die "--db-iam-auth: RDS IAM authentication requires TLS: use sslmode=require or verify-full in $DB_URL_ENV" ;;
+    esac
+    DB_ENV_KEYS=("$DB_URL_ENV" "$DB_IAM_ENV"); DB_ENV_VALUES=("$DB_URL" "true")
+    DB_POLICY="$(printf '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"rds-db:connect","Resource":"arn:aws:rds-db:%s:%s:dbuser:RESOURCE_ID/%s"}]}' "$REGION" "$ACCOUNT" "$user")"
+    DB_POLICY_NOTE="(RESOURCE_ID: the instance's DbiResourceId or the cluster's DbClusterResourceId, e.g. aws rds describe-db-instances --query \"DBInstances[?Endpoint.Address=='$host'].DbiResourceId\" --output text; and in the database: GRANT rds_iam TO $user)"
+    return 0
+  fi
+  DB_ENV_KEYS=("$DB_URL_ENV"); DB_ENV_VALUES=("$DB_URL")
+}
+
+# The execution role's policy for the database credentials (printed before any change, also under --dry-run).
+DB_POLICY_NOTE=""
+print_db_policy() {
+  [ -n "$DB_POLICY" ] || return 0
+  log "the execution role ${ROLE_ARN##*/} needs this policy for the database $DB_POLICY_NOTE:"
+  echo "$DB_POLICY"
+  log "e.g. aws iam put-role-policy --role-name ${ROLE_ARN##*/} --policy-name makenaide-db --policy-document '<the JSON above>'"
 }
 
 # The function environment as a 0600 JSON file for `--environment file://...`; --dry-run shows it masked.
 ENV_FILE=""
 write_environment() {
-  local json body kv key val
-  json="$(json_string "$DB_URL")" || die "the database URL contains control characters"
-  body="\"$DB_URL_ENV\":$json"
+  local json body="" kv key val i
+  for i in "${!DB_ENV_KEYS[@]}"; do
+    json="$(json_string "${DB_ENV_VALUES[$i]}")" || die "${DB_ENV_KEYS[$i]} contains control characters"
+    body+="${body:+,}\"${DB_ENV_KEYS[$i]}\":$json"
+  done
   for kv in ${EXTRA_ENV[@]+"${EXTRA_ENV[@]}"}; do
     key="${kv%%=*}"; val="${kv#*=}"
     json="$(json_string "$val")" || die "--env $key: the value contains control characters"
-    body+=",\"$key\":$json"
+    body+="${body:+,}\"$key\":$json"
   done
   # The extension emits its metrics in MAKENAIDE_METRICS_NAMESPACE (default Makenaide): the dashboard, the alarms
   # and the report read the namespace given here, so the functions must write to it too.
@@ -1102,7 +1171,8 @@ cmd_deploy() {
   check_role
   [ "$NO_MONITORING" = 1 ] || check_python
   check_scheduler_role
-  resolve_db_url
+  resolve_db
+  print_db_policy
   write_environment
   plan_functions
   if [ -n "$SUBNET_IDS" ]; then VPC_ARGS=(--vpc-config "SubnetIds=$SUBNET_IDS,SecurityGroupIds=$SECURITY_GROUP_IDS"); fi
@@ -1178,8 +1248,8 @@ cmd_attach() {
   fi
   if [ "$DRY_RUN" = 0 ]; then
     run_aws lambda get-function-configuration --function-name "$TARGET" \
-      --query "contains(keys(Environment.Variables || \`{}\`), '$DB_URL_ENV')" --output text || true
-    [ "$AWS_OUT" = True ] || warn "$TARGET has no $DB_URL_ENV: the extension's database routes answer 503 db_not_configured until it is set"
+      --query "contains(keys(Environment.Variables || \`{}\`), '$DB_URL_ENV') || contains(keys(Environment.Variables || \`{}\`), '$DB_SECRET_ENV')" --output text || true
+    [ "$AWS_OUT" = True ] || warn "$TARGET has neither $DB_URL_ENV nor $DB_SECRET_ENV: the extension's database routes answer 503 db_not_configured until one is set"
   fi
 }
 

@@ -66,6 +66,10 @@ error_codes! {
     DbNotConfigured = "db_not_configured", 503;
     /// The database is unreachable or refused the connection.
     DbUnavailable = "db_unavailable", 503;
+    /// The database credentials of `MAKENAIDE_DATABASE_SECRET_ID` are still being fetched from Secrets Manager, or
+    /// fetching them failed (the message says why and what to fix: a missing secret, a denied
+    /// `secretsmanager:GetSecretValue`, a malformed value).
+    DbCredentialsUnavailable = "db_credentials_unavailable", 503;
     /// A statement timeout or the caller's deadline (sqlstate 57014).
     DbTimeout = "db_timeout", 504;
     /// Upbit unreachable or answering garbage after the retries.

@@ -3,7 +3,15 @@
 //! lifecycle reports it to Lambda through `/extension/init/error` (so it shows up in the function's Init report)
 //! instead of crashing later inside a request.
 //!
-//! Secrets (the token, the database password) never appear in `Debug` output or in error messages.
+//! Secrets (the token, the database password, the AWS secret key) never appear in `Debug` output or in error
+//! messages.
+//!
+//! Where the database password comes from (one of three, see [`Config::from_lookup`]):
+//! - in [`ENV_DATABASE_URL`] itself;
+//! - [`ENV_DATABASE_SECRET_ID`]: a Secrets Manager secret the extension reads at start (in the background) and again
+//!   when PostgreSQL refuses the password (rotation); the function's configuration holds only the secret's id;
+//! - [`ENV_DB_IAM_AUTH`]: RDS IAM authentication; [`ENV_DATABASE_URL`] has no password and the extension signs a
+//!   token for every new connection.
 
 use makenaide_contract::env::Token;
 use std::fmt;
@@ -14,6 +22,35 @@ use std::time::Duration;
 /// (plus optional `sslrootcert=/path/to/ca-bundle.pem`, e.g. the RDS global bundle). Unset: DB routes answer 503
 /// `db_not_configured`.
 pub const ENV_DATABASE_URL: &str = "MAKENAIDE_DATABASE_URL";
+/// Secrets Manager secret (ARN or name) holding the database credentials: a `postgres://` URL, or the JSON of an
+/// RDS-managed secret (`username`, `password`, `host`, `port`, `dbname`, `engine`). Read by the extension during
+/// Init in the background, kept in memory only, read again (once at a time) when PostgreSQL answers 28P01
+/// (password rotated). Mutually exclusive with [`ENV_DATABASE_URL`] (both set is a configuration error).
+pub const ENV_DATABASE_SECRET_ID: &str = "MAKENAIDE_DATABASE_SECRET_ID";
+/// `true`: RDS IAM authentication. [`ENV_DATABASE_URL`] carries no password; every new connection gets a fresh
+/// SigV4-presigned token (service `rds-db`, valid 15 minutes, reused until 10 minutes old) as its password. Needs
+/// `sslmode` `require` or stricter. Default false.
+pub const ENV_DB_IAM_AUTH: &str = "MAKENAIDE_DB_IAM_AUTH";
+/// `sslmode` for the database, winning over the URL's own: `disable`, `prefer`, `require`, `verify-ca`,
+/// `verify-full`. Unset: the URL's `sslmode`, else [`DEFAULT_SSLMODE_SECRET`] for a secret or IAM authentication
+/// and `prefer` (libpq's default) for a plain [`ENV_DATABASE_URL`].
+pub const ENV_DB_SSLMODE: &str = "MAKENAIDE_DB_SSLMODE";
+/// CA bundle (PEM file) for `verify-ca`/`verify-full`, winning over the URL's `sslrootcert` (e.g. the RDS global
+/// bundle, which a JSON secret cannot name).
+pub const ENV_DB_SSLROOTCERT: &str = "MAKENAIDE_DB_SSLROOTCERT";
+/// For tests only, never set on Lambda: every AWS call of the extension (Secrets Manager) goes to this
+/// AWS-compatible endpoint (e.g. `http://127.0.0.1:5000` for moto) instead of the regional one. deploy.sh honours
+/// the same variable for its AWS CLI calls.
+pub const ENV_AWS_ENDPOINT_URL: &str = "MAKENAIDE_AWS_ENDPOINT_URL";
+/// Set by Lambda: the region, for signing AWS calls ([`ENV_AWS_DEFAULT_REGION`] is the fallback).
+pub const ENV_AWS_REGION: &str = "AWS_REGION";
+/// Set by Lambda too; used when [`ENV_AWS_REGION`] is not set.
+pub const ENV_AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+/// Set by Lambda: the execution role's access key id (with [`ENV_AWS_SECRET_ACCESS_KEY`] and
+/// [`ENV_AWS_SESSION_TOKEN`]), which signs the Secrets Manager call and the RDS IAM token. Never logged.
+pub const ENV_AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+/// Set by Lambda: the execution role's secret key. Never logged.
+pub const ENV_AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 /// Upbit REST base URL, without `/v1`. Default [`DEFAULT_UPBIT_BASE_URL`].
 pub const ENV_UPBIT_BASE_URL: &str = "MAKENAIDE_UPBIT_BASE_URL";
 /// Lambda's session token: the token fallback (as AWS's Parameters and Secrets extension does).
@@ -72,6 +109,10 @@ pub const DEFAULT_TELEMETRY_PORT: u16 = 4572;
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
 /// Default Upbit base URL.
 pub const DEFAULT_UPBIT_BASE_URL: &str = "https://api.upbit.com";
+/// `sslmode` of a database reached through [`ENV_DATABASE_SECRET_ID`] or [`ENV_DB_IAM_AUTH`] when neither
+/// [`ENV_DB_SSLMODE`] nor the URL says: encrypted (a managed database; IAM authentication requires it), without
+/// certificate check unless a CA bundle is given (libpq's `require`).
+pub const DEFAULT_SSLMODE_SECRET: SslMode = SslMode::Require;
 /// Value of [`ENV_AWS_LAMBDA_INITIALIZATION_TYPE`] on Lambda Managed Instances.
 pub const INIT_TYPE_MANAGED_INSTANCES: &str = "lambda-managed-instances";
 
@@ -113,6 +154,79 @@ pub enum SslMode {
     VerifyFull,
 }
 
+impl SslMode {
+    /// libpq's spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Parses libpq's spelling (`allow` counts as `prefer`).
+    ///
+    /// # Errors
+    /// What to use instead.
+    pub fn parse(v: &str) -> Result<Self, String> {
+        Ok(match v {
+            "disable" => Self::Disable,
+            "allow" | "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode={other:?} is unknown: use disable, prefer, require, verify-ca or verify-full"
+                ))
+            }
+        })
+    }
+
+    /// Encrypted (every mode from `require` on).
+    #[must_use]
+    pub fn encrypts(self) -> bool {
+        matches!(self, Self::Require | Self::VerifyCa | Self::VerifyFull)
+    }
+}
+
+/// The TLS settings that apply to a database URL: [`ENV_DB_SSLMODE`] / [`ENV_DB_SSLROOTCERT`] when set (they win),
+/// else the URL's own, else `default_mode`.
+#[derive(Clone, Debug)]
+pub struct SslSettings {
+    /// [`ENV_DB_SSLMODE`].
+    pub mode: Option<SslMode>,
+    /// [`ENV_DB_SSLROOTCERT`].
+    pub root_cert: Option<PathBuf>,
+    /// When neither the variable nor the URL says.
+    pub default_mode: SslMode,
+}
+
+impl Default for SslSettings {
+    /// libpq's behaviour: the URL decides, `prefer` by default.
+    fn default() -> Self {
+        Self {
+            mode: None,
+            root_cert: None,
+            default_mode: SslMode::Prefer,
+        }
+    }
+}
+
+/// [`ENV_DATABASE_SECRET_ID`]: where the credentials are read from.
+#[derive(Clone, Debug)]
+pub struct SecretSource {
+    /// ARN or name.
+    pub secret_id: String,
+    /// TLS settings for the URL built from the secret (default `require`).
+    pub ssl: SslSettings,
+    /// Region, credentials, endpoint.
+    pub aws: crate::aws::AwsSettings,
+}
+
 /// Where PostgreSQL lives. `Debug` redacts the password.
 #[derive(Clone)]
 pub struct DatabaseConfig {
@@ -125,6 +239,8 @@ pub struct DatabaseConfig {
     pub ssl_root_cert: Option<PathBuf>,
     /// `user@host:port/db` for log lines: never includes the password.
     pub display: String,
+    /// RDS IAM authentication ([`ENV_DB_IAM_AUTH`]): a token per new connection instead of a password.
+    pub iam: Option<crate::aws::rds_iam::IamAuth>,
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -133,6 +249,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("target", &self.display)
             .field("ssl_mode", &self.ssl_mode)
             .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("iam", &self.iam.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -145,8 +262,10 @@ pub struct Config {
     pub port: u16,
     /// Token expected in `X-Makenaide-Token`.
     pub token: Secret,
-    /// PostgreSQL, when configured.
+    /// PostgreSQL, when configured by [`ENV_DATABASE_URL`].
     pub database: Option<DatabaseConfig>,
+    /// PostgreSQL, when configured by [`ENV_DATABASE_SECRET_ID`] (then `database` is `None`).
+    pub database_secret: Option<SecretSource>,
     /// Max pool size.
     pub db_pool_size: u32,
     /// Connect + checkout bound.
@@ -188,6 +307,7 @@ impl Default for Config {
             port: DEFAULT_PORT,
             token: Secret::new(""),
             database: None,
+            database_secret: None,
             db_pool_size: 4,
             db_connect_timeout: Duration::from_millis(2000),
             db_statement_timeout: Duration::from_millis(10_000),
@@ -265,7 +385,7 @@ impl Config {
                 return Err(invalid(ENV_TOKEN, Token::missing_message(session_token_empty)))
             }
         };
-        let database = get(ENV_DATABASE_URL).map(|url| parse_database_url(&url)).transpose()?;
+        let (database, database_secret) = database_from(&get)?;
         let upbit_base_url = parse_upbit_base_url(get(ENV_UPBIT_BASE_URL).as_deref())?;
         let metrics_namespace = parse_namespace(get(ENV_METRICS_NAMESPACE))?;
         let telemetry_port = match get(ENV_TELEMETRY_PORT) {
@@ -277,6 +397,7 @@ impl Config {
             port,
             token: Secret::new(token),
             database,
+            database_secret,
             db_pool_size: num(&get, ENV_DB_POOL_SIZE, u64::from(d.db_pool_size), 1, 100)? as u32,
             db_connect_timeout: millis(&get, ENV_DB_CONNECT_TIMEOUT_MS, d.db_connect_timeout, 1, 60_000)?,
             db_statement_timeout: millis(&get, ENV_DB_STATEMENT_TIMEOUT_MS, d.db_statement_timeout, 0, 3_600_000)?,
@@ -306,6 +427,154 @@ impl Config {
             &["INVOKE", "SHUTDOWN"]
         }
     }
+}
+
+/// The database settings: [`ENV_DATABASE_URL`] (optionally with [`ENV_DB_IAM_AUTH`]) or [`ENV_DATABASE_SECRET_ID`].
+fn database_from(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<(Option<DatabaseConfig>, Option<SecretSource>), ConfigError> {
+    let url = get(ENV_DATABASE_URL);
+    let secret_id = get(ENV_DATABASE_SECRET_ID);
+    let iam = flag(get, ENV_DB_IAM_AUTH, false)?;
+    let mode = get(ENV_DB_SSLMODE)
+        .map(|v| SslMode::parse(&v).map_err(|m| invalid(ENV_DB_SSLMODE, m)))
+        .transpose()?;
+    let root_cert = get(ENV_DB_SSLROOTCERT).map(PathBuf::from);
+    if let Some(path) = &root_cert {
+        if !path.is_file() {
+            return Err(invalid(
+                ENV_DB_SSLROOTCERT,
+                format!("file {} does not exist", path.display()),
+            ));
+        }
+    }
+    if url.is_some() && secret_id.is_some() {
+        return Err(invalid(
+            ENV_DATABASE_SECRET_ID,
+            format!(
+                "both {ENV_DATABASE_URL} and {ENV_DATABASE_SECRET_ID} are set: keep one (the secret's id keeps the \
+                 password out of the function's configuration)"
+            ),
+        ));
+    }
+    let secret_default = SslSettings {
+        mode,
+        root_cert: root_cert.clone(),
+        default_mode: DEFAULT_SSLMODE_SECRET,
+    };
+    if let Some(secret_id) = secret_id {
+        if iam {
+            return Err(invalid(
+                ENV_DB_IAM_AUTH,
+                format!(
+                    "{ENV_DB_IAM_AUTH}=true does not combine with {ENV_DATABASE_SECRET_ID}: use IAM authentication \
+                     with a password-less {ENV_DATABASE_URL}, or the secret without {ENV_DB_IAM_AUTH}"
+                ),
+            ));
+        }
+        let aws = aws_settings(get, ENV_DATABASE_SECRET_ID)?;
+        return Ok((
+            None,
+            Some(SecretSource {
+                secret_id,
+                ssl: secret_default,
+                aws,
+            }),
+        ));
+    }
+    let Some(url) = url else {
+        if iam {
+            return Err(invalid(
+                ENV_DB_IAM_AUTH,
+                format!(
+                    "{ENV_DB_IAM_AUTH}=true needs {ENV_DATABASE_URL} without a password, e.g. \
+                     postgres://iam_user@mydb.xxxx.rds.amazonaws.com:5432/makenaide?sslmode=verify-full"
+                ),
+            ));
+        }
+        return Ok((None, None));
+    };
+    if !iam {
+        let ssl = SslSettings {
+            mode,
+            root_cert,
+            default_mode: SslMode::Prefer,
+        };
+        return Ok((Some(parse_database_url_with(&url, ENV_DATABASE_URL, &ssl)?), None));
+    }
+    let mut db = parse_database_url_with(&url, ENV_DATABASE_URL, &secret_default)?;
+    if db.pg.get_password().is_some() {
+        return Err(invalid(
+            ENV_DATABASE_URL,
+            format!(
+                "has a password, but with {ENV_DB_IAM_AUTH}=true the extension generates it (an IAM token per \
+                 connection): remove the password from the URL"
+            ),
+        ));
+    }
+    if !db.ssl_mode.encrypts() {
+        return Err(invalid(
+            ENV_DB_SSLMODE,
+            format!(
+                "sslmode={} with {ENV_DB_IAM_AUTH}=true: RDS IAM authentication requires TLS, use sslmode=require \
+                 or verify-full (with the RDS CA bundle as sslrootcert)",
+                db.ssl_mode.as_str()
+            ),
+        ));
+    }
+    let aws = aws_settings(get, ENV_DB_IAM_AUTH)?;
+    db.iam = Some(crate::aws::rds_iam::IamAuth::new(&db, aws).map_err(|m| invalid(ENV_DATABASE_URL, m))?);
+    Ok((Some(db), None))
+}
+
+/// Region and credentials for AWS calls, needed by `needed_by`.
+fn aws_settings(
+    get: &impl Fn(&str) -> Option<String>,
+    needed_by: &'static str,
+) -> Result<crate::aws::AwsSettings, ConfigError> {
+    let region = get(ENV_AWS_REGION)
+        .or_else(|| get(ENV_AWS_DEFAULT_REGION))
+        .ok_or_else(|| {
+            invalid(
+                ENV_AWS_REGION,
+                format!("{needed_by} needs the AWS region: Lambda sets {ENV_AWS_REGION}; elsewhere set it yourself"),
+            )
+        })?;
+    let (Some(access_key_id), Some(secret)) = (get(ENV_AWS_ACCESS_KEY_ID), get(ENV_AWS_SECRET_ACCESS_KEY)) else {
+        return Err(invalid(
+            ENV_AWS_ACCESS_KEY_ID,
+            format!(
+                "{needed_by} needs the execution role's credentials ({ENV_AWS_ACCESS_KEY_ID}, \
+                 {ENV_AWS_SECRET_ACCESS_KEY}, {ENV_AWS_SESSION_TOKEN}), which Lambda sets: do not override them with \
+                 empty values"
+            ),
+        ));
+    };
+    let endpoint = match get(ENV_AWS_ENDPOINT_URL) {
+        None => None,
+        Some(v) => {
+            let ok = url::Url::parse(&v)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some() && u.query().is_none());
+            if !ok {
+                return Err(invalid(
+                    ENV_AWS_ENDPOINT_URL,
+                    format!(
+                        "{v:?} is not an http(s) URL (for tests only, e.g. http://127.0.0.1:5000; unset it on Lambda)"
+                    ),
+                ));
+            }
+            Some(v.trim_end_matches('/').to_owned())
+        }
+    };
+    Ok(crate::aws::AwsSettings {
+        region,
+        credentials: crate::aws::AwsCredentials {
+            access_key_id,
+            secret_access_key: Secret::new(secret),
+            session_token: get(ENV_AWS_SESSION_TOKEN).map(Secret::new),
+        },
+        endpoint,
+    })
 }
 
 fn parse_port(v: &str) -> Result<u16, ConfigError> {
@@ -445,12 +714,21 @@ fn parse_upbit_base_url(v: Option<&str>) -> Result<String, ConfigError> {
 
 const DB_URL_HINT: &str = "expected postgres://user:password@host:5432/dbname?sslmode=require";
 
-/// Parses the database URL. Messages never repeat the URL (it carries the password).
+/// Parses the database URL with libpq's defaults (`sslmode` from the URL, `prefer` without). Messages never
+/// repeat the URL (it carries the password).
 ///
 /// # Errors
 /// What is wrong with the URL.
 pub fn parse_database_url(raw: &str) -> Result<DatabaseConfig, ConfigError> {
-    let var = ENV_DATABASE_URL;
+    parse_database_url_with(raw, ENV_DATABASE_URL, &SslSettings::default())
+}
+
+/// Parses a database URL that came from `var` (errors name it), with the TLS settings `ssl`. Messages never repeat
+/// the URL (it carries the password).
+///
+/// # Errors
+/// What is wrong with the URL.
+pub fn parse_database_url_with(raw: &str, var: &'static str, ssl: &SslSettings) -> Result<DatabaseConfig, ConfigError> {
     let mut url = url::Url::parse(raw).map_err(|e| invalid(var, format!("not a valid URL ({e}); {DB_URL_HINT}")))?;
     if !matches!(url.scheme(), "postgres" | "postgresql") {
         return Err(invalid(
@@ -465,33 +743,21 @@ pub fn parse_database_url(raw: &str) -> Result<DatabaseConfig, ConfigError> {
         return Err(invalid(var, format!("the URL has no host; {DB_URL_HINT}")));
     }
 
-    let mut ssl_mode = SslMode::Prefer;
+    let mut url_mode = None;
     let mut ssl_root_cert = None;
     let mut kept: Vec<(String, String)> = Vec::new();
     for (k, v) in url.query_pairs() {
         match k.as_ref() {
-            "sslmode" => {
-                ssl_mode = match v.as_ref() {
-                    "disable" => SslMode::Disable,
-                    "allow" | "prefer" => SslMode::Prefer,
-                    "require" => SslMode::Require,
-                    "verify-ca" => SslMode::VerifyCa,
-                    "verify-full" => SslMode::VerifyFull,
-                    other => {
-                        return Err(invalid(
-                            var,
-                            format!(
-                                "sslmode={other:?} is unknown: use disable, prefer, require, verify-ca or verify-full"
-                            ),
-                        ))
-                    }
-                }
-            }
+            "sslmode" => url_mode = Some(SslMode::parse(v.as_ref()).map_err(|m| invalid(var, m))?),
             // "system" (libpq 16) means the default trust store: our built-in webpki roots.
             "sslrootcert" if v != "system" => ssl_root_cert = Some(PathBuf::from(v.as_ref())),
             "sslrootcert" => {}
             _ => kept.push((k.into_owned(), v.into_owned())),
         }
+    }
+    let ssl_mode = ssl.mode.or(url_mode).unwrap_or(ssl.default_mode);
+    if ssl.root_cert.is_some() {
+        ssl_root_cert.clone_from(&ssl.root_cert);
     }
     if kept.is_empty() {
         url.set_query(None);
@@ -536,6 +802,7 @@ pub fn parse_database_url(raw: &str) -> Result<DatabaseConfig, ConfigError> {
         ssl_mode,
         ssl_root_cert,
         display,
+        iam: None,
     })
 }
 
@@ -694,6 +961,159 @@ mod tests {
             assert!(e.message.contains(needle), "{url}: {e}");
             assert!(!e.message.contains("s3cr3t"), "{e}");
         }
+    }
+
+    const AWS_ENV: [(&str, &str); 4] = [
+        (ENV_TOKEN, "t"),
+        (ENV_AWS_REGION, "ap-northeast-2"),
+        (ENV_AWS_ACCESS_KEY_ID, "ASIAEXAMPLE"),
+        (ENV_AWS_SECRET_ACCESS_KEY, "sk-s3cr3t"),
+    ];
+
+    fn aws_cfg(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut pairs = AWS_ENV.to_vec();
+        pairs.extend_from_slice(extra);
+        cfg(&pairs)
+    }
+
+    #[test]
+    fn a_secret_id_needs_no_url_and_defaults_to_require() {
+        let c = aws_cfg(&[
+            (
+                ENV_DATABASE_SECRET_ID,
+                "arn:aws:secretsmanager:ap-northeast-2:123456789012:secret:makenaide/db-AbCdEf",
+            ),
+            (ENV_AWS_SESSION_TOKEN, "sess-tok"),
+        ])
+        .unwrap();
+        assert!(c.database.is_none());
+        let s = c.database_secret.as_ref().unwrap();
+        assert!(s.secret_id.ends_with("makenaide/db-AbCdEf"));
+        assert_eq!(s.ssl.default_mode, SslMode::Require);
+        assert_eq!(s.aws.region, "ap-northeast-2");
+        assert_eq!(
+            s.aws.credentials.session_token.as_ref().map(Secret::expose),
+            Some("sess-tok")
+        );
+        assert_eq!(
+            s.aws.endpoint_of("secretsmanager"),
+            "https://secretsmanager.ap-northeast-2.amazonaws.com"
+        );
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("sk-s3cr3t") && !dbg.contains("sess-tok"), "{dbg}");
+
+        let c = aws_cfg(&[
+            (ENV_DATABASE_SECRET_ID, "makenaide/db"),
+            (ENV_DB_SSLMODE, "verify-full"),
+            (ENV_AWS_ENDPOINT_URL, "http://127.0.0.1:5000/"),
+        ])
+        .unwrap();
+        let s = c.database_secret.unwrap();
+        assert_eq!(s.ssl.mode, Some(SslMode::VerifyFull));
+        assert_eq!(s.aws.endpoint_of("secretsmanager"), "http://127.0.0.1:5000");
+    }
+
+    #[test]
+    fn secret_and_iam_configuration_errors_say_what_to_fix() {
+        let url = "postgres://u:pw@db.example:5432/app";
+        for (pairs, var, needle) in [
+            (
+                vec![(ENV_DATABASE_SECRET_ID, "s"), (ENV_DATABASE_URL, url)],
+                ENV_DATABASE_SECRET_ID,
+                "keep one",
+            ),
+            (
+                vec![(ENV_DATABASE_SECRET_ID, "s"), (ENV_DB_IAM_AUTH, "true")],
+                ENV_DB_IAM_AUTH,
+                "does not combine",
+            ),
+            (
+                vec![(ENV_DB_IAM_AUTH, "true")],
+                ENV_DB_IAM_AUTH,
+                "needs MAKENAIDE_DATABASE_URL",
+            ),
+            (
+                vec![(ENV_DB_IAM_AUTH, "true"), (ENV_DATABASE_URL, url)],
+                ENV_DATABASE_URL,
+                "remove the password",
+            ),
+            (
+                vec![
+                    (ENV_DB_IAM_AUTH, "true"),
+                    (ENV_DATABASE_URL, "postgres://u@db.example/app?sslmode=prefer"),
+                ],
+                ENV_DB_SSLMODE,
+                "requires TLS",
+            ),
+            (
+                vec![
+                    (ENV_DB_IAM_AUTH, "true"),
+                    (ENV_DATABASE_URL, "postgres://u@db.example/app"),
+                    (ENV_DB_SSLMODE, "disable"),
+                ],
+                ENV_DB_SSLMODE,
+                "requires TLS",
+            ),
+            (
+                vec![(ENV_DATABASE_SECRET_ID, "s"), (ENV_DB_SSLMODE, "always")],
+                ENV_DB_SSLMODE,
+                "unknown",
+            ),
+            (
+                vec![(ENV_DATABASE_SECRET_ID, "s"), (ENV_DB_SSLROOTCERT, "/nonexistent.pem")],
+                ENV_DB_SSLROOTCERT,
+                "does not exist",
+            ),
+            (
+                vec![(ENV_DATABASE_SECRET_ID, "s"), (ENV_AWS_ENDPOINT_URL, "localhost:5000")],
+                ENV_AWS_ENDPOINT_URL,
+                "tests only",
+            ),
+        ] {
+            let e = aws_cfg(&pairs).unwrap_err();
+            assert_eq!(e.var, var, "{pairs:?}: {e}");
+            assert!(e.message.contains(needle), "{pairs:?}: {e}");
+            assert!(!e.message.contains("pw@"), "{e}");
+        }
+        // No region / no credentials.
+        let e = cfg(&[(ENV_TOKEN, "t"), (ENV_DATABASE_SECRET_ID, "s")]).unwrap_err();
+        assert_eq!(e.var, ENV_AWS_REGION);
+        let e = cfg(&[
+            (ENV_TOKEN, "t"),
+            (ENV_DATABASE_SECRET_ID, "s"),
+            (ENV_AWS_DEFAULT_REGION, "us-east-1"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, ENV_AWS_ACCESS_KEY_ID);
+        assert!(e.message.contains("Lambda sets"), "{e}");
+    }
+
+    #[test]
+    fn iam_auth_takes_a_password_less_url_with_tls() {
+        let c = aws_cfg(&[
+            (ENV_DB_IAM_AUTH, "true"),
+            (
+                ENV_DATABASE_URL,
+                "postgres://iam_user@mydb.xxxx.ap-northeast-2.rds.amazonaws.com/app",
+            ),
+        ])
+        .unwrap();
+        let db = c.database.unwrap();
+        assert_eq!(db.ssl_mode, SslMode::Require, "IAM defaults to require");
+        let iam = db.iam.unwrap();
+        let token = iam.token();
+        assert!(
+            token.starts_with("mydb.xxxx.ap-northeast-2.rds.amazonaws.com:5432/?Action=connect&DBUser=iam_user&"),
+            "{token}"
+        );
+        assert!(token.contains("%2Fap-northeast-2%2Frds-db%2Faws4_request"), "{token}");
+        // MAKENAIDE_DB_SSLMODE wins over the URL's sslmode.
+        let c = aws_cfg(&[
+            (ENV_DATABASE_URL, "postgres://u:p@h/app?sslmode=disable"),
+            (ENV_DB_SSLMODE, "require"),
+        ])
+        .unwrap();
+        assert_eq!(c.database.unwrap().ssl_mode, SslMode::Require);
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub enum Error {
         limit: usize,
     },
     /// 503 `db_not_configured`.
-    #[error("no database configured: set MAKENAIDE_DATABASE_URL")]
+    #[error("no database configured: set MAKENAIDE_DATABASE_URL or MAKENAIDE_DATABASE_SECRET_ID")]
     DbNotConfigured,
     /// 503 `db_unavailable`.
     #[error("{message}")]
@@ -92,6 +92,9 @@ pub enum Error {
         /// SQLSTATE when the server gave one (e.g. 53300 too_many_connections, 57P01).
         sqlstate: Option<String>,
     },
+    /// 503 `db_credentials_unavailable`: the database secret is still being fetched, or fetching it failed.
+    #[error("{0}")]
+    DbCredentials(String),
     /// 504 `db_timeout`.
     #[error("{message}")]
     DbTimeout {
@@ -162,6 +165,7 @@ impl Error {
             Self::TooManyConnections { .. } => ErrorCode::TooManyConnections,
             Self::DbNotConfigured => ErrorCode::DbNotConfigured,
             Self::DbUnavailable { .. } => ErrorCode::DbUnavailable,
+            Self::DbCredentials(_) => ErrorCode::DbCredentialsUnavailable,
             Self::DbTimeout { .. } => ErrorCode::DbTimeout,
             Self::Upstream(_) => ErrorCode::UpstreamError,
             Self::UpstreamDeadline(_) => ErrorCode::UpstreamDeadline,
@@ -364,6 +368,11 @@ mod tests {
                 Error::DbNotConfigured,
                 503,
                 makenaide_contract::ErrorCode::DbNotConfigured.as_str(),
+            ),
+            (
+                Error::DbCredentials("x".into()),
+                503,
+                makenaide_contract::ErrorCode::DbCredentialsUnavailable.as_str(),
             ),
             (
                 Error::DbTimeout {

@@ -29,6 +29,7 @@
 //! - `lambda`: Extensions API lifecycle (register, `next` loop, init errors).
 //! - `server`: hyper HTTP/1 server: routing, token auth, `X-Forwarded-For` refusal, body limit, connection cap,
 //!   graceful drain.
+//! - `aws`: the execution role's AWS calls: SigV4 signing, Secrets Manager `GetSecretValue`, RDS IAM tokens.
 //! - `db`: bb8 pool with a custom manager (TLS per `sslmode`, stale detection without round trips, statement
 //!   cache), transactions in few round trips, JSON <-> PostgreSQL conversion.
 //! - `upbit`: reqwest keep-alive client (rustls + ring + webpki roots), per-group governor, retries, cache and
@@ -40,6 +41,10 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `MAKENAIDE_DATABASE_URL` | none (DB routes answer 503 `db_not_configured`) | `postgres://user:pass@host:port/db?sslmode=disable\|prefer\|require\|verify-ca\|verify-full[&sslrootcert=/path.pem]` |
+//! | `MAKENAIDE_DATABASE_SECRET_ID` | none | Secrets Manager secret (ARN or name) holding the URL or RDS JSON; read in the background at start and after a 28P01; excludes `MAKENAIDE_DATABASE_URL` |
+//! | `MAKENAIDE_DB_IAM_AUTH` | `false` | RDS IAM authentication: a token per new connection, password-less URL, TLS required |
+//! | `MAKENAIDE_DB_SSLMODE` / `MAKENAIDE_DB_SSLROOTCERT` | URL's, else `require` for a secret or IAM | TLS settings winning over the URL's |
+//! | `MAKENAIDE_AWS_ENDPOINT_URL` | none | tests only: AWS calls go to this AWS-compatible endpoint |
 //! | `MAKENAIDE_UPBIT_BASE_URL` | `https://api.upbit.com` | Upbit REST base (no `/v1`) |
 //! | `MAKENAIDE_CORE_PORT` | `4571` | localhost port (127.0.0.1 only) |
 //! | `MAKENAIDE_CORE_TOKEN` | `AWS_SESSION_TOKEN` | shared secret, header `X-Makenaide-Token` |
@@ -61,6 +66,7 @@
 //! | `AWS_LAMBDA_INITIALIZATION_TYPE` | | `lambda-managed-instances` → register SHUTDOWN only |
 //! | `AWS_LAMBDA_RUNTIME_API` | set by Lambda | Extensions API address (scheme and path prefix allowed) |
 
+pub mod aws;
 pub mod config;
 pub mod db;
 pub mod error;

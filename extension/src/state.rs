@@ -28,8 +28,9 @@ impl AppState {
     /// # Errors
     /// TLS setup failed (unreadable `sslrootcert`, ...).
     pub fn new(config: Config) -> Result<Self, Error> {
-        let db = Db::new(&config)?;
         let upbit = Upbit::new(&config)?;
+        // Secrets Manager is called with the Upbit client: one HTTP and TLS stack in the extension.
+        let db = Db::with_http(&config, config.database_secret.is_some().then(|| upbit.http_client()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,

@@ -39,7 +39,7 @@ setup || { echo "deploy: 0 passed, 1 failed"; exit 1; }
 LOG="$(mktemp)"; trap 'rm -f "$LOG"' EXIT
 # The venv's bin first: its aws/moto if it installed them, else the machine's.
 PATH="$VENV/bin:$PATH" PYTHONDONTWRITEBYTECODE=1 \
-  "$VENV/bin/python" -m pytest "$ROOT/tests/deploy" -p no:cacheprovider -q -rfEs "$@" 2>&1 | tee "$LOG"
+  "$VENV/bin/python" -m pytest "$ROOT/tests/deploy" -p no:cacheprovider -q -rfEs -n "${MAKENAIDE_DEPLOY_TEST_WORKERS:-2}" "$@" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 summary="$(grep -E '^=* ?[0-9]+ (passed|failed|error)|^[0-9]+ (passed|failed)' "$LOG" | tail -1)"
 count() { grep -oE "[0-9]+ $1" <<<"$summary" | head -1 | cut -d' ' -f1; }

@@ -156,7 +156,7 @@ def test_attach_keeps_existing_layers(moto, deploy_env, fake_dist_v2):
     # The function is x86_64: its architecture's layer is appended, the others stay in order.
     assert [l["Arn"] for l in cfg["Layers"]] == [a["LayerVersionArn"], b["LayerVersionArn"], layer_arn("x86_64", 1)]
     assert cfg["Environment"]["Variables"] == {"KEEP": "me"}
-    assert "has no MAKENAIDE_DATABASE_URL" in res.stderr  # a hint, not an error
+    assert "has neither MAKENAIDE_DATABASE_URL nor MAKENAIDE_DATABASE_SECRET_ID" in res.stderr  # a hint, not an error
 
     # A newer release replaces the old makenaide-core version in place; nothing is duplicated.
     assert deploy({**deploy_env, "MAKENAIDE_DIST_DIR": str(fake_dist_v2)}, "--no-smoke").code == 0
@@ -255,7 +255,7 @@ def test_missing_database_url_region_credentials_and_cli(moto, deploy_env):
 
     env = {k: v for k, v in deploy_env.items() if k != "MAKENAIDE_DATABASE_URL"}
     res = deploy(env)
-    assert res.code != 0 and "no database URL" in res.stderr
+    assert res.code != 0 and "no database: set MAKENAIDE_DATABASE_URL" in res.stderr
 
     res = deploy({**deploy_env, "MAKENAIDE_DATABASE_URL": "mysql://u:p@h/db"})
     assert res.code != 0 and "does not start with postgres://" in res.stderr
@@ -340,22 +340,64 @@ def test_dry_run_attach(deploy_env):
 # --- secrets -----------------------------------------------------------------------------------------------
 
 
-def test_database_url_from_secrets_manager(moto, deploy_env):
+def policy_of(res) -> dict:
+    """The IAM policy deploy.sh printed for the execution role (one JSON line on stdout)."""
+    lines = [l for l in res.stdout.splitlines() if l.startswith('{"Version"')]
+    assert len(lines) == 1, res
+    return json.loads(lines[0])
+
+
+def test_secret_id_goes_into_the_environment_never_the_url(moto, deploy_env):
     moto.create_role()
-    moto.secrets.create_secret(Name="makenaide/db", SecretString=DB_URL)
+    arn = moto.secrets.create_secret(Name="makenaide/db", SecretString=DB_URL)["ARN"]
     env = {k: v for k, v in deploy_env.items() if k != "MAKENAIDE_DATABASE_URL"}
     res = deploy(env, "--db-secret-id", "makenaide/db", "--no-smoke")
     assert res.code == 0, res
     for name in FUNCTIONS:
         assert moto.lam.get_function_configuration(FunctionName=name)["Environment"]["Variables"] == {
-            "MAKENAIDE_DATABASE_URL": DB_URL}
+            "MAKENAIDE_DATABASE_SECRET_ID": "makenaide/db"}
+    assert policy_of(res) == {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": arn}]}
+    assert "execution role makenaide-lambda needs this policy" in res.stderr
 
+    # The secret's value is never read at deploy time: a JSON secret (RDS's form) deploys the same way.
     moto.secrets.create_secret(Name="makenaide/json", SecretString=json.dumps({"password": "x", "host": "h"}))
     res = deploy(env, "--db-secret-id", "makenaide/json", "--no-smoke")
-    assert res.code != 0 and "holds JSON" in res.stderr
+    assert res.code == 0, res
 
     res = deploy(env, "--db-secret-id", "makenaide/missing", "--no-smoke")
-    assert res.code != 0 and "reading the database URL from secret 'makenaide/missing' failed" in res.stderr
+    assert res.code != 0 and "secret 'makenaide/missing' does not exist in ap-northeast-2" in res.stderr, res
+
+    res = deploy(deploy_env, "--db-secret-id", "makenaide/db", "--no-smoke")
+    assert res.code != 0 and "both MAKENAIDE_DATABASE_URL and --db-secret-id are set" in res.stderr, res
+    res = deploy(env, "--db-secret-id", "makenaide/db", "--db-iam-auth", "--no-smoke")
+    assert res.code != 0 and "do not combine" in res.stderr, res
+    res = deploy(env, "--env", "MAKENAIDE_DATABASE_SECRET_ID=makenaide/db", "--no-smoke")
+    assert res.code != 0 and "not --env MAKENAIDE_DATABASE_SECRET_ID" in res.stderr, res
+
+
+def test_iam_auth_stores_a_password_less_url(moto, deploy_env):
+    moto.create_role()
+    url = "postgres://iam_user@mydb.abc.ap-northeast-2.rds.amazonaws.com:5432/makenaide?sslmode=verify-full"
+    env = {**deploy_env, "MAKENAIDE_DATABASE_URL": url}
+    res = deploy(env, "--db-iam-auth", "--no-smoke")
+    assert res.code == 0, res
+    for name in FUNCTIONS:
+        assert moto.lam.get_function_configuration(FunctionName=name)["Environment"]["Variables"] == {
+            "MAKENAIDE_DATABASE_URL": url, "MAKENAIDE_DB_IAM_AUTH": "true"}
+    assert policy_of(res) == {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "rds-db:connect",
+        "Resource": f"arn:aws:rds-db:{REGION}:{ACCOUNT}:dbuser:RESOURCE_ID/iam_user"}]}
+    assert "DbiResourceId" in res.stderr and "GRANT rds_iam TO iam_user" in res.stderr
+
+    res = deploy(deploy_env, "--db-iam-auth", "--no-smoke")  # DB_URL has a password
+    assert res.code != 0 and "remove the password" in res.stderr, res
+    res = deploy({**env, "MAKENAIDE_DATABASE_URL": "postgres://iam_user@h:5432/db?sslmode=disable"},
+                 "--db-iam-auth", "--no-smoke")
+    assert res.code != 0 and "requires TLS" in res.stderr, res
+    res = deploy({**env, "MAKENAIDE_DB_IAM_AUTH": "1"}, "--dry-run")
+    assert res.code == 0, res
+    assert policy_of(res)["Statement"][0]["Resource"].endswith(":dbuser:RESOURCE_ID/iam_user")
 
 
 def test_secret_never_printed_even_with_xtrace(moto, deploy_env):
@@ -410,6 +452,6 @@ def test_vpc_prefix_and_layer_name(moto, deploy_env):
 def test_help(deploy_env):
     res = run_deploy(clean_env(), "help")
     assert res.code == 0
-    for word in ("--role-arn", "--db-secret-id", "MAKENAIDE_DATABASE_URL", "attach FUNCTION", "--dry-run",
+    for word in ("--role-arn", "--db-secret-id", "--db-iam-auth", "MAKENAIDE_DATABASE_URL", "attach FUNCTION", "--dry-run",
                  "MAKENAIDE_AWS_ENDPOINT_URL", "--no-smoke"):
         assert word in res.stdout

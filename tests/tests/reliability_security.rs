@@ -12,8 +12,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use common::*;
-use makenaide_tests::lambda_env::{random_hex, CoreClient, CoreToken, LambdaEnv};
-use makenaide_tests::pg::{ClusterOptions, PgCluster};
+use makenaide_tests::lambda_env::{random_hex, CoreClient, CoreToken, EnvConfig, LambdaEnv};
+use makenaide_tests::moto::Moto;
+use makenaide_tests::pg::{connect, ClusterOptions, PgCluster};
 use makenaide_tests::report;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -427,6 +428,162 @@ async fn no_secret_in_any_log_line_of_a_debug_run() {
             by_process("makenaide-core"),
             logs.len() - by_process("makenaide-core"),
             debug_lines,
+            replies.len()
+        ),
+    );
+}
+
+/// The same without a password in the configuration, at debug level: `MAKENAIDE_DATABASE_SECRET_ID` (moto with IAM
+/// checks on) for two orchestrator runs with a password rotation between them while frozen (the 28P01 re-read
+/// path), a role denied the secret, and `MAKENAIDE_DB_IAM_AUTH=true` against a server that refuses the token:
+/// neither password, nor the AWS secret keys and session tokens, nor any IAM token (`X-Amz-Signature`,
+/// `X-Amz-Credential`) appears in any log line or reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_any_log_line_with_secrets_manager_or_iam_auth() {
+    let moto = Moto::start().await.unwrap();
+    let acc = moto.accounts().await.unwrap();
+    let cluster = PgCluster::start(ClusterOptions {
+        password: Some(format!("admin-{}", random_hex(8))),
+        tls: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let admin = connect(&cluster.admin_url()).await.unwrap();
+    let (pw1, pw2) = (format!("pw1-{}", random_hex(12)), format!("pw2-{}", random_hex(12)));
+    admin
+        .batch_execute(&format!("create role app login password '{pw1}'"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("create database makenaide owner app")
+        .await
+        .unwrap();
+    let secret = |pw: &str| {
+        json!({"username": "app", "password": pw, "host": "127.0.0.1", "port": cluster.port(),
+            "dbname": "makenaide", "engine": "postgres"})
+        .to_string()
+    };
+    moto.create_secret(&acc.admin, "makenaide/db", &secret(&pw1))
+        .await
+        .unwrap();
+    let upbit = Upbit::start().await;
+    let debug_env = |function: &str, creds: &makenaide_tests::moto::Creds| {
+        let mut cfg = EnvConfig::makenaide(function)
+            .env("MAKENAIDE_AWS_ENDPOINT_URL", moto.url())
+            .env("MAKENAIDE_UPBIT_BASE_URL", upbit.base_url())
+            .env("RUST_LOG", "debug")
+            .env("AWS_LAMBDA_LOG_LEVEL", "debug")
+            .timeout(Duration::from_secs(60));
+        for (k, v) in creds.lambda_env() {
+            cfg = cfg.env(k, v);
+        }
+        cfg
+    };
+    let mut logs = Vec::new();
+    let mut replies: Vec<bytes::Bytes> = Vec::new();
+
+    // Secrets Manager: a run, a rotation while frozen, a run that re-reads the secret.
+    let env =
+        LambdaEnv::start(debug_env(ORCHESTRATOR, &acc.reader).env("MAKENAIDE_DATABASE_SECRET_ID", "makenaide/db"))
+            .await
+            .unwrap();
+    let out = env.invoke(json!({})).await.unwrap();
+    assert!(result_of(out.ok().unwrap())["rows_stored"].as_u64().unwrap() > 0);
+    admin
+        .batch_execute(&format!("alter role app password '{pw2}'"))
+        .await
+        .unwrap();
+    moto.put_secret_value(&acc.admin, "makenaide/db", &secret(&pw2))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("select pg_terminate_backend(pid) from pg_stat_activity where usename = 'app'")
+        .await
+        .unwrap();
+    let out = env.invoke(json!({})).await.unwrap();
+    result_of(out.ok().unwrap());
+    {
+        let _thawed = env.thaw();
+        let r = env.core().query_raw("select 1", json!([])).await.unwrap();
+        assert_eq!(r.status, 200);
+        replies.push(r.body);
+    }
+    let shutdown = env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
+    assert!(
+        shutdown
+            .logs
+            .iter()
+            .any(|l| l.line.contains("reading the secret again")),
+        "the rotation did not go through the re-read path"
+    );
+    logs.extend(shutdown.logs);
+
+    // A role denied the secret, and RDS IAM authentication refused by the server.
+    let denied = debug_env(COLLECTOR, &acc.denied)
+        .env("MAKENAIDE_DATABASE_SECRET_ID", "makenaide/db")
+        .freeze(false);
+    let iam = debug_env(COLLECTOR, &acc.reader)
+        .env("MAKENAIDE_DB_IAM_AUTH", "true")
+        .env(
+            "MAKENAIDE_DATABASE_URL",
+            format!("postgres://app@127.0.0.1:{}/makenaide", cluster.port()),
+        )
+        .freeze(false);
+    for cfg in [denied, iam] {
+        let env = LambdaEnv::start(cfg).await.unwrap();
+        let r = env.core().query_raw("select 1", json!([])).await.unwrap();
+        assert_eq!(r.status, 503, "{:?}", r.json());
+        replies.push(r.body);
+        logs.extend(env.shutdown(SHUTDOWN_BUDGET).await.unwrap().logs);
+    }
+
+    let debug_lines = logs.iter().filter(|l| l.line.contains("DEBUG")).count();
+    assert!(debug_lines > 0, "no debug line: the run was not at debug level");
+    let mut secrets = vec![
+        ("database password", pw1.clone()),
+        ("rotated database password", pw2.clone()),
+        ("reader's AWS secret key", acc.reader.secret_access_key.clone()),
+        ("denied role's AWS secret key", acc.denied.secret_access_key.clone()),
+        ("IAM token signature", "X-Amz-Signature".to_string()),
+        ("IAM token credential", "X-Amz-Credential".to_string()),
+    ];
+    for (what, c) in [("reader", &acc.reader), ("denied role", &acc.denied)] {
+        if let Some(t) = &c.session_token {
+            secrets.push((
+                if what == "reader" {
+                    "reader's session token"
+                } else {
+                    "denied session token"
+                },
+                t.clone(),
+            ));
+        }
+    }
+    for l in &logs {
+        for (what, secret) in &secrets {
+            assert!(
+                !l.line.contains(secret.as_str()),
+                "{} logged the {what}: {}",
+                l.process,
+                l.line
+            );
+        }
+    }
+    for body in &replies {
+        let text = String::from_utf8_lossy(body);
+        for (what, secret) in &secrets {
+            assert!(!text.contains(secret.as_str()), "a reply leaks the {what}: {text}");
+        }
+    }
+    report::record(
+        SECTION,
+        &format!(
+            "- secrets without a password in the configuration: two orchestrator runs on MAKENAIDE_DATABASE_SECRET_ID \
+             (moto, IAM checks on) with a rotation between them, a role denied the secret, MAKENAIDE_DB_IAM_AUTH \
+             refused by the server, at debug level: {} log lines ({debug_lines} at DEBUG) and {} replies grepped for \
+             both passwords, the AWS secret keys, the session tokens and IAM tokens: 0 hits",
+            logs.len(),
             replies.len()
         ),
     );

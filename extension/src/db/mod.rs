@@ -12,6 +12,7 @@
 //! meanwhile get a JSON 503 `db_unavailable` within the connect timeout. Nothing here ever makes the process exit.
 
 pub mod convert;
+pub mod credentials;
 mod exec;
 pub mod pool;
 pub(crate) mod sql;
@@ -19,6 +20,7 @@ pub(crate) mod sql;
 use crate::config::Config;
 use crate::error::Error;
 use bb8::{ErrorSink, Pool, RunError};
+use credentials::{SecretCredentials, Source, Target};
 use pool::{ConnectError, LiveConnections, Manager};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -35,6 +37,8 @@ const POOL_MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// Background reconnection backoff bounds while the database is down.
 const RECONNECT_MIN: Duration = Duration::from_millis(250);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// How long warm-up waits for the first read of `MAKENAIDE_DATABASE_SECRET_ID` (it runs in the background).
+const SECRET_WARM_UP_WAIT: Duration = Duration::from_secs(15);
 
 /// One statement of a request.
 #[derive(Clone, Debug)]
@@ -71,7 +75,7 @@ impl QueryResult {
 /// Availability as shown by `/ping`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DbStatus {
-    /// No `MAKENAIDE_DATABASE_URL`.
+    /// No `MAKENAIDE_DATABASE_URL` nor `MAKENAIDE_DATABASE_SECRET_ID`.
     NotConfigured,
     /// Started, no connection yet.
     Connecting,
@@ -112,6 +116,8 @@ struct Inner {
     opts: exec::Options,
     pool_size: u32,
     target: String,
+    /// `MAKENAIDE_DATABASE_SECRET_ID`: requests wait for (or fail on) its credentials first.
+    secret: Option<Arc<SecretCredentials>>,
 }
 
 #[derive(Clone)]
@@ -145,22 +151,50 @@ const ST_READY: u8 = 2;
 const ST_UNAVAILABLE: u8 = 3;
 
 impl Db {
-    /// Builds the pool without connecting (warm-up does that in the background).
+    /// Builds the pool without connecting (warm-up does that in the background). With a secret, this builds its own
+    /// HTTP client: the extension passes its shared one through [`Db::with_http`].
     ///
     /// # Errors
     /// TLS setup failed (e.g. an unreadable `sslrootcert`).
     pub fn new(config: &Config) -> Result<Self, Error> {
-        let Some(db) = &config.database else {
-            return Ok(Self { inner: None });
+        let http = match &config.database_secret {
+            Some(_) => Some(crate::upbit::http_client()?),
+            None => None,
+        };
+        Self::with_http(config, http)
+    }
+
+    /// [`Db::new`] with the HTTP client for Secrets Manager (`None` without `MAKENAIDE_DATABASE_SECRET_ID`).
+    ///
+    /// # Errors
+    /// TLS setup failed (e.g. an unreadable `sslrootcert`), or a secret is configured without a client.
+    pub fn with_http(config: &Config, http: Option<reqwest::Client>) -> Result<Self, Error> {
+        let connect_timeout = config.db_connect_timeout;
+        let adjust = move |pg: &mut tokio_postgres::Config| pool::adjust(pg, connect_timeout);
+        let (source, target, secret) = match (&config.database, &config.database_secret) {
+            (Some(db), _) => {
+                let target = Target::new(db, 0, adjust).map_err(|m| {
+                    Error::Config(crate::config::ConfigError {
+                        var: crate::config::ENV_DATABASE_URL,
+                        message: m,
+                    })
+                })?;
+                (Source::Fixed(Arc::new(target)), db.display.clone(), None)
+            }
+            (None, Some(src)) => {
+                let http = http.ok_or_else(|| Error::Internal("no HTTP client for Secrets Manager".into()))?;
+                let secret = SecretCredentials::new(src.clone(), http, adjust);
+                (
+                    Source::Secret(secret.clone()),
+                    format!("secret {}", src.secret_id),
+                    Some(secret),
+                )
+            }
+            (None, None) => return Ok(Self { inner: None }),
         };
         let live = Arc::new(LiveConnections::default());
         let (kill, kill_rx) = watch::channel(false);
-        let manager = Manager::new(db, config.db_connect_timeout, live.clone(), kill_rx).map_err(|m| {
-            Error::Config(crate::config::ConfigError {
-                var: crate::config::ENV_DATABASE_URL,
-                message: m,
-            })
-        })?;
+        let manager = Manager::new(source, config.db_connect_timeout, live.clone(), kill_rx);
         let last_error = Arc::new(Mutex::new(None));
         let pool = Pool::builder()
             .max_size(config.db_pool_size)
@@ -189,7 +223,8 @@ impl Db {
                     default_timeout: config.db_statement_timeout,
                 },
                 pool_size: config.db_pool_size,
-                target: db.display.clone(),
+                target,
+                secret,
             })),
         })
     }
@@ -207,11 +242,20 @@ impl Db {
         }
     }
 
-    /// Opens one connection so the first request finds it warm. Never fails: the outcome shows in [`Db::status`].
+    /// Opens one connection so the first request finds it warm (after reading the secret, with
+    /// `MAKENAIDE_DATABASE_SECRET_ID`). Never fails: the outcome shows in [`Db::status`].
     pub async fn warm_up(&self) {
         let Some(inner) = &self.inner else { return };
         let Some(pool) = inner.pool() else { return };
         let started = Instant::now();
+        if let Some(secret) = &inner.secret {
+            secret.start();
+            if let Err(e) = secret.ready(SECRET_WARM_UP_WAIT).await {
+                inner.status.store(ST_UNAVAILABLE, Ordering::SeqCst);
+                tracing::warn!(target_db = %inner.target, error = %e, "postgres warm-up failed");
+                return;
+            }
+        }
         let outcome = inner.checkout(&pool, started).await.map(drop);
         match outcome {
             Ok(()) => {
@@ -268,6 +312,17 @@ impl Db {
             }
             if timeout.is_zero() || left < timeout {
                 timeout = left;
+            }
+        }
+        if let Some(secret) = &inner.secret {
+            // Within the connect timeout, as for a connection (and the caller's deadline).
+            let mut wait = inner.opts.connect_timeout;
+            if let Some(deadline) = deadline {
+                wait = wait.min(deadline.saturating_duration_since(Instant::now()));
+            }
+            if let Err(e) = secret.ready(wait).await {
+                inner.status.store(ST_UNAVAILABLE, Ordering::SeqCst);
+                return Err(e);
             }
         }
         let conn = inner.checkout(&pool, Instant::now()).await?;

@@ -11,8 +11,12 @@
 //! - the connection type carries the statement cache (`PgConn::statements`), keyed by SQL text, so a repeated
 //!   statement costs no Parse/Describe round trip.
 //! - connection tasks are counted, so shutdown can wait for every `Terminate` to be sent.
+//! - the connection settings come from a [`Source`]: fixed, or a Secrets Manager secret read again when the server
+//!   refuses the password (28P01), after which the connection is retried once; with RDS IAM authentication each new
+//!   connection gets a token as its password.
 
-use crate::config::{DatabaseConfig, SslMode};
+use super::credentials::{Source, Target};
+use crate::config::SslMode;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -39,6 +43,8 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `is_valid` failure: a pooled connection found dead at checkout (bb8 then opens or picks another one).
 pub const DISCARDED: &str = "stale connection discarded at checkout";
+/// SQLSTATE `invalid_password`: wrong password, an expired IAM token, or a rotated secret.
+pub const INVALID_PASSWORD: &str = "28P01";
 
 /// Error type of the manager: a message safe to show and the SQLSTATE when the server sent one.
 #[derive(Clone, Debug)]
@@ -146,15 +152,31 @@ impl Drop for LiveGuard {
     }
 }
 
-enum Tls {
+/// TLS of a connection.
+pub enum Tls {
+    /// `sslmode=disable`.
     Disabled,
+    /// Every other mode.
     Rustls(MakeRustlsConnect),
+}
+
+/// The socket options every connection gets (applied to each generation of settings).
+pub fn adjust(pg: &mut tokio_postgres::Config, connect_timeout: Duration) {
+    pg.connect_timeout(connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(TCP_USER_TIMEOUT);
+    if pg.get_application_name().is_none() {
+        // Lets operators (and tests) find this extension's sessions in pg_stat_activity.
+        pg.application_name("makenaide-core");
+    }
 }
 
 /// bb8 connection manager for PostgreSQL.
 pub struct Manager {
-    pg: tokio_postgres::Config,
-    tls: Tls,
+    source: Source,
     connect_timeout: Duration,
     live: Arc<LiveConnections>,
     /// Flipped to `true` at shutdown: connection tasks still alive after the grace period drop their sockets.
@@ -162,38 +184,57 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Builds the manager: TLS configuration is prepared once here (webpki roots parsed once, not per connect).
-    ///
-    /// # Errors
-    /// The `sslrootcert` bundle cannot be read.
+    /// Builds the manager over a source of settings (TLS configuration is prepared once per generation of
+    /// settings, in [`Target::new`]: webpki roots parsed once, not per connect).
+    #[must_use]
     pub fn new(
-        db: &DatabaseConfig,
+        source: Source,
         connect_timeout: Duration,
         live: Arc<LiveConnections>,
         kill: watch::Receiver<bool>,
-    ) -> Result<Self, String> {
-        let mut pg = db.pg.clone();
-        pg.connect_timeout(connect_timeout)
-            .keepalives(true)
-            .keepalives_idle(KEEPALIVE_IDLE)
-            .keepalives_interval(KEEPALIVE_INTERVAL)
-            .keepalives_retries(KEEPALIVE_RETRIES)
-            .tcp_user_timeout(TCP_USER_TIMEOUT);
-        if pg.get_application_name().is_none() {
-            // Lets operators (and tests) find this extension's sessions in pg_stat_activity.
-            pg.application_name("makenaide-core");
-        }
-        let tls = match db.ssl_mode {
-            SslMode::Disable => Tls::Disabled,
-            mode => Tls::Rustls(MakeRustlsConnect::new(tls_config(mode, db.ssl_root_cert.as_deref())?)),
-        };
-        Ok(Self {
-            pg,
-            tls,
+    ) -> Self {
+        Self {
+            source,
             connect_timeout,
             live,
             kill,
-        })
+        }
+    }
+
+    /// One connection attempt with `target`'s settings, bounded by the connect timeout.
+    async fn connect_to(&self, target: &Target) -> Result<Client, ConnectError> {
+        let pg = match &target.iam {
+            None => std::borrow::Cow::Borrowed(&target.pg),
+            Some(iam) => {
+                let mut pg = target.pg.clone();
+                pg.password(iam.token().as_bytes());
+                std::borrow::Cow::Owned(pg)
+            }
+        };
+        // tokio-postgres' connect_timeout covers the TCP connect only; this bounds TLS + auth too.
+        let attempt = async {
+            match &target.tls {
+                Tls::Disabled => {
+                    let (client, connection) = pg.connect(NoTls).await?;
+                    self.spawn_connection(connection);
+                    Ok::<_, tokio_postgres::Error>(client)
+                }
+                Tls::Rustls(make) => {
+                    let (client, connection) = pg.connect(make.clone()).await?;
+                    self.spawn_connection(connection);
+                    Ok(client)
+                }
+            }
+        };
+        Ok(tokio::time::timeout(self.connect_timeout, attempt)
+            .await
+            .map_err(|_| ConnectError {
+                message: format!(
+                    "no answer within {} ms (MAKENAIDE_DB_CONNECT_TIMEOUT_MS)",
+                    self.connect_timeout.as_millis()
+                ),
+                sqlstate: None,
+            })??)
     }
 
     fn spawn_connection<S, T>(&self, connection: tokio_postgres::Connection<S, T>)
@@ -223,30 +264,47 @@ impl bb8::ManageConnection for Manager {
     type Error = ConnectError;
 
     async fn connect(&self) -> Result<PgConn, ConnectError> {
-        // tokio-postgres' connect_timeout covers the TCP connect only; this bounds TLS + auth too.
-        let attempt = async {
-            match &self.tls {
-                Tls::Disabled => {
-                    let (client, connection) = self.pg.connect(NoTls).await?;
-                    self.spawn_connection(connection);
-                    Ok::<_, tokio_postgres::Error>(client)
-                }
-                Tls::Rustls(make) => {
-                    let (client, connection) = self.pg.connect(make.clone()).await?;
-                    self.spawn_connection(connection);
-                    Ok(client)
-                }
-            }
-        };
-        let client = tokio::time::timeout(self.connect_timeout, attempt)
-            .await
-            .map_err(|_| ConnectError {
-                message: format!(
-                    "no answer within {} ms (MAKENAIDE_DB_CONNECT_TIMEOUT_MS)",
-                    self.connect_timeout.as_millis()
-                ),
+        let Some(target) = self.source.current() else {
+            return Err(ConnectError {
+                message: "the database credentials have not been read from Secrets Manager yet".into(),
                 sqlstate: None,
-            })??;
+            });
+        };
+        let client = match self.connect_to(&target).await {
+            Err(e) if e.sqlstate.as_deref() == Some(INVALID_PASSWORD) => match (&self.source, &target.iam) {
+                // Rotated? Read the secret again (one fetch at a time) and retry once with what it holds now.
+                (Source::Secret(secret), _) => {
+                    match secret
+                        .refresh_after_rejected(target.generation, self.connect_timeout)
+                        .await
+                    {
+                        Some(newer) => {
+                            tracing::info!(
+                                generation = newer.generation,
+                                "retrying the connection with the secret's new credentials"
+                            );
+                            self.connect_to(&newer)
+                                .await
+                                .map_err(|e| refused_hint(e, secret.secret_id(), true))?
+                        }
+                        None => return Err(refused_hint(e, secret.secret_id(), false)),
+                    }
+                }
+                (Source::Fixed(_), Some(iam)) => {
+                    return Err(ConnectError {
+                        message: format!(
+                            "{} (IAM authentication: the execution role needs rds-db:connect on {}, and the user \
+                             GRANT rds_iam)",
+                            e.message,
+                            iam.policy_resource()
+                        ),
+                        sqlstate: e.sqlstate,
+                    })
+                }
+                (Source::Fixed(_), None) => return Err(e),
+            },
+            other => other?,
+        };
         crate::metrics::inc(crate::metrics::Counter::DbNewConnections);
         Ok(PgConn {
             client,
@@ -271,8 +329,24 @@ impl bb8::ManageConnection for Manager {
     }
 }
 
+/// A refused password of secret `secret_id`, with what to do about it.
+fn refused_hint(e: ConnectError, secret_id: &str, after_refresh: bool) -> ConnectError {
+    let when = if after_refresh {
+        "even after reading the secret again"
+    } else {
+        "and the secret holds no newer one"
+    };
+    ConnectError {
+        message: format!(
+            "{} ({when}: make secret {secret_id} hold the role's current password)",
+            e.message
+        ),
+        sqlstate: e.sqlstate,
+    }
+}
+
 /// rustls client configuration for an `sslmode`, with libpq's semantics.
-fn tls_config(mode: SslMode, root_cert: Option<&std::path::Path>) -> Result<ClientConfig, String> {
+pub fn tls_config(mode: SslMode, root_cert: Option<&std::path::Path>) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -43,6 +43,37 @@ const CACHE_MAX_ENTRIES: usize = 1024;
 /// Upbit's rate-limit header.
 pub const REMAINING_REQ: &str = "remaining-req";
 
+/// The extension's one HTTP client: HTTP/1 keep-alive, rustls with ring and the compiled-in webpki roots (no
+/// filesystem scan of /etc/ssl at cold start), no redirects, no proxy. Upbit and the AWS calls share it.
+///
+/// # Errors
+/// TLS or client setup failed.
+pub fn http_client() -> Result<reqwest::Client, Error> {
+    // Also the process default, so nothing that builds its own rustls config can panic for lack of one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Internal(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .user_agent(concat!("makenaide-core/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(32)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_keepalive(TCP_KEEPALIVE)
+        .tcp_nodelay(true)
+        .no_proxy()
+        .build()
+        .map_err(|e| Error::Internal(format!("HTTP client setup: {e}")))
+}
+
 /// A quotation route: the rate-limit group of a mirrored path, or `None` for paths Upbit's quotation API does not
 /// have (→ 404 `not_found`).
 #[must_use]
@@ -134,30 +165,7 @@ impl Upbit {
     }
 
     fn with_window(config: &crate::config::Config, window: Duration) -> Result<Self, Error> {
-        // Also the process default, so nothing that builds its own rustls config can panic for lack of one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        // Compiled-in Mozilla roots: no filesystem scan of /etc/ssl at cold start.
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Internal(format!("TLS setup: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .user_agent(concat!("makenaide-core/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(32)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_keepalive(TCP_KEEPALIVE)
-            .tcp_nodelay(true)
-            .no_proxy()
-            .build()
-            .map_err(|e| Error::Internal(format!("HTTP client setup: {e}")))?;
+        let client = http_client()?;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
@@ -175,6 +183,12 @@ impl Upbit {
                 jitter: AtomicU64::new(seed),
             }),
         })
+    }
+
+    /// The extension's HTTP client (also used for its AWS calls: one TLS stack, one connection pool per host).
+    #[must_use]
+    pub fn http_client(&self) -> reqwest::Client {
+        self.inner.client.clone()
     }
 
     /// `/ping`'s view: `ready` once a connection to Upbit has answered.

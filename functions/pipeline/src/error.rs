@@ -61,8 +61,16 @@ impl CoreError {
             ) => error_type::CORE_UNAVAILABLE,
             // Only the /db routes produce the others; an unknown (newer) code is most likely one of them too.
             Some(
-                InvalidJson | InvalidRequest | InvalidParam | SqlError | ReadOnly | BodyTooLarge | DbNotConfigured
-                | DbUnavailable | DbTimeout,
+                InvalidJson
+                | InvalidRequest
+                | InvalidParam
+                | SqlError
+                | ReadOnly
+                | BodyTooLarge
+                | DbNotConfigured
+                | DbUnavailable
+                | DbCredentialsUnavailable
+                | DbTimeout,
             )
             | None => error_type::DATABASE_ERROR,
         }
