@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {"a": "#2a9d8f", "b": "#e76f51", "c": "#8d99ae"}
-SHORT = {"a": "(a) makenaide-core", "b": "(b) Python\nbaseline", "c": "(c) Rust,\nno extension"}
+SHORT = {"a": "(a) makenaide-core", "b": "(b) Python\nbaseline", "c": "(c) Rust,\nno extension", "a-off": "(a) metrics\noff"}
 
 
 def hop_label(name):
@@ -22,7 +22,7 @@ def hop_label(name):
     if "`BEGIN` pipelined" in name:
         return "direct,\nBEGIN..COMMIT"
     short = name.split(" (")[0].replace("extension ", "ext ").replace("`select 1`", "").replace("GET ", "")
-    return short.replace(", TOKIO_WORKER_THREADS=1", "\n1 worker").replace(", ", ",\n").strip()
+    return short.replace(", MAKENAIDE_METRICS=off", "\nmetrics off").replace(", ", ",\n").strip()
 
 
 

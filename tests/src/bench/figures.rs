@@ -91,6 +91,10 @@ fn record_memory(b: &mut Bench, env: &LambdaEnv, function_label: &str, phase: &s
 pub const LABEL_A: &str = "makenaide-core (extension + Rust function)";
 pub const LABEL_B: &str = "Python baseline (awslambdaric, requests, psycopg2)";
 pub const LABEL_C: &str = "Rust function, no extension, PG connect per invocation";
+/// (a) with the extension's metrics (Telemetry API + EMF) switched off: shows what they cost per invocation.
+pub const LABEL_A_OFF: &str = "makenaide-core, MAKENAIDE_METRICS=off";
+/// The extension's switch for its metrics (README "Metrics").
+const METRICS_ENV: &str = "MAKENAIDE_METRICS";
 pub const MEM_RUST_FN: &str = "function makenaide-data-collector";
 pub const MEM_PY_FN: &str = "function Python baseline";
 pub const MEM_DIRECT_FN: &str = "function bench-direct-collector";
@@ -109,7 +113,14 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
     .await?;
     let py = LambdaEnv::start(b.python_env(&url)).await?;
     let c = LambdaEnv::start(b.direct_env(&url)).await?;
-    let envs = [&a, &py, &c];
+    let a_off = LambdaEnv::start(
+        b.core_env(&url)
+            .env(ENV_UPBIT_CACHE_TTL_MS, "0")
+            .env(ENV_UPBIT_RATE_PER_SEC, "1000")
+            .env(METRICS_ENV, "off"),
+    )
+    .await?;
+    let envs = [&a, &py, &c, &a_off];
     let event = collect_event(&["KRW-BTC".to_string()], 3);
     for env in envs {
         for _ in 0..WARMUP_COUNT {
@@ -118,8 +129,8 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
         }
     }
     let n = b.opts.warm;
-    let mut samples: [Vec<Duration>; 3] = Default::default();
-    let mut handler: [Vec<Duration>; 3] = Default::default();
+    let mut samples: [Vec<Duration>; 4] = Default::default();
+    let mut handler: [Vec<Duration>; 4] = Default::default();
     for i in 0..n {
         for (k, env) in envs.iter().enumerate() {
             let out = env.invoke(event.clone()).await?;
@@ -134,8 +145,8 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             handler[k].push(Duration::from_secs_f64(secs));
         }
     }
-    let [sa, sb, sc] = samples.map(|s| Summary::of(&s));
-    let [ha, hb, hc] = handler.map(|s| Summary::of(&s));
+    let [sa, sb, sc, s_off] = samples.map(|s| Summary::of(&s));
+    let [ha, hb, hc, h_off] = handler.map(|s| Summary::of(&s));
     record_memory(b, &a, MEM_RUST_FN, "warm (fig. 1)");
     record_memory(b, &py, MEM_PY_FN, "warm (fig. 1)");
     record_memory(b, &c, MEM_DIRECT_FN, "warm (fig. 1)");
@@ -145,6 +156,7 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             Variant::new("a", LABEL_A, sa, ha),
             Variant::new("b", LABEL_B, sb, hb),
             Variant::new("c", LABEL_C, sc, hc),
+            Variant::new("a-off", LABEL_A_OFF, s_off, h_off),
         ],
         ratio_b_over_a_p50: ratio(sb.p50_us, sa.p50_us),
         ratio_b_over_a_p99: ratio(sb.p99_us, sa.p99_us),
@@ -173,12 +185,13 @@ pub async fn hop(b: &mut Bench) -> Result<()> {
             .env(ENV_UPBIT_RATE_PER_SEC, "1000"),
     )
     .await?;
-    // The same extension on a one-worker tokio runtime (tokio reads TOKIO_WORKER_THREADS when the builder sets no
-    // count, as makenaide-core's main does): shows what the cross-thread hand-offs of the default runtime cost.
+    // The same extension with its metrics switched off: what counting every request costs on the hop.
     let env1 = LambdaEnv::start(
         b.core_env(&sim.base_url())
             .freeze(false)
-            .env(TOKIO_WORKER_THREADS_ENV, "1"),
+            .env(ENV_UPBIT_CACHE_TTL_MS, "0")
+            .env(ENV_UPBIT_RATE_PER_SEC, "1000")
+            .env(METRICS_ENV, "off"),
     )
     .await?;
     let ext = [
@@ -234,12 +247,10 @@ pub async fn hop(b: &mut Bench) -> Result<()> {
     Ok(())
 }
 
-/// tokio's variable for the default worker count.
-const TOKIO_WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
 const HOP_PING: &str = "extension GET /ping (HTTP hop only, no DB)";
 pub const HOP_QUERY: &str = "extension /db/query `select 1` (function's client)";
-const HOP_QUERY_1W: &str = "extension /db/query `select 1`, TOKIO_WORKER_THREADS=1";
-const HOP_PING_1W: &str = "extension GET /ping, TOKIO_WORKER_THREADS=1";
+const HOP_QUERY_1W: &str = "extension /db/query `select 1`, MAKENAIDE_METRICS=off";
+const HOP_PING_1W: &str = "extension GET /ping, MAKENAIDE_METRICS=off";
 pub const HOP_DIRECT: &str = "direct, prepared `select 1` (warm TLS connection)";
 const HOP_DIRECT_UNPREPARED: &str = "direct, unprepared `select 1` (warm TLS connection)";
 const HOP_DIRECT_TX: &str =
