@@ -207,30 +207,15 @@ impl Moto {
 
     /// A signed call of AWS's JSON 1.1 protocol (`X-Amz-Target: <prefix>.<action>`); `(status, body)`.
     pub async fn json_call(&self, creds: &Creds, service: &str, target: &str, body: &Value) -> Result<(u16, Value)> {
-        let body = body.to_string();
-        let content_type = "application/x-amz-json-1.1";
-        let signed = makenaide_core::aws::sigv4::sign_request(
-            creds.signing(),
-            REGION,
-            service,
-            "POST",
-            &self.host(),
-            "/",
-            &[("content-type", content_type), ("x-amz-target", target)],
-            body.as_bytes(),
-            SystemTime::now(),
-        );
-        let mut req = self
-            .http
-            .post(format!("{}/", self.url()))
-            .header("content-type", content_type)
-            .header("x-amz-target", target)
-            .header("x-amz-date", &signed.amz_date)
-            .header("authorization", &signed.authorization);
-        if let Some(t) = &signed.security_token {
-            req = req.header("x-amz-security-token", t);
-        }
-        let r = req.body(body).send().await?;
+        let r = self
+            .signed_post(
+                creds,
+                service,
+                "application/x-amz-json-1.1",
+                Some(target),
+                body.to_string(),
+            )
+            .await?;
         let status = r.status().as_u16();
         let bytes = r.bytes().await?;
         Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
@@ -238,18 +223,30 @@ impl Moto {
 
     /// A signed call of AWS's query protocol (IAM, STS); `(status, XML body)`.
     pub async fn query_call(&self, creds: &Creds, service: &str, params: &[(&str, &str)]) -> Result<(u16, String)> {
+        let enc = makenaide_core::aws::sigv4::uri_encode;
         let body = params
             .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{}={}",
-                    makenaide_core::aws::sigv4::uri_encode(k),
-                    makenaide_core::aws::sigv4::uri_encode(v)
-                )
-            })
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
             .collect::<Vec<_>>()
             .join("&");
         let content_type = "application/x-www-form-urlencoded; charset=utf-8";
+        let r = self.signed_post(creds, service, content_type, None, body).await?;
+        Ok((r.status().as_u16(), r.text().await?))
+    }
+
+    /// `POST /` signed with SigV4 (the extension's own signer) for `service`, with `x-amz-target` when given.
+    async fn signed_post(
+        &self,
+        creds: &Creds,
+        service: &str,
+        content_type: &str,
+        target: Option<&str>,
+        body: String,
+    ) -> Result<reqwest::Response> {
+        let mut headers = vec![("content-type", content_type)];
+        if let Some(t) = target {
+            headers.push(("x-amz-target", t));
+        }
         let signed = makenaide_core::aws::sigv4::sign_request(
             creds.signing(),
             REGION,
@@ -257,21 +254,22 @@ impl Moto {
             "POST",
             &self.host(),
             "/",
-            &[("content-type", content_type)],
+            &headers,
             body.as_bytes(),
             SystemTime::now(),
         );
         let mut req = self
             .http
             .post(format!("{}/", self.url()))
-            .header("content-type", content_type)
             .header("x-amz-date", &signed.amz_date)
             .header("authorization", &signed.authorization);
+        for (k, v) in &headers {
+            req = req.header(*k, *v);
+        }
         if let Some(t) = &signed.security_token {
             req = req.header("x-amz-security-token", t);
         }
-        let r = req.body(body).send().await?;
-        Ok((r.status().as_u16(), r.text().await?))
+        Ok(req.body(body).send().await?)
     }
 
     async fn must_query(&self, creds: &Creds, service: &str, params: &[(&str, &str)]) -> Result<String> {

@@ -212,6 +212,17 @@ pub struct ClusterOptions {
     pub extra_conf: Vec<String>,
 }
 
+impl ClusterOptions {
+    /// Like a managed database: SCRAM with a random superuser password, and TLS.
+    pub fn scram_tls() -> Self {
+        Self {
+            password: Some(format!("admin-{}", crate::lambda_env::random_hex(8))),
+            tls: true,
+            ..Default::default()
+        }
+    }
+}
+
 /// A PostgreSQL server of its own, in a temporary directory; stopped (immediate) and removed on drop.
 pub struct PgCluster {
     dir: tempfile::TempDir,

@@ -159,13 +159,7 @@ fn stmt(sql: &str) -> StatementRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iam_auth_pool_connects_with_the_token_over_tls() {
-    let cluster = PgCluster::start(ClusterOptions {
-        password: Some(format!("admin-{}", random_hex(8))),
-        tls: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cluster = PgCluster::start(ClusterOptions::scram_tls()).await.unwrap();
     let config = iam_config(cluster.port(), fixed_clock);
     let iam: &IamAuth = config.database.as_ref().unwrap().iam.as_ref().unwrap();
     let token = iam.token_at(fixed_clock());

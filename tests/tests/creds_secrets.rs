@@ -70,13 +70,7 @@ async fn started() -> (Moto, Accounts) {
 async fn secret_rotation_mid_run_fails_no_request() {
     const WORKERS: usize = 4;
     let (moto, acc) = started().await;
-    let cluster = PgCluster::start(ClusterOptions {
-        password: Some(format!("admin-{}", random_hex(8))),
-        tls: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cluster = PgCluster::start(ClusterOptions::scram_tls()).await.unwrap();
     let admin = connect(&cluster.admin_url()).await.unwrap();
     // Characters that need percent-encoding in a URL: the extension builds the URL from the JSON.
     let old_pw = format!("old@:/?#%+ {}", random_hex(12));

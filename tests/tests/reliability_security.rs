@@ -442,13 +442,7 @@ async fn no_secret_in_any_log_line_of_a_debug_run() {
 async fn no_secret_in_any_log_line_with_secrets_manager_or_iam_auth() {
     let moto = Moto::start().await.unwrap();
     let acc = moto.accounts().await.unwrap();
-    let cluster = PgCluster::start(ClusterOptions {
-        password: Some(format!("admin-{}", random_hex(8))),
-        tls: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cluster = PgCluster::start(ClusterOptions::scram_tls()).await.unwrap();
     let admin = connect(&cluster.admin_url()).await.unwrap();
     let (pw1, pw2) = (format!("pw1-{}", random_hex(12)), format!("pw2-{}", random_hex(12)));
     admin
