@@ -1,6 +1,8 @@
 //! PostgreSQL and Upbit used directly, without the extension: the TLS connector the benchmark's own direct
 //! connections use (figure 2's floor, figure 5's row-by-row inserts) and the body of `bench-direct-collector`
-//! (figures 1 and 3, variant c), which connects to PostgreSQL on every invocation.
+//! (figures 1 and 3): variant (c) connects to PostgreSQL on every invocation; variant (d), with
+//! [`KEEP_CONNECTION_ENV`] set, keeps one warm TLS connection and its prepared upsert across invocations (the
+//! in-process floor that any sidecar design is measured against, issue "one round trip").
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +20,8 @@ pub const DATABASE_URL_ENV: &str = "MAKENAIDE_DATABASE_URL";
 pub const UPBIT_BASE_URL_ENV: &str = "MAKENAIDE_UPBIT_BASE_URL";
 /// PEM file of the CA that signed the server certificate (what libpq's `sslrootcert` is).
 pub const PG_CA_FILE_ENV: &str = "BENCH_PG_CA_FILE";
+/// `1`: keep the PostgreSQL connection (and the prepared upsert) across invocations: variant (d).
+pub const KEEP_CONNECTION_ENV: &str = "BENCH_DIRECT_KEEP_CONNECTION";
 
 /// Upsert of a batch of candles in one statement (the same `unnest` shape the makenaide collector sends).
 pub const BATCH_UPSERT_SQL: &str = r#"INSERT INTO ohlcv (market, "interval", candle_date_time_utc, candle_date_time_kst,
@@ -69,7 +73,11 @@ pub fn tls_connector(ca_pem: &Path) -> Result<MakeRustlsConnect> {
 /// Opens a TLS connection (`url` with `sslmode=require`) verified against `ca_pem`; the connection is driven by
 /// a task on the current runtime.
 pub async fn connect_tls(url: &str, ca_pem: &Path) -> Result<Client> {
-    let (client, conn) = tokio_postgres::connect(url, tls_connector(ca_pem)?).await?;
+    connect_tls_with(url, tls_connector(ca_pem)?).await
+}
+
+async fn connect_tls_with(url: &str, tls: MakeRustlsConnect) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, tls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -81,8 +89,11 @@ pub struct DirectConfig {
     pub database_url: String,
     pub tls: MakeRustlsConnect,
     pub upbit_base: String,
-    /// Kept across invocations (keep-alive): only PostgreSQL is connected per invocation.
+    /// Kept across invocations (keep-alive).
     pub http: reqwest::Client,
+    /// Variant (d): the warm connection and its prepared upsert, made by the first invocation. `None` inside means
+    /// variant (c) (connect per invocation).
+    pub kept: Option<tokio::sync::Mutex<Option<(Client, tokio_postgres::Statement)>>>,
 }
 
 impl DirectConfig {
@@ -94,6 +105,7 @@ impl DirectConfig {
             tls: tls_connector(Path::new(&var(PG_CA_FILE_ENV)?))?,
             upbit_base: var(UPBIT_BASE_URL_ENV)?.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder().no_proxy().tcp_nodelay(true).build()?,
+            kept: (std::env::var(KEEP_CONNECTION_ENV).as_deref() == Ok("1")).then(|| tokio::sync::Mutex::new(None)),
         })
     }
 }
@@ -161,30 +173,41 @@ pub async fn collect(cfg: &DirectConfig, event: &Value) -> Result<Value> {
             cols.push(c);
         }
     }
-    let (client, conn) = tokio_postgres::connect(&cfg.database_url, cfg.tls.clone()).await?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let stored = client
-        .execute(
-            BATCH_UPSERT_SQL,
-            &[
-                &interval,
-                &cols.market,
-                &cols.utc,
-                &cols.kst,
-                &cols.open,
-                &cols.high,
-                &cols.low,
-                &cols.close,
-                &cols.volume,
-                &cols.turnover,
-                &cols.ts,
-            ],
-        )
-        .await?;
-    // Closes the session (Terminate) like a per-invocation `conn.close()`.
-    drop(client);
-    let _ = driver.await;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &interval,
+        &cols.market,
+        &cols.utc,
+        &cols.kst,
+        &cols.open,
+        &cols.high,
+        &cols.low,
+        &cols.close,
+        &cols.volume,
+        &cols.turnover,
+        &cols.ts,
+    ];
+    let stored = if let Some(kept) = &cfg.kept {
+        // (d): one warm connection, the statement prepared once; a connection that broke is replaced.
+        let mut kept = kept.lock().await;
+        if kept.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            let client = connect_tls_with(&cfg.database_url, cfg.tls.clone()).await?;
+            let stmt = client.prepare(BATCH_UPSERT_SQL).await?;
+            *kept = Some((client, stmt));
+        }
+        let (client, stmt) = kept
+            .as_ref()
+            .ok_or_else(|| HarnessError::State("no kept connection".into()))?;
+        client.execute(stmt, &params).await?
+    } else {
+        let (client, conn) = tokio_postgres::connect(&cfg.database_url, cfg.tls.clone()).await?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let stored = client.execute(BATCH_UPSERT_SQL, &params).await?;
+        // Closes the session (Terminate) like a per-invocation `conn.close()`.
+        drop(client);
+        let _ = driver.await;
+        stored
+    };
     Ok(json!({"interval": interval, "count": count, "rows_stored": stored, "failed": failed}))
 }

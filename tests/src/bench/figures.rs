@@ -91,6 +91,8 @@ fn record_memory(b: &mut Bench, env: &LambdaEnv, function_label: &str, phase: &s
 pub const LABEL_A: &str = "makenaide-core (extension + Rust function)";
 pub const LABEL_B: &str = "Python baseline (awslambdaric, requests, psycopg2)";
 pub const LABEL_C: &str = "Rust function, no extension, PG connect per invocation";
+/// Variant (d): the floor any sidecar design is measured against.
+pub const LABEL_D: &str = "Rust function, no extension, warm PG connection kept in-process (the floor)";
 /// (a) with the extension's metrics (Telemetry API + EMF) switched off: shows what they cost per invocation.
 pub const LABEL_A_OFF: &str = "makenaide-core, MAKENAIDE_METRICS=off";
 /// The extension's switch for its metrics (README "Metrics").
@@ -113,6 +115,7 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
     .await?;
     let py = LambdaEnv::start(b.python_env(&url)).await?;
     let c = LambdaEnv::start(b.direct_env(&url)).await?;
+    let d = LambdaEnv::start(b.direct_kept_env(&url)).await?;
     let a_off = LambdaEnv::start(
         b.core_env(&url)
             .env(ENV_UPBIT_CACHE_TTL_MS, "0")
@@ -120,7 +123,7 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             .env(METRICS_ENV, "off"),
     )
     .await?;
-    let envs = [&a, &py, &c, &a_off];
+    let envs = [&a, &py, &c, &a_off, &d];
     let event = collect_event(&["KRW-BTC".to_string()], 3);
     for env in envs {
         for _ in 0..WARMUP_COUNT {
@@ -129,8 +132,8 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
         }
     }
     let n = b.opts.warm;
-    let mut samples: [Vec<Duration>; 4] = Default::default();
-    let mut handler: [Vec<Duration>; 4] = Default::default();
+    let mut samples: [Vec<Duration>; 5] = Default::default();
+    let mut handler: [Vec<Duration>; 5] = Default::default();
     for i in 0..n {
         for (k, env) in envs.iter().enumerate() {
             let out = env.invoke(event.clone()).await?;
@@ -145,8 +148,8 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             handler[k].push(Duration::from_secs_f64(secs));
         }
     }
-    let [sa, sb, sc, s_off] = samples.map(|s| Summary::of(&s));
-    let [ha, hb, hc, h_off] = handler.map(|s| Summary::of(&s));
+    let [sa, sb, sc, s_off, sd] = samples.map(|s| Summary::of(&s));
+    let [ha, hb, hc, h_off, hd] = handler.map(|s| Summary::of(&s));
     record_memory(b, &a, MEM_RUST_FN, "warm (fig. 1)");
     record_memory(b, &py, MEM_PY_FN, "warm (fig. 1)");
     record_memory(b, &c, MEM_DIRECT_FN, "warm (fig. 1)");
@@ -157,17 +160,23 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             Variant::new("b", LABEL_B, sb, hb),
             Variant::new("c", LABEL_C, sc, hc),
             Variant::new("a-off", LABEL_A_OFF, s_off, h_off),
+            Variant::new("d", LABEL_D, sd, hd),
         ],
+        handler_ratio_b_over_a_p50: ratio(hb.p50_us, ha.p50_us),
+        handler_ratio_a_over_d_p50: ratio(ha.p50_us, hd.p50_us),
         ratio_b_over_a_p50: ratio(sb.p50_us, sa.p50_us),
         ratio_b_over_a_p99: ratio(sb.p99_us, sa.p99_us),
         ratio_c_over_a_p50: ratio(sc.p50_us, sa.p50_us),
     };
     eprintln!(
-        "   warm p50: a {:.2} ms, b {:.2} ms, c {:.2} ms -> b/a {:.1}x",
+        "   warm p50: a {:.2} ms, b {:.2} ms, c {:.2} ms, d {:.2} ms -> b/a {:.1}x; handler a/d {:.2}x, b/a {:.1}x",
         sa.p50_ms(),
         sb.p50_ms(),
         sc.p50_ms(),
-        warm.ratio_b_over_a_p50
+        sd.p50_ms(),
+        warm.ratio_b_over_a_p50,
+        warm.handler_ratio_a_over_d_p50,
+        warm.handler_ratio_b_over_a_p50
     );
     b.report.warm = Some(warm);
     Ok(())

@@ -249,6 +249,11 @@ impl Bench {
             .timeout(FUNCTION_TIMEOUT)
     }
 
+    /// Variant (d): the direct collector keeping its warm PostgreSQL connection across invocations.
+    pub fn direct_kept_env(&self, upbit: &str) -> EnvConfig {
+        self.direct_env(upbit).env(direct::KEEP_CONNECTION_ENV, "1")
+    }
+
     /// Empties `ohlcv`.
     pub async fn truncate(&self) -> Result<()> {
         self.admin.batch_execute("truncate ohlcv").await?;
