@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 
 use super::direct::{self, ROW_UPSERT_SQL};
 use super::report::{
-    Bulk, BulkRun, Cold, ColdVariant, Hop, HopRow, SizeRow, Sizes, Throughput, ThroughputRun, Variant, Warm,
+    Bulk, BulkRun, Cold, ColdVariant, Hop, HopRow, OutsideHandler, SizeRow, Sizes, Throughput, ThroughputRun, Variant,
+    Warm,
 };
 use super::stats::{median, ratio, Summary};
 use super::{Bench, ENV_UPBIT_CACHE_TTL_MS, ENV_UPBIT_RATE_PER_SEC};
@@ -134,9 +135,11 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
     let n = b.opts.warm;
     let mut samples: [Vec<Duration>; 5] = Default::default();
     let mut handler: [Vec<Duration>; 5] = Default::default();
+    let mut parts: [[Vec<Duration>; 3]; 5] = Default::default();
     for i in 0..n {
         for (k, env) in envs.iter().enumerate() {
-            let out = env.invoke(event.clone()).await?;
+            let pending = env.start_invoke(event.clone()).await?;
+            let out = env.wait_invoke(&pending).await?;
             expect_rows(&out, 3, &format!("warm invocation {i}"))?;
             samples[k].push(out.duration);
             let secs = out
@@ -145,9 +148,26 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
                 .and_then(|r| r.get("execution_time"))
                 .and_then(Value::as_f64)
                 .unwrap_or(0.0);
-            handler[k].push(Duration::from_secs_f64(secs));
+            let handler_time = Duration::from_secs_f64(secs);
+            handler[k].push(handler_time);
+            if let Some(split) = harness_split(env, &pending.request_id, pending.enqueued_at, handler_time) {
+                for (into, d) in parts[k].iter_mut().zip(split) {
+                    into.push(d);
+                }
+            }
         }
     }
+    let keys = ["a", "b", "c", "a-off", "d"];
+    let outside: Vec<OutsideHandler> = parts
+        .iter()
+        .zip(keys)
+        .map(|([delivery, runtime, forward], key)| OutsideHandler {
+            key: key.into(),
+            delivery: Summary::of(delivery),
+            runtime: Summary::of(runtime),
+            forward: Summary::of(forward),
+        })
+        .collect();
     let [sa, sb, sc, s_off, sd] = samples.map(|s| Summary::of(&s));
     let [ha, hb, hc, h_off, hd] = handler.map(|s| Summary::of(&s));
     record_memory(b, &a, MEM_RUST_FN, "warm (fig. 1)");
@@ -162,6 +182,7 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             Variant::new("a-off", LABEL_A_OFF, s_off, h_off),
             Variant::new("d", LABEL_D, sd, hd),
         ],
+        outside,
         handler_ratio_b_over_a_p50: ratio(hb.p50_us, ha.p50_us),
         handler_ratio_a_over_d_p50: ratio(ha.p50_us, hd.p50_us),
         ratio_b_over_a_p50: ratio(sb.p50_us, sa.p50_us),
@@ -180,6 +201,37 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
     );
     b.report.warm = Some(warm);
     Ok(())
+}
+
+/// Where an invocation's time outside the handler goes, from the front's journal (see [`OutsideHandler`]):
+/// enqueue → the event leaves the simulator; that → the runtime's response reaches the front, minus the handler;
+/// the front forwarding the response to the simulator.
+fn harness_split(env: &LambdaEnv, request_id: &str, enqueued: Instant, handler: Duration) -> Option<[Duration; 3]> {
+    use crate::lambda_env::journal::ApiEventKind;
+    let events = env.journal().events();
+    let mut delivered = None;
+    let mut forwarded = None;
+    for e in events.iter().rev() {
+        match &e.kind {
+            ApiEventKind::RuntimeInvocationReceived { request_id: r } if r == request_id => delivered = Some(e.at),
+            ApiEventKind::RuntimeResponseForwarded {
+                request_id: r,
+                received,
+            } if r == request_id => {
+                forwarded = Some((*received, e.at));
+            }
+            _ => {}
+        }
+        if delivered.is_some() && forwarded.is_some() {
+            break;
+        }
+    }
+    let (delivered, (received, acked)) = (delivered?, forwarded?);
+    Some([
+        delivered.saturating_duration_since(enqueued),
+        received.saturating_duration_since(delivered).saturating_sub(handler),
+        acked.saturating_duration_since(received),
+    ])
 }
 
 /// Figure 2: `select 1` through the extension's `/db/query` (the functions' own keep-alive client) against the

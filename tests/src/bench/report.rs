@@ -40,10 +40,25 @@ impl Variant {
     }
 }
 
+/// One variant's time outside its handler in figure 1, split by the harness's journal: `delivery` = enqueue → the
+/// event leaves the simulator for the runtime (thaw of the frozen processes, the simulator, its hop to the front);
+/// `runtime` = that → the runtime's response reaches the front, minus the handler's own time (the front → runtime
+/// → front hops and the runtime client's work around the handler); `forward` = the front forwarding that response to
+/// the simulator and back (a harness cost: the invocation's time ends before it, at the front's receipt).
+#[derive(Debug, Clone, Serialize)]
+pub struct OutsideHandler {
+    pub key: String,
+    pub delivery: Summary,
+    pub runtime: Summary,
+    pub forward: Summary,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Warm {
     pub n: usize,
     pub variants: Vec<Variant>,
+    /// Outside-the-handler split per variant (the harness's fixed cost).
+    pub outside: Vec<OutsideHandler>,
     /// Handler time (the function's own `execution_time`), the issue's goals: b/a ≥ 20, a/d ≤ 1.25.
     pub handler_ratio_b_over_a_p50: f64,
     pub handler_ratio_a_over_d_p50: f64,
@@ -486,6 +501,29 @@ impl Report {
                 "\n(b)/(a): **{:.1}×** at p50, {:.1}× at p99. (c)/(a): {:.1}× at p50.\n",
                 w.ratio_b_over_a_p50, w.ratio_b_over_a_p99, w.ratio_c_over_a_p50
             );
+            let _ = writeln!(
+                s,
+                "Outside the handler, p50 µs (from the harness's journal): *delivery* = enqueue → the event leaves \
+                 the simulator (thaw of the frozen processes, the simulator, its hop to the front); *runtime* = \
+                 that → the runtime's response at the front, minus the handler (front ↔ runtime hops and the runtime \
+                 client's own work); *forward* = the front handing the response on to the simulator: a harness \
+                 cost Lambda does not have, so the times above end at the front's receipt of the response and do not \
+                 include it.\n"
+            );
+            let _ = writeln!(s, "| variant | delivery | runtime | forward | sum |");
+            let _ = writeln!(s, "|---|---|---|---|---|");
+            for o in &w.outside {
+                let _ = writeln!(
+                    s,
+                    "| ({}) | {:.0} | {:.0} | {:.0} | {:.0} |",
+                    o.key,
+                    o.delivery.p50_us,
+                    o.runtime.p50_us,
+                    o.forward.p50_us,
+                    o.delivery.p50_us + o.runtime.p50_us + o.forward.p50_us
+                );
+            }
+            let _ = writeln!(s);
         }
         if let Some(h) = &self.hop {
             let _ = writeln!(

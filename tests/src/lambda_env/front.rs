@@ -280,8 +280,15 @@ impl Ctx {
                 } else {
                     None
                 };
+                let received = std::time::Instant::now();
                 let resp = self.forward(&parts, body, &path, &query).await;
                 if resp.status().is_success() {
+                    if what == "response" {
+                        self.journal.push(ApiEventKind::RuntimeResponseForwarded {
+                            request_id: rid.clone(),
+                            received,
+                        });
+                    }
                     match error_type {
                         Some(error_type) => {
                             self.cfg.telemetry.runtime_done(&rid, Status::Error, Some(&error_type));

@@ -110,6 +110,9 @@ pub enum ApiEventKind {
     RuntimeInvocationReceived { request_id: String },
     /// `POST /runtime/invocation/{id}/response`.
     RuntimeResponse { request_id: String },
+    /// The front got the runtime's response at `received` and the simulator acknowledged it (this entry's instant):
+    /// the front's own share of an invocation's end-to-end time (the benchmark's harness breakdown).
+    RuntimeResponseForwarded { request_id: String, received: Instant },
     /// `POST /runtime/invocation/{id}/error`.
     RuntimeError { request_id: String, error_type: String },
     /// `POST /runtime/init/error`.
