@@ -96,11 +96,11 @@ pub const ENV_AWS_LAMBDA_FUNCTION_NAME: &str = "AWS_LAMBDA_FUNCTION_NAME";
 /// Set by Lambda: `lambda-managed-instances` means "register SHUTDOWN only" (INVOKE is refused there).
 pub const ENV_AWS_LAMBDA_INITIALIZATION_TYPE: &str = "AWS_LAMBDA_INITIALIZATION_TYPE";
 /// Set by Lambda: where the Runtime/Extensions API listens. May carry a scheme and a path prefix
-/// (`cargo lambda watch` gives `http://127.0.0.1:9000/.rt`); only `lambda_runtime_api_client` interprets it.
+/// (`cargo lambda watch` gives `http://127.0.0.1:9000/.rt`); parsed by `lambda::api::Endpoint`.
 pub const ENV_AWS_LAMBDA_RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
 
 /// Default localhost port: not used by any well-known layer (2772/2773 AWS agents, 4000 demos, 8124-8126 Datadog,
-/// 9001 Lambda, 9002/9003 lambda-extension listeners).
+/// 9001 Lambda, 9002/9003 the lambda-extension crate's listeners).
 pub const DEFAULT_PORT: u16 = makenaide_contract::env::DEFAULT_CORE_PORT;
 /// Default telemetry listener port: clear of every port in the map above, of 8999 (Datadog's telemetry listener),
 /// 4243 (AWS's telemetry samples) and of [`DEFAULT_PORT`].

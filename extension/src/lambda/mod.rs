@@ -1,26 +1,37 @@
-//! Lambda Extensions API lifecycle only (on the `lambda-extension` crate): register, the `next` loop, init-error
-//! reporting. No business logic: INVOKE is acknowledged at once, SHUTDOWN is handed to the caller.
+//! Lambda Extensions API lifecycle only: register, the `next` loop, init-error reporting (the transport is
+//! `api.rs`). No business logic: INVOKE is acknowledged at once, SHUTDOWN is handed to the caller.
 //!
 //! Facts this relies on (see shared/reference/lambda-platform.md):
-//! - `Lambda-Extension-Name` must equal the executable's file name under /opt/extensions: we pass argv\[0\]'s file
-//!   name explicitly (the crate would `expect()` on a strange argv\[0\]).
-//! - `AWS_LAMBDA_RUNTIME_API` is interpreted only by `lambda_runtime_api_client` (the crate's transport), which
-//!   keeps a scheme and a path prefix (`cargo lambda watch` gives `http://127.0.0.1:9000/.rt`). We only check it is
-//!   present and parses as a URI, because the crate panics otherwise and a panic would be a bare `Extension.Crash`.
-//! - The crate posts `/init/error` and *returns* when the events processor errs; ours never errs (transient
-//!   failures are served as 503s), so the loop only ends on a real Extensions API failure.
-//! - On SHUTDOWN the processor signals the lifecycle and then never completes: the crate must not call `next`
-//!   again, the process exits once the drain is done.
+//! - `Lambda-Extension-Name` must equal the executable's file name under /opt/extensions: argv\[0\]'s file name.
+//! - `AWS_LAMBDA_RUNTIME_API` is `host:port` on Lambda and `http://host:port/prefix` under `cargo lambda watch`;
+//!   a value that does not parse fails Init with a message naming it (never a panic: that would be a bare
+//!   `Extension.Crash`).
+//! - After `/init/error` Lambda accepts no more calls from the extension: the caller exits.
+//! - After SHUTDOWN no further `next` is sent: the process exits once the drain is done.
+//! - An event type this build does not know (a newer Lambda) is logged and skipped, never fatal.
+
+pub mod api;
 
 use crate::error::Error;
-use lambda_extension::requests::{init_error, ErrorRequest};
-use lambda_extension::{service_fn, Extension, LambdaEvent, NextEvent};
+use api::{Api, Endpoint};
+use bytes::Bytes;
+use http::{Method, StatusCode};
 use makenaide_contract::{Deadline, DeadlineProblem};
-use std::convert::Infallible;
+use serde::Deserialize;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
+
+/// Extensions API routes (2020-01-01).
+const REGISTER_PATH: &str = "/2020-01-01/extension/register";
+const NEXT_PATH: &str = "/2020-01-01/extension/event/next";
+const INIT_ERROR_PATH: &str = "/2020-01-01/extension/init/error";
+/// Request headers of the Extensions API.
+const NAME_HEADER: &str = "Lambda-Extension-Name";
+/// The identifier `register` returns, sent on every later call.
+pub const ID_HEADER: &str = "Lambda-Extension-Identifier";
+const ERROR_TYPE_HEADER: &str = "Lambda-Extension-Function-Error-Type";
 
 /// `Lambda-Extension-Function-Error-Type` for a configuration problem.
 pub const ERROR_TYPE_CONFIG: &str = "Extension.ConfigInvalid";
@@ -90,24 +101,72 @@ pub fn extension_name() -> String {
         .unwrap_or_else(|| DEFAULT_NAME.to_owned())
 }
 
-/// Checks `AWS_LAMBDA_RUNTIME_API` is usable by the crate (which would panic otherwise).
+/// The Runtime API from `AWS_LAMBDA_RUNTIME_API`.
 ///
 /// # Errors
-/// Missing or unparsable.
-pub fn check_runtime_api() -> Result<(), Error> {
+/// Missing or unparsable (the message names the value and what to do).
+pub fn endpoint() -> Result<Endpoint, Error> {
     let var = crate::config::ENV_AWS_LAMBDA_RUNTIME_API;
     let value = std::env::var(var).map_err(|_| {
         Error::Lambda(format!(
             "{var} is not set: run the extension under Lambda or an emulator (cargo lambda watch, the test harness)"
         ))
     })?;
-    let uri: http::Uri = value
-        .parse()
-        .map_err(|e| Error::Lambda(format!("{var}={value:?} is not a URI: {e}")))?;
-    if uri.authority().is_none() {
-        return Err(Error::Lambda(format!("{var}={value:?} has no host:port")));
+    Endpoint::parse(&value).map_err(|e| Error::Lambda(format!("{var}={value:?}: {e}")))
+}
+
+/// Checks `AWS_LAMBDA_RUNTIME_API` is present and parses.
+///
+/// # Errors
+/// Missing or unparsable.
+pub fn check_runtime_api() -> Result<(), Error> {
+    endpoint().map(|_| ())
+}
+
+/// `register`'s reply body (only what is used).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegisterReply {
+    #[serde(default)]
+    function_name: String,
+}
+
+/// One event from `next`. Fields are optional so that a sparse emulator's event still parses.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Event {
+    event_type: String,
+    #[serde(default)]
+    deadline_ms: u64,
+    #[serde(default)]
+    request_id: String,
+    #[serde(default)]
+    shutdown_reason: String,
+}
+
+async fn register_with(api: &Api, name: &str, events: &[&str]) -> Result<(String, String), Error> {
+    let body = serde_json::to_vec(&serde_json::json!({ "events": events }))
+        .map_err(|e| Error::Lambda(format!("register body: {e}")))?;
+    let reply = api
+        .call(Method::POST, REGISTER_PATH, &[(NAME_HEADER, name)], Bytes::from(body))
+        .await?;
+    if reply.status != StatusCode::OK {
+        return Err(Error::Lambda(format!(
+            "register failed: HTTP {}: {}",
+            reply.status.as_u16(),
+            reply.body_excerpt()
+        )));
     }
-    Ok(())
+    let id = reply
+        .header(ID_HEADER)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| Error::Lambda(format!("register answered 200 without {ID_HEADER}")))?
+        .to_owned();
+    // An emulator may answer with an empty or sparse body: the function name is informational.
+    let function_name = serde_json::from_slice::<RegisterReply>(&reply.body)
+        .map(|r| r.function_name)
+        .unwrap_or_default();
+    Ok((id, function_name))
 }
 
 /// Registers for `events` and returns the `next` loop (not yet polled: the first `next` happens when the caller
@@ -119,53 +178,59 @@ pub async fn register(
     name: &str,
     events: &'static [&'static str],
 ) -> Result<Registered<impl Future<Output = Error>>, Error> {
-    check_runtime_api()?;
+    let api = Arc::new(Api::new(endpoint()?));
+    let (id, function_name) = register_with(&api, name, events).await?;
     let (tx, rx) = oneshot::channel();
-    let tx = Arc::new(Mutex::new(Some(tx)));
-    let processor = service_fn(move |event: LambdaEvent| {
-        let tx = tx.clone();
-        async move {
-            match event.next {
-                // Nothing to do per invocation: answering at once lets the crate call `next` right away, so the
-                // extension never holds up the function (a stalled `next` stalls every invocation).
-                NextEvent::Invoke(invoke) => {
+    let loop_id = id.clone();
+    let events_loop = async move {
+        let mut tx = Some(tx);
+        loop {
+            let reply = match api
+                .call(Method::GET, NEXT_PATH, &[(ID_HEADER, &loop_id)], Bytes::new())
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return Error::Lambda(format!("event loop failed: {e}")),
+            };
+            if reply.status != StatusCode::OK {
+                return Error::Lambda(format!(
+                    "event loop failed: next answered HTTP {}: {}",
+                    reply.status.as_u16(),
+                    reply.body_excerpt()
+                ));
+            }
+            let event: Event = match serde_json::from_slice(&reply.body) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, body = %reply.body_excerpt(), "unreadable event from next: skipped");
+                    continue;
+                }
+            };
+            match event.event_type.as_str() {
+                // Nothing to do per invocation: calling `next` again at once means the extension never holds up
+                // the function (a stalled `next` stalls every invocation).
+                "INVOKE" => {
                     // Only checked, never used to bound requests: the function's next request can reach us
                     // before this event does, and the previous invocation's deadline would then cut it short.
                     // Requests carry their own deadline header.
-                    if let Deadline::Unknown(problem) = Deadline::classify(Some(invoke.deadline_ms), now_ms()) {
-                        warn_implausible_deadline("the INVOKE event's deadlineMs", invoke.deadline_ms, problem);
+                    if let Deadline::Unknown(problem) = Deadline::classify(Some(event.deadline_ms), now_ms()) {
+                        warn_implausible_deadline("the INVOKE event's deadlineMs", event.deadline_ms, problem);
                     }
-                    tracing::trace!(request_id = %invoke.request_id, "invoke");
-                    crate::metrics::on_invoke(&invoke.request_id);
+                    tracing::trace!(request_id = %event.request_id, "invoke");
+                    crate::metrics::on_invoke(&event.request_id);
                 }
-                NextEvent::Shutdown(s) => {
-                    let taken = tx.lock().ok().and_then(|mut t| t.take());
-                    if let Some(tx) = taken {
+                "SHUTDOWN" => {
+                    if let Some(tx) = tx.take() {
                         let _ = tx.send(Shutdown {
-                            deadline_ms: s.deadline_ms,
-                            reason: s.shutdown_reason,
+                            deadline_ms: event.deadline_ms,
+                            reason: event.shutdown_reason,
                         });
                     }
-                    // Never return: no further `next` after SHUTDOWN; the process exits when drained.
-                    std::future::pending::<()>().await;
+                    // No further `next` after SHUTDOWN; the process exits when drained.
+                    return std::future::pending::<Error>().await;
                 }
+                other => tracing::warn!(event_type = other, "unknown event type from next: skipped"),
             }
-            Ok::<(), Infallible>(())
-        }
-    });
-    let registered = Extension::new()
-        .with_extension_name(name)
-        .with_events(events)
-        .with_events_processor(processor)
-        .register()
-        .await
-        .map_err(|e| Error::Lambda(format!("register failed: {e}")))?;
-    let id = registered.extension_id.clone();
-    let function_name = registered.function_name.clone();
-    let events_loop = async move {
-        match registered.run().await {
-            Ok(()) => Error::Lambda("the Extensions API event loop ended".into()),
-            Err(e) => Error::Lambda(format!("event loop failed: {e}")),
         }
     };
     Ok(Registered {
@@ -182,18 +247,27 @@ pub async fn register(
 /// # Errors
 /// The Extensions API could not be reached.
 pub async fn report_init_error(id: &str, error_type: &str, message: &str) -> Result<(), Error> {
-    let body = ErrorRequest {
-        error_message: message,
-        error_type,
-        stack_trace: Vec::new(),
-    };
-    let req = init_error(id, error_type, Some(body)).map_err(|e| Error::Lambda(e.to_string()))?;
-    let client = lambda_runtime_api_client::PooledClient::builder().build();
-    let resp = client
-        .call(req)
+    let api = Api::new(endpoint()?);
+    report_init_error_with(&api, id, error_type, message).await
+}
+
+async fn report_init_error_with(api: &Api, id: &str, error_type: &str, message: &str) -> Result<(), Error> {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "errorMessage": message,
+        "errorType": error_type,
+        "stackTrace": [],
+    }))
+    .map_err(|e| Error::Lambda(format!("init/error body: {e}")))?;
+    let reply = api
+        .call(
+            Method::POST,
+            INIT_ERROR_PATH,
+            &[(ID_HEADER, id), (ERROR_TYPE_HEADER, error_type)],
+            Bytes::from(body),
+        )
         .await
         .map_err(|e| Error::Lambda(format!("init/error failed: {e}")))?;
-    tracing::debug!(status = resp.status().as_u16(), "init error reported");
+    tracing::debug!(status = reply.status.as_u16(), "init error reported");
     Ok(())
 }
 
@@ -202,19 +276,16 @@ pub async fn report_init_error(id: &str, error_type: &str, message: &str) -> Res
 /// Outside Lambda it only logs.
 pub async fn fail_init(error_type: &str, message: &str) {
     tracing::error!(error_type, "{message}");
-    if let Err(e) = check_runtime_api() {
-        tracing::error!(error = %e, "cannot report the init error to Lambda");
-        return;
-    }
-    let name = extension_name();
-    let registered = Extension::new()
-        .with_extension_name(&name)
-        .with_events(&["SHUTDOWN"])
-        .register()
-        .await;
-    match registered {
-        Ok(r) => {
-            if let Err(e) = report_init_error(&r.extension_id, error_type, message).await {
+    let api = match endpoint() {
+        Ok(e) => Api::new(e),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot report the init error to Lambda");
+            return;
+        }
+    };
+    match register_with(&api, &extension_name(), &["SHUTDOWN"]).await {
+        Ok((id, _)) => {
+            if let Err(e) = report_init_error_with(&api, &id, error_type, message).await {
                 tracing::error!(error = %e, "cannot report the init error to Lambda");
             }
         }

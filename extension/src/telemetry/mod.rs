@@ -20,7 +20,6 @@ mod listener;
 use crate::config::Config;
 use crate::metrics::Recorder;
 use http::{Method, StatusCode};
-use http_body_util::BodyExt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -34,7 +33,6 @@ pub const SCHEMA_ON_DEMAND: &str = "2022-12-13";
 /// Schema Lambda Managed Instances requires.
 pub const SCHEMA_MANAGED_INSTANCES: &str = "2025-01-29";
 /// Lambda's header naming the registered extension.
-const EXTENSION_ID_HEADER: &str = "Lambda-Extension-Identifier";
 /// Bound on resolving `sandbox.localdomain` (an `/etc/hosts` hit is instant; a DNS miss must not slow Init).
 const RESOLVE_TIMEOUT: Duration = Duration::from_millis(250);
 /// Bound on the subscription call (Init waits for it).
@@ -159,28 +157,14 @@ async fn subscribe(extension_id: &str, schema: &str, uri: &str) -> Result<(), St
     let body = format!(
         r#"{{"schemaVersion":"{schema}","types":["platform"],"buffering":{BUFFERING},"destination":{{"protocol":"HTTP","URI":{uri_json}}}}}"#
     );
-    let req = lambda_runtime_api_client::build_request()
-        .method(Method::PUT)
-        .uri(SUBSCRIBE_PATH)
-        .header(EXTENSION_ID_HEADER, extension_id)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(lambda_runtime_api_client::body::Body::from(body))
-        .map_err(|e| e.to_string())?;
-    let client = lambda_runtime_api_client::PooledClient::builder().build();
-    let call = async {
-        let resp = client.call(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        Ok::<_, String>((status, body))
-    };
-    let (status, body) = tokio::time::timeout(SUBSCRIBE_TIMEOUT, call)
+    let api = crate::lambda::api::Api::new(crate::lambda::endpoint().map_err(|e| e.to_string())?);
+    let headers = [(crate::lambda::ID_HEADER, extension_id)];
+    let call = api.call(Method::PUT, SUBSCRIBE_PATH, &headers, bytes::Bytes::from(body));
+    let reply = tokio::time::timeout(SUBSCRIBE_TIMEOUT, call)
         .await
-        .map_err(|_| format!("no answer within {} ms", SUBSCRIBE_TIMEOUT.as_millis()))??;
+        .map_err(|_| format!("no answer within {} ms", SUBSCRIBE_TIMEOUT.as_millis()))?
+        .map_err(|e| e.to_string())?;
+    let (status, body) = (reply.status, reply.body);
     let error_type = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("errorType").and_then(|t| t.as_str()).map(str::to_owned));
