@@ -108,7 +108,11 @@ impl Harness {
             }
         })
         .await;
-        assert!(settled.is_some(), "{name}: backends left behind: {:?}", last.lock().unwrap());
+        assert!(
+            settled.is_some(),
+            "{name}: backends left behind: {:?}",
+            last.lock().unwrap()
+        );
         let seen = self.core.query(SESSION_PROBE, json!([])).await.unwrap();
         assert_eq!(
             seen["rows"][0], self.fresh,

@@ -540,9 +540,9 @@ mod tests {
         ] {
             assert!(!refused(sql, false), "{sql}");
         }
-        assert!(check("do $$ begin null; end $$", false).unwrap().opaque);
-        assert!(check("call p()", false).unwrap().opaque);
-        assert!(!check("select 1", false).unwrap().opaque);
+        assert_eq!(check("do $$ begin null; end $$", false), Ok(Effect { opaque: true }));
+        assert_eq!(check("call p()", false), Ok(Effect { opaque: true }));
+        assert_eq!(check("select 1", false), Ok(Effect { opaque: false }));
     }
 
     #[test]
