@@ -46,13 +46,19 @@ error_codes! {
     InvalidParam = "invalid_param", 400;
     /// PostgreSQL rejected the statement (with `sqlstate`).
     SqlError = "sql_error", 400;
+    /// The statement would change the session beyond the request (plain `SET`, `SET ROLE`, `RESET`, `DISCARD`,
+    /// `PREPARE`, `LISTEN`, temporary objects without `ON COMMIT DROP`, session advisory locks,
+    /// `set_config(..., false)`) or is `COPY`; the message names the alternative (`SET LOCAL`,
+    /// `pg_advisory_xact_lock`, `CREATE TEMP TABLE ... ON COMMIT DROP`).
+    StatementNotSupported = "statement_not_supported", 400;
     /// `X-Forwarded-For` present: the API serves the local function only.
     ForwardedRequest = "forwarded_request", 400;
     /// No `X-Makenaide-Token`.
     MissingToken = "missing_token", 401;
     /// Wrong `X-Makenaide-Token`.
     InvalidToken = "invalid_token", 403;
-    /// A write while `MAKENAIDE_DB_READ_ONLY=true` (sqlstate 25006).
+    /// A write while `MAKENAIDE_DB_READ_ONLY=true` (sqlstate 25006), or a statement read-only mode refuses up front
+    /// (large-object writes, `COPY`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `DO`).
     ReadOnly = "read_only", 403;
     /// No such route.
     NotFound = "not_found", 404;

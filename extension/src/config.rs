@@ -63,7 +63,8 @@ pub use makenaide_contract::env::CORE_TOKEN as ENV_TOKEN;
 pub const ENV_DB_POOL_SIZE: &str = "MAKENAIDE_DB_POOL_SIZE";
 /// Connect + pool checkout bound in ms: a down database answers 503 within it. Default 2000.
 pub const ENV_DB_CONNECT_TIMEOUT_MS: &str = "MAKENAIDE_DB_CONNECT_TIMEOUT_MS";
-/// Default per-request statement timeout in ms (`SET LOCAL statement_timeout`; 0 = none). Default 10000.
+/// Default bound of a request in ms (`SET LOCAL statement_timeout`, and a cancel request from the extension when it
+/// passes; 0 = none). Default 10000.
 pub const ENV_DB_STATEMENT_TIMEOUT_MS: &str = "MAKENAIDE_DB_STATEMENT_TIMEOUT_MS";
 /// `true`: every transaction is `READ ONLY` (writes answer 403 `read_only`). Default false.
 pub const ENV_DB_READ_ONLY: &str = "MAKENAIDE_DB_READ_ONLY";

@@ -39,6 +39,14 @@ pub enum Error {
         /// Index in `statements` for transactions.
         statement_index: Option<usize>,
     },
+    /// 400 `statement_not_supported`: the statement would change the session beyond the request, or is `COPY`.
+    #[error("{message}")]
+    StatementNotSupported {
+        /// What is refused and the alternative.
+        message: String,
+        /// Index in `statements` for transactions.
+        statement_index: Option<usize>,
+    },
     /// 400 `forwarded_request`: `X-Forwarded-For` present.
     #[error("requests carrying X-Forwarded-For are refused: the extension only serves the local function")]
     Forwarded,
@@ -136,6 +144,9 @@ macro_rules! with_statement_index {
         } | Error::Sql {
             statement_index: $slot,
             ..
+        } | Error::StatementNotSupported {
+            statement_index: $slot,
+            ..
         } | Error::ReadOnly {
             statement_index: $slot,
             ..
@@ -155,6 +166,7 @@ impl Error {
             Self::InvalidRequest { .. } => ErrorCode::InvalidRequest,
             Self::InvalidParam { .. } => ErrorCode::InvalidParam,
             Self::Sql { .. } => ErrorCode::SqlError,
+            Self::StatementNotSupported { .. } => ErrorCode::StatementNotSupported,
             Self::Forwarded => ErrorCode::ForwardedRequest,
             Self::MissingToken => ErrorCode::MissingToken,
             Self::InvalidToken => ErrorCode::InvalidToken,
@@ -316,6 +328,14 @@ mod tests {
                 },
                 400,
                 makenaide_contract::ErrorCode::InvalidParam.as_str(),
+            ),
+            (
+                Error::StatementNotSupported {
+                    message: "x".into(),
+                    statement_index: Some(1),
+                },
+                400,
+                makenaide_contract::ErrorCode::StatementNotSupported.as_str(),
             ),
             (
                 Error::Forwarded,

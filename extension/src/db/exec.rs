@@ -19,12 +19,29 @@
 //! dropped and the request retried on a fresh one with the rest of the connect timeout, so a database that
 //! accepts TCP but never answers still gets its 503 within `MAKENAIDE_DB_CONNECT_TIMEOUT_MS` (the contract).
 //!
+//! The request's deadline (the earlier of `timeout_ms` / `MAKENAIDE_DB_STATEMENT_TIMEOUT_MS` and the caller's
+//! `X-Makenaide-Deadline-Ms`) is enforced here, not only by `SET LOCAL statement_timeout` (which a statement can
+//! lift with `SET LOCAL statement_timeout = 0`, and which bounds each statement, not the request): a deadline less
+//! than 1 ms away fails at once (0 would mean "no limit" to PostgreSQL); shortly after the deadline the extension
+//! sends PostgreSQL a cancel request, answers `db_timeout` once the statement has stopped, and retires the
+//! connection if it did not stop within [`CANCEL_GRACE`] (or if the cancel may still be in flight, so that it
+//! cannot land on a later request's statement).
+//!
+//! Cached statements recover by themselves: one that no longer exists on the server (26000, e.g. a function ran
+//! `DEALLOCATE ALL`), whose result type changed ("cached plan must not change result type", 0A000) or whose
+//! parameter types no longer fit (a value the old type refuses, 42804 at re-planning) after `ALTER TABLE ... TYPE`
+//! makes the request flush the connection's cache and run once more with statements prepared again.
+//!
+//! After each request the session is checked for free ([`PgConn::session_changed`]: the parameters PostgreSQL
+//! reports); a changed one, or opaque code (`DO`, `CALL`), retires the connection (see `db::sql` for the
+//! statements refused up front).
+//!
 //! With the statement cache off (`MAKENAIDE_DB_STATEMENT_CACHE=false`, for PgBouncer transaction pooling before
 //! 1.21) statements are prepared per request and closed (and tokio-postgres' type-info statements flushed) before
 //! `COMMIT`/`ROLLBACK` is sent, so no named statement ever outlives the transaction that created it.
 
 use super::convert::{encode_param, type_name, Encoded, JsonCell};
-use super::pool::{ConnectError, Manager, PgConn};
+use super::pool::{Canceller, ConnectError, Manager, PgConn};
 use super::{QueryResult, StatementRequest};
 use crate::error::Error;
 use futures_util::future::{join, join_all};
@@ -52,69 +69,186 @@ impl Options {
     }
 }
 
+/// After the deadline, how long before the cancel request is sent: PostgreSQL's own `statement_timeout` (set to
+/// the same deadline) normally stops the statement first, which needs no cancel connection.
+const CANCEL_SLACK: Duration = Duration::from_millis(20);
+/// How long a canceled request may take to stop (cancel connection included) before its connection is retired
+/// and the answer goes out anyway.
+pub(super) const CANCEL_GRACE: Duration = Duration::from_millis(250);
+/// The shortest `statement_timeout` that can be set: PostgreSQL reads 0 as "no limit".
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
 /// How one attempt ended.
 enum Outcome {
     Done(Result<Vec<QueryResult>, Error>),
     /// The first round trip failed at the connection level: nothing can have been committed; retry elsewhere.
     Stale(Error),
-    /// A cached statement's result type changed (DDL since it was prepared): flush the cache and retry.
-    PlanChanged,
+    /// A cached statement no longer fits the server (deallocated, result or parameter type changed): nothing was
+    /// committed; flush the cache and retry once. The error is the one to report if it happens again.
+    Recache(Error),
 }
 
+/// Runs a request on `conn` (the deadline `bound`, if any, enforced as described in the module docs). `opaque`:
+/// the request runs code whose session changes cannot be seen (`DO`, `CALL`): the connection is retired after it.
 pub(super) async fn execute(
     mut conn: bb8::PooledConnection<'_, Manager>,
     pool: &bb8::Pool<Manager>,
     stmts: &[StatementRequest],
-    timeout: Duration,
+    bound: Option<tokio::time::Instant>,
+    opaque: bool,
     opts: Options,
 ) -> Result<Vec<QueryResult>, Error> {
     let first_started = tokio::time::Instant::now();
-    let mut outcome = attempt(&mut conn, stmts, timeout, opts).await;
-    if matches!(outcome, Outcome::PlanChanged) {
+    conn.in_request = true;
+    let mut outcome = bounded(&mut conn, stmts, bound, opts).await;
+    if let Outcome::Recache(e) = &outcome {
+        tracing::debug!(error = %e, "cached statement no longer fits the server: preparing again");
         conn.statements.clear();
-        outcome = attempt(&mut conn, stmts, timeout, opts).await;
+        conn.client.clear_type_cache();
+        outcome = bounded(&mut conn, stmts, bound, opts).await;
+    }
+    conn.in_request = false;
+    let first = match outcome {
+        Outcome::Done(result) => {
+            after_request(&mut conn, opaque);
+            return result;
+        }
+        Outcome::Recache(e) => {
+            after_request(&mut conn, opaque);
+            return Err(e);
+        }
+        Outcome::Stale(first) => first,
+    };
+    crate::metrics::inc(crate::metrics::Counter::DbDeadConnectionsReplaced);
+    tracing::info!(error = %first, "stale postgres connection (e.g. closed while frozen); retrying on a fresh one");
+    conn.broken = true;
+    drop(conn);
+    // What the stale attempt left of the connect timeout (at least half of it: see `begin_bound`).
+    let left = opts
+        .connect_timeout
+        .saturating_sub(first_started.elapsed())
+        .max(opts.begin_bound());
+    let fresh = tokio::time::timeout(left, pool.dedicated_connection()).await;
+    let mut fresh = match fresh {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(e.unavailable()),
+        Err(_) => {
+            return Err(ConnectError {
+                message: format!("no connection within {} ms", left.as_millis()),
+                sqlstate: None,
+            }
+            .unavailable())
+        }
+    };
+    fresh.in_request = true;
+    let outcome = bounded(&mut fresh, stmts, bound, opts).await;
+    fresh.in_request = false;
+    after_request(&mut fresh, opaque);
+    if !fresh.broken && !fresh.retire && !fresh.client.is_closed() {
+        // Donate the fresh connection to the pool (it took the dead one's slot).
+        let _ = pool.add(fresh);
     }
     match outcome {
         Outcome::Done(result) => result,
-        Outcome::PlanChanged => Err(Error::Sql {
-            message: "cached plan must not change result type (the schema changed twice during the request)".into(),
-            sqlstate: Some("0A000".into()),
-            statement_index: None,
-        }),
-        Outcome::Stale(first) => {
-            crate::metrics::inc(crate::metrics::Counter::DbDeadConnectionsReplaced);
-            tracing::info!(error = %first, "stale postgres connection (e.g. closed while frozen); retrying on a fresh one");
-            conn.broken = true;
-            drop(conn);
-            // What the stale attempt left of the connect timeout (at least half of it: see `begin_bound`).
-            let left = opts
-                .connect_timeout
-                .saturating_sub(first_started.elapsed())
-                .max(opts.begin_bound());
-            let fresh = tokio::time::timeout(left, pool.dedicated_connection()).await;
-            let mut fresh = match fresh {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(e.unavailable()),
-                Err(_) => {
-                    return Err(ConnectError {
-                        message: format!("no connection within {} ms", left.as_millis()),
-                        sqlstate: None,
-                    }
-                    .unavailable())
-                }
-            };
-            let outcome = attempt(&mut fresh, stmts, timeout, opts).await;
-            if !fresh.broken && !fresh.client.is_closed() {
-                // Donate the fresh connection to the pool (it took the dead one's slot).
-                let _ = pool.add(fresh);
-            }
-            match outcome {
-                Outcome::Done(result) => result,
-                Outcome::Stale(e) => Err(e),
-                Outcome::PlanChanged => Err(Error::Internal("plan changed on a fresh connection".into())),
-            }
-        }
+        Outcome::Stale(e) | Outcome::Recache(e) => Err(e),
     }
+}
+
+/// Retires the connection when the request left its session different from a fresh one's: a reported parameter
+/// changed (no round trip: see `pool`), or opaque code ran.
+fn after_request(conn: &mut PgConn, opaque: bool) {
+    if conn.broken {
+        return;
+    }
+    if let Some(name) = conn.session_changed() {
+        tracing::info!(
+            parameter = name,
+            "a request changed a session parameter: connection retired"
+        );
+        conn.retire = true;
+    } else if opaque {
+        tracing::debug!("the request ran DO / CALL: connection retired (its session changes cannot be seen)");
+        conn.retire = true;
+    }
+}
+
+/// One attempt within the request's deadline `bound`: fails at once when less than [`MIN_TIMEOUT`] is left;
+/// cancels the running statement shortly after the deadline (see the module docs).
+async fn bounded(
+    conn: &mut PgConn,
+    stmts: &[StatementRequest],
+    bound: Option<tokio::time::Instant>,
+    opts: Options,
+) -> Outcome {
+    let Some(at) = bound else {
+        // MAKENAIDE_DB_STATEMENT_TIMEOUT_MS=0 and no deadline: no limit, as configured.
+        return attempt(conn, stmts, Duration::ZERO, opts).await;
+    };
+    let left = at.saturating_duration_since(tokio::time::Instant::now());
+    if left < MIN_TIMEOUT {
+        return Outcome::Done(Err(Error::DbTimeout {
+            message: "the request's deadline is less than 1 ms away: nothing was run".into(),
+            statement_index: None,
+        }));
+    }
+    let canceller = conn.canceller();
+    let (finished, cancel) = {
+        let work = attempt(conn, stmts, left, opts);
+        tokio::pin!(work);
+        tokio::select! {
+            out = &mut work => return out,
+            () = tokio::time::sleep_until(at + CANCEL_SLACK) => {}
+        }
+        cancel_and_wait(&canceller, work).await
+    };
+    let landed = cancel.is_ok()
+        && matches!(&finished, Some(Outcome::Done(Err(Error::DbTimeout { message, .. }))) if message.contains("user request"));
+    if finished.is_none() {
+        // Abandoned mid-flight: the socket is dropped, the backend rolls back.
+        conn.broken = true;
+    } else if !landed {
+        // The cancel may still be on its way and could stop a later request's statement.
+        conn.retire = true;
+    }
+    let deadline_passed = |extra: &str| Error::DbTimeout {
+        message: format!(
+            "the request's deadline ({} ms) passed: the extension canceled it{extra}; the transaction was rolled back",
+            left.as_millis()
+        ),
+        statement_index: None,
+    };
+    match finished {
+        None => Outcome::Done(Err(deadline_passed(&format!(
+            " and closed the connection (the statement did not stop within {} ms)",
+            CANCEL_GRACE.as_millis()
+        )))),
+        Some(Outcome::Done(Err(e @ Error::DbTimeout { .. }))) => match e.statement_index() {
+            Some(i) => Outcome::Done(Err(deadline_passed("").at_statement(i))),
+            None => Outcome::Done(Err(deadline_passed(""))),
+        },
+        // Finished on its own meanwhile (its result is the truth, e.g. committed).
+        Some(other) => other,
+    }
+}
+
+/// Sends the cancel request and waits (both within [`CANCEL_GRACE`]) for the work to end: `None` if it did not.
+async fn cancel_and_wait<F: Future<Output = Outcome>>(
+    canceller: &Canceller,
+    work: std::pin::Pin<&mut F>,
+) -> (Option<Outcome>, Result<(), ()>) {
+    let cancel = async {
+        match tokio::time::timeout(CANCEL_GRACE, canceller.cancel()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %ConnectError::from(e), "cancel request failed");
+                Err(())
+            }
+            Err(_) => Err(()),
+        }
+    };
+    let work = tokio::time::timeout(CANCEL_GRACE, work);
+    let (cancel, work) = join(cancel, work).await;
+    (work.ok(), cancel)
 }
 
 /// Connection-level failure: the socket or the backend is gone (vs. an error about the SQL).
@@ -196,14 +330,21 @@ impl ConnectError {
     }
 }
 
-/// PostgreSQL has no SQLSTATE of its own for "cached plan must not change result type" (a statement prepared
-/// before a DDL): it is 0A000 raised by plancache.c's `RevalidateCachedQuery`. The routine name does not depend on
-/// `lc_messages`; the English message is the fallback for servers that do not report routines.
-fn is_plan_changed(e: &tokio_postgres::Error) -> bool {
+/// Whether an execution error of a *cached* statement means the cache is out of date (so preparing again fixes it):
+/// - "cached plan must not change result type" (a statement prepared before a DDL): PostgreSQL has no SQLSTATE of
+///   its own for it, it is 0A000 raised by plancache.c's `RevalidateCachedQuery`. The routine name does not depend
+///   on `lc_messages`; the English message is the fallback for servers that do not report routines;
+/// - 26000 "prepared statement does not exist" (`DEALLOCATE ALL` ran, e.g. inside a function);
+/// - 42804 `datatype_mismatch` at re-planning: the parameter types inferred at prepare time no longer fit the
+///   column after `ALTER TABLE ... TYPE` (a fresh statement gets that error at Parse, never at Execute).
+fn is_stale_cache(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| {
-        *db.code() == SqlState::FEATURE_NOT_SUPPORTED
+        let code = db.code();
+        (*code == SqlState::FEATURE_NOT_SUPPORTED
             && (db.routine() == Some("RevalidateCachedQuery")
-                || db.message().contains("cached plan must not change result type"))
+                || db.message().contains("cached plan must not change result type")))
+            || *code == SqlState::INVALID_SQL_STATEMENT_NAME
+            || *code == SqlState::DATATYPE_MISMATCH
     })
 }
 
@@ -361,9 +502,11 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
 
     // Round trip 1 (cache misses only): BEGIN + Parse/Describe of the statements we have not prepared yet.
     let (statements, results) = if cached.iter().all(Option::is_some) {
-        let statements: Vec<Statement> = cached.into_iter().flatten().collect();
+        let statements: Vec<Statement> = cached.iter().flatten().cloned().collect();
         let encoded = match encode_all(stmts, &statements) {
             Ok(e) => e,
+            // Maybe the parameter types changed since the statement was prepared (ALTER TABLE ... TYPE).
+            Err(e) if opts.cache => return Outcome::Recache(e),
             Err(e) => return Outcome::Done(Err(e)),
         };
         // Hot path: BEGIN and every Execute in one round trip.
@@ -431,7 +574,14 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
             Ok(e) => e,
             Err(e) => {
                 rollback(conn, statements).await;
-                return Outcome::Done(Err(e));
+                let was_cached = e
+                    .statement_index()
+                    .is_some_and(|i| cached.get(i).is_some_and(Option::is_some));
+                return if was_cached {
+                    Outcome::Recache(e)
+                } else {
+                    Outcome::Done(Err(e))
+                };
             }
         };
         // Round trip 2: every Execute, pipelined.
@@ -452,7 +602,9 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
         match r {
             Ok(q) => out.push(q),
             Err(_) if failure.is_some() => {}
-            Err(StmtError::Pg(e)) if is_plan_changed(&e) => failure = Some(Err(())),
+            Err(StmtError::Pg(e)) if cached[i].is_some() && is_stale_cache(&e) => {
+                failure = Some(Err(map_error(&e, timeout, opts.cache).at_statement(i)))
+            }
             Err(StmtError::Pg(e)) => failure = Some(Ok(map_error(&e, timeout, opts.cache).at_statement(i))),
             Err(StmtError::Decode(m)) => {
                 failure = Some(Ok(Error::InvalidRequest {
@@ -463,9 +615,9 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
         }
     }
     match failure {
-        Some(Err(())) => {
+        Some(Err(e)) => {
             rollback(conn, statements).await;
-            Outcome::PlanChanged
+            Outcome::Recache(e)
         }
         Some(Ok(err)) => {
             if matches!(err, Error::DbUnavailable { .. }) {
@@ -510,6 +662,7 @@ async fn sequential(
         } else {
             None
         };
+        let was_cached = cached.is_some();
         let st = match cached {
             Some(st) => st,
             None => match round_trip(conn.client.prepare(&req.sql)).await {
@@ -542,6 +695,7 @@ async fn sequential(
         match result {
             Ok(q) => out.push(q),
             Err(e) => {
+                let stale = was_cached && matches!(&e, StmtError::Pg(e) if is_stale_cache(e));
                 let err = match e {
                     StmtError::Pg(e) => map_error(&e, timeout, opts.cache),
                     StmtError::Decode(m) => Error::invalid_request(m),
@@ -551,7 +705,11 @@ async fn sequential(
                     conn.broken = true;
                 }
                 rollback(conn, statements).await;
-                return Outcome::Done(Err(err));
+                return if stale {
+                    Outcome::Recache(err)
+                } else {
+                    Outcome::Done(Err(err))
+                };
             }
         }
     }
@@ -588,7 +746,8 @@ async fn finish(conn: &mut PgConn, statements: Vec<Statement>, commit: bool) -> 
     match conn.client.batch_execute(sql).await {
         Ok(()) => Ok(()),
         Err(e) => {
-            if is_connection_level(&e) {
+            if is_connection_level(&e) || !commit {
+                // A ROLLBACK that failed leaves the transaction state unknown: never reuse the connection.
                 conn.broken = true;
             }
             if !commit {

@@ -301,18 +301,42 @@ impl Db {
         let Some(pool) = inner.pool() else {
             return Err(Error::ShuttingDown);
         };
-        let mut timeout = timeout.unwrap_or(inner.opts.default_timeout);
+        let started = Instant::now();
+        if timeout == Some(Duration::ZERO) {
+            return Err(Error::invalid_request(
+                "timeout_ms must be at least 1 (omit it for the default, MAKENAIDE_DB_STATEMENT_TIMEOUT_MS)",
+            ));
+        }
+        // Refused before anything is sent: what would change the session beyond the request (see `sql`).
+        let mut opaque = false;
+        for (i, s) in stmts.iter().enumerate() {
+            match sql::check(&s.sql, inner.opts.read_only) {
+                Ok(effect) => opaque |= effect.opaque,
+                Err(sql::Refusal::NotSupported(message)) => {
+                    return Err(Error::StatementNotSupported {
+                        message,
+                        statement_index: Some(i),
+                    })
+                }
+                Err(sql::Refusal::ReadOnly(message)) => {
+                    return Err(Error::ReadOnly {
+                        message,
+                        statement_index: Some(i),
+                    })
+                }
+            }
+        }
+        // The request's deadline: its timeout (0 in MAKENAIDE_DB_STATEMENT_TIMEOUT_MS: none) and the caller's.
+        let timeout = timeout.unwrap_or(inner.opts.default_timeout);
+        let mut bound = (!timeout.is_zero()).then(|| started + timeout);
         if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if deadline <= started {
                 return Err(Error::DbTimeout {
                     message: "the caller's deadline (X-Makenaide-Deadline-Ms) has already passed".into(),
                     statement_index: None,
                 });
             }
-            if timeout.is_zero() || left < timeout {
-                timeout = left;
-            }
+            bound = Some(bound.map_or(deadline, |b| b.min(deadline)));
         }
         if let Some(secret) = &inner.secret {
             // Within the connect timeout, as for a connection (and the caller's deadline).
@@ -326,7 +350,7 @@ impl Db {
             }
         }
         let conn = inner.checkout(&pool, Instant::now()).await?;
-        let result = exec::execute(conn, &pool, &stmts, timeout, inner.opts).await;
+        let result = exec::execute(conn, &pool, &stmts, bound, opaque, inner.opts).await;
         match &result {
             Ok(_) => inner.status.store(ST_READY, Ordering::SeqCst),
             Err(Error::DbUnavailable { .. }) => inner.mark_unavailable(),

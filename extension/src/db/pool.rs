@@ -11,6 +11,14 @@
 //! - the connection type carries the statement cache (`PgConn::statements`), keyed by SQL text, so a repeated
 //!   statement costs no Parse/Describe round trip.
 //! - connection tasks are counted, so shutdown can wait for every `Terminate` to be sent.
+//! - each connection can be retired two ways: gracefully (`retire`: healthy, but its session is no longer the one
+//!   a fresh connection would have) or at once (`broken`: its state is unknown, e.g. abandoned mid-statement or in
+//!   COPY): dropping a broken connection drops its socket, so the backend ends (and rolls back) instead of sitting
+//!   `idle in transaction` behind a connection task that waits for a reply that never comes.
+//! - each connection watches the session parameters PostgreSQL reports (`ParameterStatus`: `TimeZone`,
+//!   `session_authorization`, `is_superuser`, `DateStyle`, ...; also `search_path` and `role` on servers that
+//!   report them): [`PgConn::session_changed`] compares them with their values at connect, for free (no round
+//!   trip), so a request that changed one for the session gets its connection retired.
 //! - the connection settings come from a [`Source`]: fixed, or a Secrets Manager secret read again when the server
 //!   refuses the password (28P01), after which the connection is retried once; with RDS IAM authentication each new
 //!   connection gets a token as its password.
@@ -23,11 +31,12 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio::sync::{oneshot, watch, Notify};
+use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Prepared statements kept per connection before the cache is flushed (bounded memory on the server too).
@@ -86,17 +95,116 @@ impl From<tokio_postgres::Error> for ConnectError {
     }
 }
 
+/// Session parameters PostgreSQL reports with `ParameterStatus` when they change (`GUC_REPORT`), compared after
+/// each request. Not `in_hot_standby` (the server's state, not the session's). Names a server does not report are
+/// simply absent before and after.
+const REPORTED_PARAMETERS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "default_transaction_read_only",
+    "IntervalStyle",
+    "integer_datetimes",
+    "is_superuser",
+    "role",
+    "scram_iterations",
+    "search_path",
+    "session_authorization",
+    "standard_conforming_strings",
+    "TimeZone",
+];
+
+/// Reads the connection task's view of the reported parameters: the first one whose value differs from its value
+/// at connect.
+type SessionProbe = Box<dyn Fn() -> Option<&'static str> + Send + Sync>;
+
 /// A pooled connection plus what we remember about it.
 pub struct PgConn {
     /// The tokio-postgres client (its connection task runs separately).
     pub client: Client,
     /// Prepared statements by SQL text (only when the statement cache is enabled).
     pub statements: HashMap<String, Statement>,
-    /// Set when a request saw a connection-level failure: bb8 then discards the connection.
+    /// Set when a request saw a connection-level failure or left the session in an unknown state: bb8 then
+    /// discards the connection, and dropping it drops the socket at once (see [`Drop`]).
     pub broken: bool,
+    /// Set when the session is healthy but no longer fresh (a reported parameter changed, opaque code ran): bb8
+    /// discards the connection, which closes normally (`Terminate`).
+    pub retire: bool,
+    /// Set while a request runs on the connection: still set when the connection comes back means the request was
+    /// abandoned midway (its future dropped, e.g. the caller hung up), so the backend may sit in a transaction.
+    pub in_request: bool,
+    probe: SessionProbe,
+    /// Dropping the socket of a broken connection (see [`Drop`]).
+    drop_socket: Option<oneshot::Sender<()>>,
+    /// The TLS of this connection, for cancel requests (`None`: no TLS).
+    cancel_tls: Option<MakeRustlsConnect>,
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        if self.broken || self.in_request {
+            if let Some(tx) = self.drop_socket.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+/// Sends a PostgreSQL cancel request for whatever a connection's backend runs (a new TCP connection, with the
+/// connection's TLS).
+pub struct Canceller {
+    token: CancelToken,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl Canceller {
+    /// Sends the cancel request (the server acts on it asynchronously; a backend that is idle ignores it).
+    ///
+    /// # Errors
+    /// The cancel connection failed.
+    pub async fn cancel(&self) -> Result<(), tokio_postgres::Error> {
+        match &self.tls {
+            None => self.token.cancel_query(NoTls).await,
+            Some(make) => self.token.cancel_query(make.clone()).await,
+        }
+    }
 }
 
 impl PgConn {
+    fn new(
+        client: Client,
+        probe: SessionProbe,
+        drop_socket: oneshot::Sender<()>,
+        cancel_tls: Option<MakeRustlsConnect>,
+    ) -> Self {
+        Self {
+            client,
+            statements: HashMap::new(),
+            broken: false,
+            retire: false,
+            in_request: false,
+            probe,
+            drop_socket: Some(drop_socket),
+            cancel_tls,
+        }
+    }
+
+    /// The first reported session parameter whose value is no longer the one the connection started with (the
+    /// request changed it for the session, e.g. `set_config('TimeZone', ..., false)` inside a function).
+    #[must_use]
+    pub fn session_changed(&self) -> Option<&'static str> {
+        (self.probe)()
+    }
+
+    /// A handle that can cancel what this connection's backend is running.
+    #[must_use]
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            token: self.client.cancel_token(),
+            tls: self.cancel_tls.clone(),
+        }
+    }
+
     /// Remembers a prepared statement, flushing the cache when full (dropping a `Statement` sends `Close`).
     pub fn cache_statement(&mut self, sql: &str, statement: Statement) {
         if self.statements.len() >= STATEMENT_CACHE_CAPACITY {
@@ -202,7 +310,7 @@ impl Manager {
     }
 
     /// One connection attempt with `target`'s settings, bounded by the connect timeout.
-    async fn connect_to(&self, target: &Target) -> Result<Client, ConnectError> {
+    async fn connect_to(&self, target: &Target) -> Result<PgConn, ConnectError> {
         let pg = match &target.iam {
             None => std::borrow::Cow::Borrowed(&target.pg),
             Some(iam) => {
@@ -216,13 +324,13 @@ impl Manager {
             match &target.tls {
                 Tls::Disabled => {
                     let (client, connection) = pg.connect(NoTls).await?;
-                    self.spawn_connection(connection);
-                    Ok::<_, tokio_postgres::Error>(client)
+                    let (probe, drop_socket) = self.spawn_connection(connection);
+                    Ok::<_, tokio_postgres::Error>(PgConn::new(client, probe, drop_socket, None))
                 }
                 Tls::Rustls(make) => {
                     let (client, connection) = pg.connect(make.clone()).await?;
-                    self.spawn_connection(connection);
-                    Ok(client)
+                    let (probe, drop_socket) = self.spawn_connection(connection);
+                    Ok(PgConn::new(client, probe, drop_socket, Some(make.clone())))
                 }
             }
         };
@@ -237,25 +345,53 @@ impl Manager {
             })??)
     }
 
-    fn spawn_connection<S, T>(&self, connection: tokio_postgres::Connection<S, T>)
+    /// Runs the connection in a task of its own. The connection sits behind a mutex that the task holds only while
+    /// polling it, so the probe reads the parameters as of the last message processed: a `ParameterStatus` always
+    /// precedes the reply that ends the request (`ReadyForQuery`), which the connection hands over while the task
+    /// holds the lock, so the probe, which takes it after that reply, cannot miss it.
+    fn spawn_connection<S, T>(
+        &self,
+        connection: tokio_postgres::Connection<S, T>,
+    ) -> (SessionProbe, oneshot::Sender<()>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let initial: Vec<Option<String>> = REPORTED_PARAMETERS
+            .iter()
+            .map(|name| connection.parameter(name).map(str::to_owned))
+            .collect();
+        let connection = Arc::new(std::sync::Mutex::new(connection));
+        let watched = connection.clone();
+        let probe: SessionProbe = Box::new(move || {
+            let conn = watched.lock().ok()?;
+            REPORTED_PARAMETERS
+                .iter()
+                .zip(&initial)
+                .find(|(name, at_start)| conn.parameter(name) != at_start.as_deref())
+                .map(|(name, _)| *name)
+        });
+        let drive = std::future::poll_fn(move |cx| match connection.lock() {
+            Ok(mut conn) => std::pin::Pin::new(&mut *conn).poll(cx),
+            Err(_) => std::task::Poll::Ready(Ok(())),
+        });
+        let (drop_socket, dropped) = oneshot::channel::<()>();
         let guard = LiveGuard::new(self.live.clone());
         let mut kill = self.kill.clone();
         tokio::spawn(async move {
             let _guard = guard;
             // The connection future ends when the client is dropped (after sending Terminate) or the socket dies.
             tokio::select! {
-                res = connection => {
+                res = drive => {
                     if let Err(e) = res {
                         tracing::debug!(error = %ConnectError::from(e), "postgres connection closed");
                     }
                 }
                 _ = kill.wait_for(|k| *k) => {}
+                Ok(()) = dropped => tracing::debug!("broken postgres connection: socket dropped"),
             }
         });
+        (probe, drop_socket)
     }
 }
 
@@ -306,16 +442,12 @@ impl bb8::ManageConnection for Manager {
             other => other?,
         };
         crate::metrics::inc(crate::metrics::Counter::DbNewConnections);
-        Ok(PgConn {
-            client,
-            statements: HashMap::new(),
-            broken: false,
-        })
+        Ok(client)
     }
 
     /// Zero round trips: see the module docs for why this is enough.
     async fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
-        if conn.broken || conn.client.is_closed() {
+        if conn.broken || conn.retire || conn.client.is_closed() {
             return Err(ConnectError {
                 message: DISCARDED.into(),
                 sqlstate: None,
@@ -325,7 +457,11 @@ impl bb8::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
-        conn.broken || conn.client.is_closed()
+        if conn.in_request {
+            // Abandoned mid-request: drop the socket so the backend rolls back and ends.
+            conn.broken = true;
+        }
+        conn.broken || conn.retire || conn.client.is_closed()
     }
 }
 

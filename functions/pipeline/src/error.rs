@@ -65,6 +65,7 @@ impl CoreError {
                 | InvalidRequest
                 | InvalidParam
                 | SqlError
+                | StatementNotSupported
                 | ReadOnly
                 | BodyTooLarge
                 | DbNotConfigured
