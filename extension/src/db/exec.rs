@@ -19,6 +19,12 @@
 //! dropped and the request retried on a fresh one with the rest of the connect timeout, so a database that
 //! accepts TCP but never answers still gets its 503 within `MAKENAIDE_DB_CONNECT_TIMEOUT_MS` (the contract).
 //!
+//! Exactly once: the statements of a request run inside the extension's own `BEGIN` (statements that end or
+//! start a transaction are refused up front, `db::sql::transaction_control`, and PostgreSQL refuses `COMMIT`
+//! inside procedures and `DO` blocks called from a transaction block), so only our `COMMIT` can make anything
+//! durable. A connection failure before `COMMIT` is written leaves nothing applied (retried or `db_unavailable`);
+//! one after it is written and before its reply is `db_outcome_unknown`, never resent (except in read-only mode).
+//!
 //! With the statement cache off (`MAKENAIDE_DB_STATEMENT_CACHE=false`, for PgBouncer transaction pooling before
 //! 1.21) statements are prepared per request and closed (and tokio-postgres' type-info statements flushed) before
 //! `COMMIT`/`ROLLBACK` is sent, so no named statement ever outlives the transaction that created it.
@@ -73,6 +79,15 @@ pub(super) async fn execute(
     if matches!(outcome, Outcome::PlanChanged) {
         conn.statements.clear();
         outcome = attempt(&mut conn, stmts, timeout, opts).await;
+    }
+    if let Outcome::Done(Err(e @ Error::DbOutcomeUnknown { .. })) = outcome {
+        // A READ ONLY transaction applied nothing, so losing its COMMIT reply is safe to retry like a stale
+        // connection; any other request whose COMMIT was written is never resent (exactly once).
+        outcome = if opts.read_only {
+            Outcome::Stale(e)
+        } else {
+            Outcome::Done(Err(e))
+        };
     }
     match outcome {
         Outcome::Done(result) => result,
@@ -580,8 +595,16 @@ async fn finish(conn: &mut PgConn, statements: Vec<Statement>, commit: bool) -> 
     if conn.statements.is_empty() {
         conn.client.clear_type_cache();
     }
-    if conn.broken {
-        return Ok(());
+    if conn.broken || (commit && conn.client.is_closed()) {
+        conn.broken = true;
+        if !commit {
+            return Ok(());
+        }
+        // COMMIT was never written: nothing of the request can be durable.
+        return Err(Error::DbUnavailable {
+            message: "connection to PostgreSQL lost before COMMIT was sent: nothing was committed".into(),
+            sqlstate: None,
+        });
     }
     let sql = if commit { "COMMIT" } else { "ROLLBACK" };
     crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
@@ -595,12 +618,13 @@ async fn finish(conn: &mut PgConn, statements: Vec<Statement>, commit: bool) -> 
                 return Ok(());
             }
             if is_connection_level(&e) {
-                return Err(Error::DbUnavailable {
+                // COMMIT was written: the server may have committed before the connection failed. Exactly once
+                // means never resending this request ourselves (see `execute` for the read-only exception).
+                return Err(Error::DbOutcomeUnknown {
                     message: format!(
-                        "connection to PostgreSQL lost during COMMIT: the transaction may or may not have been committed ({})",
+                        "connection to PostgreSQL lost after COMMIT was sent and before its reply: the statements may or may not have been applied (not resent; resend only if they are idempotent) ({})",
                         ConnectError::from_ref(&e)
                     ),
-                    sqlstate: e.code().map(|c| c.code().to_owned()),
                 });
             }
             // Deferred constraints fail at COMMIT.

@@ -315,6 +315,10 @@ impl bb8::ManageConnection for Manager {
 
     /// Zero round trips: see the module docs for why this is enough.
     async fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
+        // Still zero round trips: one pass through the scheduler first, which polls the I/O driver, so a FIN or
+        // RST that arrived while Lambda had us frozen wakes the connection task and it ends (`is_closed`) before
+        // a request is written to a dead socket.
+        tokio::task::yield_now().await;
         if conn.broken || conn.client.is_closed() {
             return Err(ConnectError {
                 message: DISCARDED.into(),

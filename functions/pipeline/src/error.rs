@@ -69,6 +69,7 @@ impl CoreError {
                 | BodyTooLarge
                 | DbNotConfigured
                 | DbUnavailable
+                | DbOutcomeUnknown
                 | DbCredentialsUnavailable
                 | DbTimeout,
             )
