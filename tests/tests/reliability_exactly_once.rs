@@ -12,7 +12,9 @@
 //!
 //! The second test kills the pooled backend (`pg_terminate_backend`) while the extension is idle, frozen or not,
 //! and shows the next request finds the dead connection at checkout (zero round trips) and goes to a fresh one:
-//! no error, and no request written to the dead socket and retried.
+//! no error, and no request written to the dead socket and retried. The third sends the scanner's `scan_results`
+//! insert twice with one idempotency key (a client's resend after `db_outcome_unknown`): one row. The fourth shows
+//! the one exception to "never resent": in read-only mode a lost `COMMIT` reply is retried on a fresh connection.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -164,7 +166,11 @@ async fn a_write_cut_at_every_byte_boundary_is_applied_once_or_not_at_all_and_th
         let body = r.json();
         let what = format!("case {i} cut {cut:?}: HTTP {} {body}, {n} row(s)", r.status);
         assert!(n <= 1, "APPLIED TWICE: {what}");
-        assert_eq!(ex.cut, cut.is_some(), "the cut did not happen where planned: {what}; {ex:?}");
+        assert_eq!(
+            ex.cut,
+            cut.is_some(),
+            "the cut did not happen where planned: {what}; {ex:?}"
+        );
         let outcome = match (r.status, r.error_code()) {
             (200, _) => {
                 assert_eq!(n, 1, "200 but not applied: {what}");
@@ -229,7 +235,11 @@ async fn a_write_cut_at_every_byte_boundary_is_applied_once_or_not_at_all_and_th
         .map(|((flow, rt), o)| {
             format!(
                 "cut in the {} stream, round trip {rt}: {o:?}",
-                if flow == "Up" { "client → server" } else { "server → client" }
+                if flow == "Up" {
+                    "client → server"
+                } else {
+                    "server → client"
+                }
             )
         })
         .collect();
@@ -315,7 +325,11 @@ async fn a_backend_killed_while_idle_is_found_at_checkout_and_the_request_goes_t
         cycles as u64,
         "{after}"
     );
-    assert_eq!(proxy.accepted() - accepted_before, cycles as u64, "one new connection per kill");
+    assert_eq!(
+        proxy.accepted() - accepted_before,
+        cycles as u64,
+        "one new connection per kill"
+    );
     report(
         STEM,
         "A backend killed while the extension is idle",
@@ -326,5 +340,120 @@ async fn a_backend_killed_while_idle_is_found_at_checkout_and_the_request_goes_t
              {at_checkout} times, by a failed request and a retry {by_retry} times; one new connection per kill"
         )],
     );
+    env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scanners_insert_sent_twice_stores_one_row() {
+    use makenaide_pipeline::db;
+    use makenaide_pipeline::scanner::{insert_scan_statement, new_scan_key, ScanEvent, Selection};
+    let db = TestDb::create().await.unwrap();
+    // The real db-initializer, so the schema is the migrations' (the idempotency key's unique index included).
+    init_schema(db.url()).await;
+    let env = LambdaEnv::start(env_config(COLLECTOR, db.url(), &dead_upbit()))
+        .await
+        .unwrap();
+    let _thawed = env.thaw();
+    ready_core(&env).await;
+    // The functions' own client, as the scanner uses it.
+    let client = makenaide_pipeline::CoreClient::new(env.core_port(), env.core_token());
+    let selection = Selection {
+        candidates: vec![("KRW-BTC".into(), 1e12)],
+        selected: vec!["KRW-BTC".into()],
+    };
+    let id = |r: Vec<db::QueryResult>| r[0].rows[0][0].as_i64().unwrap();
+    let key = new_scan_key();
+    let scan = [insert_scan_statement(&ScanEvent::default(), &selection, &key)];
+    let first = id(db::transaction(&client, &scan, None).await.unwrap());
+    let again = id(db::transaction(&client, &scan, None).await.unwrap());
+    assert_eq!(first, again, "the resend returns the stored scan's id");
+    let other = [insert_scan_statement(
+        &ScanEvent::default(),
+        &selection,
+        &new_scan_key(),
+    )];
+    let next = id(db::transaction(&client, &other, None).await.unwrap());
+    assert_ne!(next, first, "another scan is another row");
+    let direct = db.connect().await.unwrap();
+    let rows: i64 = direct
+        .query_one("select count(*) from scan_results where idempotency_key = $1", &[&key])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "the scan sent twice is stored once");
+    let all: i64 = direct
+        .query_one("select count(*) from scan_results", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(all, 2);
+    drop(_thawed);
+    env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_read_only_mode_a_lost_commit_reply_is_retried_on_a_fresh_connection() {
+    let db = TestDb::create().await.unwrap();
+    let proxy = CutProxy::start(port_of(db.url())).await;
+    let env = LambdaEnv::start(
+        env_config(COLLECTOR, &proxy.url_for(db.url()), &dead_upbit())
+            .env("MAKENAIDE_DB_POOL_SIZE", "1")
+            .env("MAKENAIDE_DB_READ_ONLY", "true"),
+    )
+    .await
+    .unwrap();
+    let _thawed = env.thaw();
+    let core = ready_core(&env).await;
+    let select = "select count(*) as n from pg_class where relname = $1";
+    core.query(select, json!(["pg_class"])).await.unwrap();
+    core.query(select, json!(["pg_class"])).await.unwrap();
+    proxy.arm(None);
+    core.query(select, json!(["pg_class"])).await.unwrap();
+    let recorded = proxy.disarm();
+    let (up, down) = (pg_messages(&recorded.up), pg_messages(&recorded.down));
+    // The COMMIT round trip: the client's last message (`COMMIT`) and the server's last two (its CommandComplete,
+    // ReadyForQuery).
+    assert!(
+        recorded.up[up[up.len() - 1].1 + 5..].starts_with(b"COMMIT"),
+        "{recorded:?}"
+    );
+    let cuts = [
+        Cut {
+            flow: Flow::Up,
+            message: up.len() - 1,
+            at: 0,
+        },
+        Cut {
+            flow: Flow::Up,
+            message: up.len() - 1,
+            at: 7,
+        },
+        Cut {
+            flow: Flow::Down,
+            message: down.len() - 2,
+            at: 0,
+        },
+        Cut {
+            flow: Flow::Down,
+            message: down.len() - 1,
+            at: 3,
+        },
+    ];
+    for cut in cuts {
+        core.query(select, json!(["pg_class"])).await.unwrap();
+        proxy.arm(Some(cut));
+        let r = core.query_raw(select, json!(["pg_class"])).await.unwrap();
+        let ex = proxy.disarm();
+        assert!(ex.cut, "{cut:?}: not cut: {ex:?}");
+        assert_eq!(r.status, 200, "{cut:?}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["rows"], json!([[1]]), "{cut:?}");
+    }
+    let retried = env
+        .logs()
+        .iter()
+        .filter(|l| l.line.contains("retrying on a fresh one"))
+        .count();
+    assert_eq!(retried, cuts.len(), "each lost COMMIT reply retried once");
+    drop(_thawed);
     env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
 }

@@ -442,9 +442,12 @@ async fn idempotent_writes_are_resent_once_after_an_unknown_outcome() {
     // The collector's upsert.
     let (client, state) = start().await;
     state.lock().expect("state").outcome_unknown = 1;
-    let r = run_collector(&client, CollectEvent::from_value(&json!({"markets": ["KRW-ETH"]})).expect("event"))
-        .await
-        .expect("collect after one resend");
+    let r = run_collector(
+        &client,
+        CollectEvent::from_value(&json!({"markets": ["KRW-ETH"]})).expect("event"),
+    )
+    .await
+    .expect("collect after one resend");
     assert_eq!(r.stored.get("KRW-ETH"), Some(&3));
     let s = state.lock().expect("state");
     let upserts: Vec<&(String, Vec<Value>)> = s.statements.iter().filter(|(q, _)| q.contains("WITH up AS")).collect();
@@ -455,14 +458,23 @@ async fn idempotent_writes_are_resent_once_after_an_unknown_outcome() {
     // The scanner's transaction: resent with the same idempotency key.
     let (client, state) = start().await;
     state.lock().expect("state").outcome_unknown = 1;
-    let r = run_scanner(&client, ScanEvent::default()).await.expect("scan after one resend");
+    let r = run_scanner(&client, ScanEvent::default())
+        .await
+        .expect("scan after one resend");
     assert_eq!(r.scan_id, 42);
     let s = state.lock().expect("state");
-    let scans: Vec<&(String, Vec<Value>)> =
-        s.statements.iter().filter(|(q, _)| q.contains("INSERT INTO scan_results")).collect();
+    let scans: Vec<&(String, Vec<Value>)> = s
+        .statements
+        .iter()
+        .filter(|(q, _)| q.contains("INSERT INTO scan_results"))
+        .collect();
     assert_eq!(scans.len(), 2, "sent, then resent once");
     assert_eq!(scans[0].1, scans[1].1, "same parameters, same idempotency key");
-    assert!(scans[0].1[3].as_str().is_some_and(|k| k.len() == 32), "{:?}", scans[0].1);
+    assert!(
+        scans[0].1[3].as_str().is_some_and(|k| k.len() == 32),
+        "{:?}",
+        scans[0].1
+    );
 }
 
 #[tokio::test]
@@ -482,7 +494,9 @@ async fn only_idempotent_writes_are_resent_and_only_once_and_only_on_an_unknown_
     assert_eq!(db_requests(&state), 2);
     // A plain query is never resent.
     state.lock().expect("state").outcome_unknown = 1;
-    let e = db::query(&client, "INSERT INTO t VALUES (1)", &[], None).await.expect_err("unknown");
+    let e = db::query(&client, "INSERT INTO t VALUES (1)", &[], None)
+        .await
+        .expect_err("unknown");
     assert_eq!(code(e), makenaide_contract::ErrorCode::DbOutcomeUnknown.as_str());
     assert_eq!(db_requests(&state), 3);
     state.lock().expect("state").outcome_unknown = 1;
