@@ -449,11 +449,13 @@ async fn idempotent_writes_are_resent_once_after_an_unknown_outcome() {
     .await
     .expect("collect after one resend");
     assert_eq!(r.stored.get("KRW-ETH"), Some(&3));
-    let s = state.lock().expect("state");
-    let upserts: Vec<&(String, Vec<Value>)> = s.statements.iter().filter(|(q, _)| q.contains("WITH up AS")).collect();
-    assert_eq!(upserts.len(), 2, "sent, then resent once");
-    assert_eq!(upserts[0], upserts[1], "the resend is the same statement");
-    drop(s);
+    {
+        let s = state.lock().expect("state");
+        let upserts: Vec<&(String, Vec<Value>)> =
+            s.statements.iter().filter(|(q, _)| q.contains("WITH up AS")).collect();
+        assert_eq!(upserts.len(), 2, "sent, then resent once");
+        assert_eq!(upserts[0], upserts[1], "the resend is the same statement");
+    }
 
     // The scanner's transaction: resent with the same idempotency key.
     let (client, state) = start().await;
