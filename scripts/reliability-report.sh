@@ -30,6 +30,7 @@ title_of() {
     reliability_shutdown) echo "6. Shutdown" ;;
     reliability_scale) echo "7. Many environments" ;;
     reliability_lmi) echo "8. Lambda Managed Instances" ;;
+    reliability_exactly_once) echo "9. Exactly once" ;;
     *) echo "$1" ;;
   esac
 }

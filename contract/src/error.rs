@@ -72,6 +72,10 @@ error_codes! {
     DbNotConfigured = "db_not_configured", 503;
     /// The database is unreachable or refused the connection.
     DbUnavailable = "db_unavailable", 503;
+    /// The connection to PostgreSQL failed after the request's `COMMIT` was written and before its reply said how
+    /// it ended: the statements may or may not have been applied. The extension never resends such a request by
+    /// itself (a read-only one excepted); a caller may resend it only when its writes are idempotent.
+    DbOutcomeUnknown = "db_outcome_unknown", 503;
     /// The database credentials of `MAKENAIDE_DATABASE_SECRET_ID` are still being fetched from Secrets Manager, or
     /// fetching them failed (the message says why and what to fix: a missing secret, a denied
     /// `secretsmanager:GetSecretValue`, a malformed value).

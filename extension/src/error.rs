@@ -100,6 +100,12 @@ pub enum Error {
         /// SQLSTATE when the server gave one (e.g. 53300 too_many_connections, 57P01).
         sqlstate: Option<String>,
     },
+    /// 503 `db_outcome_unknown`: the connection failed after `COMMIT` was written, before its reply.
+    #[error("{message}")]
+    DbOutcomeUnknown {
+        /// Says that the statements may or may not have been applied, and the cause.
+        message: String,
+    },
     /// 503 `db_credentials_unavailable`: the database secret is still being fetched, or fetching it failed.
     #[error("{0}")]
     DbCredentials(String),
@@ -177,6 +183,7 @@ impl Error {
             Self::TooManyConnections { .. } => ErrorCode::TooManyConnections,
             Self::DbNotConfigured => ErrorCode::DbNotConfigured,
             Self::DbUnavailable { .. } => ErrorCode::DbUnavailable,
+            Self::DbOutcomeUnknown { .. } => ErrorCode::DbOutcomeUnknown,
             Self::DbCredentials(_) => ErrorCode::DbCredentialsUnavailable,
             Self::DbTimeout { .. } => ErrorCode::DbTimeout,
             Self::Upstream(_) => ErrorCode::UpstreamError,

@@ -36,6 +36,12 @@
 //! reports); a changed one, or opaque code (`DO`, `CALL`), retires the connection (see `db::sql` for the
 //! statements refused up front).
 //!
+//! Exactly once: the statements of a request run inside the extension's own `BEGIN` (statements that end or
+//! start a transaction are refused up front, `db::sql::transaction_control`, and PostgreSQL refuses `COMMIT`
+//! inside procedures and `DO` blocks called from a transaction block), so only our `COMMIT` can make anything
+//! durable. A connection failure before `COMMIT` is written leaves nothing applied (retried or `db_unavailable`);
+//! one after it is written and before its reply is `db_outcome_unknown`, never resent (except in read-only mode).
+//!
 //! With the statement cache off (`MAKENAIDE_DB_STATEMENT_CACHE=false`, for PgBouncer transaction pooling before
 //! 1.21) statements are prepared per request and closed (and tokio-postgres' type-info statements flushed) before
 //! `COMMIT`/`ROLLBACK` is sent, so no named statement ever outlives the transaction that created it.
@@ -106,6 +112,15 @@ pub(super) async fn execute(
         conn.statements.clear();
         conn.client.clear_type_cache();
         outcome = bounded(&mut conn, stmts, bound, opts).await;
+    }
+    if let Outcome::Done(Err(e @ Error::DbOutcomeUnknown { .. })) = outcome {
+        // A READ ONLY transaction applied nothing, so losing its COMMIT reply is safe to retry like a stale
+        // connection; any other request whose COMMIT was written is never resent (exactly once).
+        outcome = if opts.read_only {
+            Outcome::Stale(e)
+        } else {
+            Outcome::Done(Err(e))
+        };
     }
     conn.in_request = false;
     let first = match outcome {
@@ -217,6 +232,18 @@ async fn bounded(
         ),
         statement_index: None,
     };
+    if conn.commit_sent && !matches!(finished, Some(Outcome::Done(Ok(_)))) {
+        // The deadline caught the request inside its COMMIT round trip: PostgreSQL may have committed already, so
+        // "rolled back" would be a lie (exactly once: the caller must not blindly resend).
+        conn.broken = true;
+        return Outcome::Done(Err(Error::DbOutcomeUnknown {
+            message: format!(
+                "the request's deadline ({} ms) passed while its COMMIT was in flight: the statements may or may not \
+                 have been applied (not resent; resend only if they are idempotent)",
+                left.as_millis()
+            ),
+        }));
+    }
     match finished {
         None => Outcome::Done(Err(deadline_passed(&format!(
             " and closed the connection (the statement did not stop within {} ms)",
@@ -470,6 +497,7 @@ enum StmtError {
 }
 
 async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duration, opts: Options) -> Outcome {
+    conn.commit_sent = false;
     let timeout_ms = timeout.as_millis().min(i32::MAX as u128);
     // Read-only: the trailing `SELECT 1` takes the transaction's first snapshot, after which PostgreSQL refuses
     // `SET TRANSACTION READ WRITE` (and `SET transaction_read_only = off`) with 25001: without it, a request could
@@ -738,10 +766,19 @@ async fn finish(conn: &mut PgConn, statements: Vec<Statement>, commit: bool) -> 
     if conn.statements.is_empty() {
         conn.client.clear_type_cache();
     }
-    if conn.broken {
-        return Ok(());
+    if conn.broken || (commit && conn.client.is_closed()) {
+        conn.broken = true;
+        if !commit {
+            return Ok(());
+        }
+        // COMMIT was never written: nothing of the request can be durable.
+        return Err(Error::DbUnavailable {
+            message: "connection to PostgreSQL lost before COMMIT was sent: nothing was committed".into(),
+            sqlstate: None,
+        });
     }
     let sql = if commit { "COMMIT" } else { "ROLLBACK" };
+    conn.commit_sent = commit;
     crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
     match conn.client.batch_execute(sql).await {
         Ok(()) => Ok(()),
@@ -754,12 +791,13 @@ async fn finish(conn: &mut PgConn, statements: Vec<Statement>, commit: bool) -> 
                 return Ok(());
             }
             if is_connection_level(&e) {
-                return Err(Error::DbUnavailable {
+                // COMMIT was written: the server may have committed before the connection failed. Exactly once
+                // means never resending this request ourselves (see `execute` for the read-only exception).
+                return Err(Error::DbOutcomeUnknown {
                     message: format!(
-                        "connection to PostgreSQL lost during COMMIT: the transaction may or may not have been committed ({})",
+                        "connection to PostgreSQL lost after COMMIT was sent and before its reply: the statements may or may not have been applied (not resent; resend only if they are idempotent) ({})",
                         ConnectError::from_ref(&e)
                     ),
-                    sqlstate: e.code().map(|c| c.code().to_owned()),
                 });
             }
             // Deferred constraints fail at COMMIT.

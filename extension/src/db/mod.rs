@@ -353,7 +353,7 @@ impl Db {
         let result = exec::execute(conn, &pool, &stmts, bound, opaque, inner.opts).await;
         match &result {
             Ok(_) => inner.status.store(ST_READY, Ordering::SeqCst),
-            Err(Error::DbUnavailable { .. }) => inner.mark_unavailable(),
+            Err(Error::DbUnavailable { .. } | Error::DbOutcomeUnknown { .. }) => inner.mark_unavailable(),
             Err(Error::Sql { .. } | Error::ReadOnly { .. } | Error::DbTimeout { .. }) => {
                 crate::metrics::inc(crate::metrics::Counter::DbStatementErrors);
             }

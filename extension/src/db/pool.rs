@@ -133,6 +133,9 @@ pub struct PgConn {
     /// Set while a request runs on the connection: still set when the connection comes back means the request was
     /// abandoned midway (its future dropped, e.g. the caller hung up), so the backend may sit in a transaction.
     pub in_request: bool,
+    /// Set once the request's `COMMIT` has been handed to the connection: from then on an abandoned or failed
+    /// request's outcome is unknown (`db_outcome_unknown`), never "rolled back".
+    pub commit_sent: bool,
     probe: SessionProbe,
     /// Dropping the socket of a broken connection (see [`Drop`]).
     drop_socket: Option<oneshot::Sender<()>>,
@@ -183,6 +186,7 @@ impl PgConn {
             broken: false,
             retire: false,
             in_request: false,
+            commit_sent: false,
             probe,
             drop_socket: Some(drop_socket),
             cancel_tls,
@@ -361,18 +365,26 @@ impl Manager {
             .iter()
             .map(|name| connection.parameter(name).map(str::to_owned))
             .collect();
-        let connection = Arc::new(std::sync::Mutex::new(connection));
+        // `Option`: the task takes the connection out and drops it when it ends. Dropping it is what fails the
+        // client's pending requests ("connection closed"); were it kept alive by the probe's handle, a request in
+        // flight on a dead socket would wait for its deadline instead.
+        let connection = Arc::new(std::sync::Mutex::new(Some(connection)));
         let watched = connection.clone();
         let probe: SessionProbe = Box::new(move || {
-            let conn = watched.lock().ok()?;
+            let guard = watched.lock().ok()?;
+            let conn = guard.as_ref()?;
             REPORTED_PARAMETERS
                 .iter()
                 .zip(&initial)
                 .find(|(name, at_start)| conn.parameter(name) != at_start.as_deref())
                 .map(|(name, _)| *name)
         });
-        let drive = std::future::poll_fn(move |cx| match connection.lock() {
-            Ok(mut conn) => std::pin::Pin::new(&mut *conn).poll(cx),
+        let driven = connection.clone();
+        let drive = std::future::poll_fn(move |cx| match driven.lock() {
+            Ok(mut guard) => match guard.as_mut() {
+                Some(conn) => std::pin::Pin::new(conn).poll(cx),
+                None => std::task::Poll::Ready(Ok(())),
+            },
             Err(_) => std::task::Poll::Ready(Ok(())),
         });
         let (drop_socket, dropped) = oneshot::channel::<()>();
@@ -390,6 +402,8 @@ impl Manager {
                 _ = kill.wait_for(|k| *k) => {}
                 Ok(()) = dropped => tracing::debug!("broken postgres connection: socket dropped"),
             }
+            let ended = connection.lock().ok().and_then(|mut c| c.take());
+            drop(ended);
         });
         (probe, drop_socket)
     }
@@ -447,6 +461,10 @@ impl bb8::ManageConnection for Manager {
 
     /// Zero round trips: see the module docs for why this is enough.
     async fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
+        // Still zero round trips: one pass through the scheduler first, which polls the I/O driver, so a FIN or
+        // RST that arrived while Lambda had us frozen wakes the connection task and it ends (`is_closed`) before
+        // a request is written to a dead socket.
+        tokio::task::yield_now().await;
         if conn.broken || conn.retire || conn.client.is_closed() {
             return Err(ConnectError {
                 message: DISCARDED.into(),

@@ -278,7 +278,8 @@ pub fn upsert_statements(interval: Interval, rows: &[Candle]) -> Vec<Statement> 
 async fn flush(client: &CoreClient, interval: Interval, rows: &[Candle]) -> Result<Vec<(String, u64)>, PipelineError> {
     let mut counts = Vec::new();
     for st in upsert_statements(interval, rows) {
-        let r = db::query(client, &st.sql, &st.params, None).await?;
+        // An upsert: applying it twice stores the same rows, so it is resent once if its outcome is unknown.
+        let r = db::query_idempotent(client, &st.sql, &st.params, None).await?;
         for row in &r.rows {
             let market = db::get(&r, row, "market")?.as_str().unwrap_or_default().to_owned();
             let n = db::get(&r, row, "stored")?;

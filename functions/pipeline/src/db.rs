@@ -11,6 +11,7 @@ use makenaide_contract::routes;
 pub use makenaide_contract::sql::{
     Column, QueryRequest, QueryResult, Statement, TransactionRequest, TransactionResult,
 };
+use makenaide_contract::ErrorCode;
 use serde_json::Value;
 use std::borrow::Cow;
 
@@ -57,10 +58,71 @@ pub async fn transaction(
     Ok(reply.results)
 }
 
+/// The resend rule: a write may be sent again only after `db_outcome_unknown` (the connection failed after its
+/// `COMMIT` was written; every other error means it was not applied, or says why it cannot be), and only when the
+/// caller declared it idempotent ([`query_idempotent`], [`transaction_idempotent`]).
+pub fn may_resend(err: &PipelineError) -> bool {
+    matches!(err, PipelineError::Core(e) if e.kind() == Some(ErrorCode::DbOutcomeUnknown))
+}
+
+/// Runs `send`, and once more when its outcome is unknown ([`may_resend`]).
+async fn resending_once<T, F, Fut>(what: &str, send: F) -> Result<T, PipelineError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PipelineError>>,
+{
+    match send().await {
+        Err(e) if may_resend(&e) => {
+            tracing::warn!(error = %e, "{what}: outcome unknown; resending the idempotent write once");
+            send().await
+        }
+        other => other,
+    }
+}
+
+/// [`query`] for an idempotent write (applying it twice changes nothing more than once: an upsert, an insert keyed
+/// by an idempotency column): resent once when the extension answers `db_outcome_unknown`. Never use it for any
+/// other write.
+pub async fn query_idempotent(
+    client: &CoreClient,
+    sql: &str,
+    params: &[Value],
+    timeout_ms: Option<u64>,
+) -> Result<QueryResult, PipelineError> {
+    resending_once("/db/query", || query(client, sql, params, timeout_ms)).await
+}
+
+/// [`transaction`] whose statements are all idempotent writes (or reads): resent once on `db_outcome_unknown`.
+pub async fn transaction_idempotent(
+    client: &CoreClient,
+    statements: &[Statement],
+    timeout_ms: Option<u64>,
+) -> Result<Vec<QueryResult>, PipelineError> {
+    resending_once("/db/transaction", || transaction(client, statements, timeout_ms)).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_an_unknown_outcome_may_be_resent() {
+        let core = |code: ErrorCode| {
+            PipelineError::Core(crate::error::CoreError {
+                status: code.status(),
+                code: code.as_str().into(),
+                message: String::new(),
+                sqlstate: None,
+                statement_index: None,
+            })
+        };
+        assert!(may_resend(&core(ErrorCode::DbOutcomeUnknown)));
+        for code in ErrorCode::ALL.iter().filter(|c| **c != ErrorCode::DbOutcomeUnknown) {
+            assert!(!may_resend(&core(*code)), "{code}");
+        }
+        assert!(!may_resend(&PipelineError::CoreUnavailable("no answer".into())));
+    }
 
     #[test]
     fn a_missing_column_is_a_bad_reply() {

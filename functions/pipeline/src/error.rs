@@ -70,6 +70,7 @@ impl CoreError {
                 | BodyTooLarge
                 | DbNotConfigured
                 | DbUnavailable
+                | DbOutcomeUnknown
                 | DbCredentialsUnavailable
                 | DbTimeout,
             )

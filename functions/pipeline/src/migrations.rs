@@ -72,6 +72,17 @@ pub const MIGRATIONS: &[Migration] = &[
     candidates integer NOT NULL DEFAULT 0
 )"#],
     },
+    Migration {
+        version: 4,
+        name: "scan_results_idempotency",
+        // A key per scan (the scanner's idempotency key): the same scan sent twice (a resend after
+        // `db_outcome_unknown`) stores one row. Rows from before this version keep NULL, which the unique index
+        // allows any number of times.
+        statements: &[
+            "ALTER TABLE scan_results ADD COLUMN IF NOT EXISTS idempotency_key text",
+            "CREATE UNIQUE INDEX IF NOT EXISTS scan_results_idempotency_key ON scan_results (idempotency_key)",
+        ],
+    },
 ];
 
 /// Result of the db-initializer: `{"applied": [versions], "current_version": n}`.

@@ -170,15 +170,32 @@ pub fn upsert_markets_statement(markets: &[&MarketInfo]) -> Statement {
     )
 }
 
-/// The statement storing a scan and returning its id.
-pub fn insert_scan_statement(ev: &ScanEvent, selection: &Selection) -> Statement {
+/// A new idempotency key for one scan: 128 bits from the process's random hash keys (std's `RandomState`, seeded
+/// from the OS) and the clock, so no two scans share one, while a resend of the same statement carries the same.
+pub fn new_scan_key() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    format!("{:016x}{:016x}", h.finish(), nanos as u64)
+}
+
+/// The statement storing a scan under its idempotency `key` and returning its id. Idempotent: sent again with the
+/// same key it stores nothing new and returns the first row's id (`DO UPDATE` of the key to itself, not `DO
+/// NOTHING`, so the row comes back even when the first insert committed after this statement's snapshot).
+pub fn insert_scan_statement(ev: &ScanEvent, selection: &Selection, key: &str) -> Statement {
     Statement::new(
-        "INSERT INTO scan_results (scanned_at, params, selected, candidates) \
-         VALUES (now(), $1::text::jsonb, $2::text[], $3::int4) RETURNING id",
+        "INSERT INTO scan_results (idempotency_key, scanned_at, params, selected, candidates) \
+         VALUES ($4::text, now(), $1::text::jsonb, $2::text[], $3::int4) \
+         ON CONFLICT (idempotency_key) DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key RETURNING id",
         vec![
             json!(serde_json::to_string(ev).unwrap_or_else(|_| "{}".into())),
             json!(selection.selected),
             json!(selection.candidates.len()),
+            json!(key),
         ],
     )
 }
@@ -197,11 +214,13 @@ pub async fn run_scanner(client: &CoreClient, event: ScanEvent) -> Result<ScanRe
         "scan done"
     );
 
-    let results = db::transaction(
+    // Both statements are idempotent (an upsert; an insert keyed by this scan's key), so the transaction is resent
+    // once if its outcome is unknown.
+    let results = db::transaction_idempotent(
         client,
         &[
             upsert_markets_statement(&krw),
-            insert_scan_statement(&event, &selection),
+            insert_scan_statement(&event, &selection, &new_scan_key()),
         ],
         None,
     )
@@ -330,8 +349,11 @@ mod tests {
             candidates: vec![("KRW-BTC".into(), 1.0)],
             selected: vec!["KRW-BTC".into()],
         };
-        let st = insert_scan_statement(&ScanEvent::default(), &sel);
+        let st = insert_scan_statement(&ScanEvent::default(), &sel, "k1");
         assert_eq!(st.params[1], json!(["KRW-BTC"]));
+        assert_eq!(st.params[3], json!("k1"));
+        assert!(st.sql.contains("ON CONFLICT (idempotency_key)"));
+        assert_ne!(new_scan_key(), new_scan_key());
         assert_eq!(st.params[2], json!(1));
         let params: Value = serde_json::from_str(st.params[0].as_str().expect("text")).expect("json");
         assert_eq!(params["limit"], json!(10));

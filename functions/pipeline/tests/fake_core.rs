@@ -27,6 +27,8 @@ struct State {
     requests: Vec<(String, Option<String>, Option<String>)>, // (path+query, token, deadline)
     statements: Vec<(String, Vec<Value>)>,
     db_down: bool,
+    /// The next this many `/db/*` requests are recorded (as if applied) but answered 503 `db_outcome_unknown`.
+    outcome_unknown: usize,
     connections: usize,
 }
 
@@ -212,7 +214,20 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<Full<B
         }
     };
     let results: Vec<Value> = statements.iter().map(|(s, p)| db_result(s, p)).collect();
-    state.lock().expect("state").statements.extend(statements);
+    let unknown = {
+        let mut s = state.lock().expect("state");
+        s.statements.extend(statements);
+        let unknown = s.outcome_unknown > 0;
+        s.outcome_unknown = s.outcome_unknown.saturating_sub(1);
+        unknown
+    };
+    if unknown {
+        return Ok(reply(
+            503,
+            "core",
+            json!({"error": {"code": makenaide_contract::ErrorCode::DbOutcomeUnknown.as_str(), "message": "connection to PostgreSQL lost after COMMIT was sent and before its reply: the statements may or may not have been applied"}}),
+        ));
+    }
     Ok(match path.as_str() {
         "/db/query" => reply(200, "core", results[0].clone()),
         _ => reply(200, "core", json!({"results": results})),
@@ -333,8 +348,8 @@ async fn orchestrator_runs_three_timed_steps() {
         .expect("orchestrate");
     let names: Vec<&str> = r.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["init", "scan", "collect"]);
-    assert_eq!(r.steps[0].result["applied"], json!([2, 3])); // the fake has version 1 already
-    assert_eq!(r.steps[0].result["current_version"], json!(3));
+    assert_eq!(r.steps[0].result["applied"], json!([2, 3, 4])); // the fake has version 1 already
+    assert_eq!(r.steps[0].result["current_version"], json!(4));
     assert_eq!(r.selected, vec!["KRW-BTC", "KRW-ETH"]);
     assert_eq!(r.rows_stored, 6);
 }
@@ -392,7 +407,7 @@ async fn connection_refused_is_retried_until_the_extension_listens() {
     let r = run_migrations(&CoreClient::new(port, TOKEN))
         .await
         .expect("retried until listening");
-    assert_eq!(r.current_version, 3);
+    assert_eq!(r.current_version, 4);
     late.abort();
 }
 
@@ -409,4 +424,95 @@ async fn keep_alive_connection_is_reused() {
         1,
         "sequential requests share one keep-alive connection"
     );
+}
+
+/// `/db/*` requests the fake received.
+fn db_requests(state: &Shared) -> usize {
+    state
+        .lock()
+        .expect("state")
+        .requests
+        .iter()
+        .filter(|r| r.0.starts_with("/db/"))
+        .count()
+}
+
+#[tokio::test]
+async fn idempotent_writes_are_resent_once_after_an_unknown_outcome() {
+    // The collector's upsert.
+    let (client, state) = start().await;
+    state.lock().expect("state").outcome_unknown = 1;
+    let r = run_collector(
+        &client,
+        CollectEvent::from_value(&json!({"markets": ["KRW-ETH"]})).expect("event"),
+    )
+    .await
+    .expect("collect after one resend");
+    assert_eq!(r.stored.get("KRW-ETH"), Some(&3));
+    {
+        let s = state.lock().expect("state");
+        let upserts: Vec<&(String, Vec<Value>)> =
+            s.statements.iter().filter(|(q, _)| q.contains("WITH up AS")).collect();
+        assert_eq!(upserts.len(), 2, "sent, then resent once");
+        assert_eq!(upserts[0], upserts[1], "the resend is the same statement");
+    }
+
+    // The scanner's transaction: resent with the same idempotency key.
+    let (client, state) = start().await;
+    state.lock().expect("state").outcome_unknown = 1;
+    let r = run_scanner(&client, ScanEvent::default())
+        .await
+        .expect("scan after one resend");
+    assert_eq!(r.scan_id, 42);
+    let s = state.lock().expect("state");
+    let scans: Vec<&(String, Vec<Value>)> = s
+        .statements
+        .iter()
+        .filter(|(q, _)| q.contains("INSERT INTO scan_results"))
+        .collect();
+    assert_eq!(scans.len(), 2, "sent, then resent once");
+    assert_eq!(scans[0].1, scans[1].1, "same parameters, same idempotency key");
+    assert!(
+        scans[0].1[3].as_str().is_some_and(|k| k.len() == 32),
+        "{:?}",
+        scans[0].1
+    );
+}
+
+#[tokio::test]
+async fn only_idempotent_writes_are_resent_and_only_once_and_only_on_an_unknown_outcome() {
+    use makenaide_pipeline::db;
+    let code = |e: PipelineError| match e {
+        PipelineError::Core(c) => c.code,
+        other => panic!("unexpected {other:?}"),
+    };
+    let (client, state) = start().await;
+    // Two unknown outcomes in a row: one resend, then the caller gets the error.
+    state.lock().expect("state").outcome_unknown = 2;
+    let e = db::query_idempotent(&client, "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING", &[], None)
+        .await
+        .expect_err("unknown twice");
+    assert_eq!(code(e), makenaide_contract::ErrorCode::DbOutcomeUnknown.as_str());
+    assert_eq!(db_requests(&state), 2);
+    // A plain query is never resent.
+    state.lock().expect("state").outcome_unknown = 1;
+    let e = db::query(&client, "INSERT INTO t VALUES (1)", &[], None)
+        .await
+        .expect_err("unknown");
+    assert_eq!(code(e), makenaide_contract::ErrorCode::DbOutcomeUnknown.as_str());
+    assert_eq!(db_requests(&state), 3);
+    state.lock().expect("state").outcome_unknown = 1;
+    let e = db::transaction(&client, &[db::Statement::sql("INSERT INTO t VALUES (1)")], None)
+        .await
+        .expect_err("unknown");
+    assert_eq!(code(e), makenaide_contract::ErrorCode::DbOutcomeUnknown.as_str());
+    assert_eq!(db_requests(&state), 4);
+    // Any other error: nothing was applied (or it cannot be), nothing is resent.
+    state.lock().expect("state").outcome_unknown = 0;
+    state.lock().expect("state").db_down = true;
+    let e = db::transaction_idempotent(&client, &[db::Statement::sql("SELECT 1")], None)
+        .await
+        .expect_err("down");
+    assert_eq!(code(e), makenaide_contract::ErrorCode::DbUnavailable.as_str());
+    assert_eq!(db_requests(&state), 5);
 }

@@ -608,3 +608,244 @@ pub async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) 
     let v = f.await;
     (v, t.elapsed())
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Cutting proxy
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A direction of a PostgreSQL connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Client → server (the extension's messages).
+    Up,
+    /// Server → client (PostgreSQL's replies).
+    Down,
+}
+
+/// Where a [`CutProxy`] cuts: before byte `at` of message `message` (0-based, counted from the first byte the armed
+/// connection sends after [`CutProxy::arm`]) of `flow`. Message boundaries are found by parsing the live stream
+/// (typed messages: type byte + big-endian length), so the cut lands at the same place in the protocol even when
+/// the exchange's length varies by a byte (e.g. tokio-postgres' statement names `s9` → `s10`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub flow: Flow,
+    pub message: usize,
+    pub at: usize,
+}
+
+/// What the armed connection exchanged (the bytes forwarded, each way) and whether the cut happened.
+#[derive(Debug, Clone, Default)]
+pub struct Exchange {
+    pub up: Vec<u8>,
+    pub down: Vec<u8>,
+    pub cut: bool,
+    /// `(flow, offset in that flow's bytes)` where each burst began: a burst is what one side sent before the
+    /// other spoke again, so the client's bursts are its round trips.
+    pub bursts: Vec<(Flow, usize)>,
+}
+
+/// `(type, offset, length incl. the type byte)` of each complete typed message in `bytes`.
+pub fn pg_messages(bytes: &[u8]) -> Vec<(char, usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 5 <= bytes.len() {
+        let len = 1 + u32::from_be_bytes(bytes[i + 1..i + 5].try_into().unwrap()) as usize;
+        if i + len > bytes.len() {
+            break;
+        }
+        out.push((bytes[i] as char, i, len));
+        i += len;
+    }
+    out
+}
+
+/// Offset in `bytes` of the start of message `m`, when the headers of the messages before it are all in `bytes`.
+fn message_start(bytes: &[u8], m: usize) -> Option<usize> {
+    let mut i = 0;
+    for _ in 0..m {
+        if i + 5 > bytes.len() {
+            return None;
+        }
+        i += 1 + u32::from_be_bytes(bytes[i + 1..i + 5].try_into().unwrap()) as usize;
+    }
+    Some(i)
+}
+
+struct Arm {
+    /// Only connections accepted before arming can be bound (never the fresh connection of a retry).
+    eligible_below: u64,
+    cut: Option<Cut>,
+    bound: Option<u64>,
+    ex: Exchange,
+}
+
+#[derive(Default)]
+struct CutState {
+    accepted: u64,
+    open: u64,
+    arm: Option<Arm>,
+}
+
+impl CutState {
+    /// How many bytes of `data` (read on connection `id`, flowing `flow`) to forward, and whether to cut after them.
+    fn account(&mut self, id: u64, flow: Flow, data: &[u8]) -> (usize, bool) {
+        let Some(arm) = &mut self.arm else {
+            return (data.len(), false);
+        };
+        match arm.bound {
+            Some(b) if b == id => {}
+            // The armed exchange starts with the first client bytes of an eligible (already open) connection.
+            None if flow == Flow::Up && id < arm.eligible_below && !arm.ex.cut => arm.bound = Some(id),
+            _ => return (data.len(), false),
+        }
+        let sent = match flow {
+            Flow::Up => &mut arm.ex.up,
+            Flow::Down => &mut arm.ex.down,
+        };
+        let mut pass = data.len();
+        let mut cut = false;
+        if let Some(c) = arm.cut.filter(|c| c.flow == flow) {
+            let mut all = sent.clone();
+            all.extend_from_slice(data);
+            if let Some(start) = message_start(&all, c.message) {
+                let k = start + c.at;
+                if k < all.len() {
+                    pass = k.saturating_sub(sent.len());
+                    cut = true;
+                }
+            }
+        }
+        if pass > 0 && arm.ex.bursts.last().map(|(f, _)| *f) != Some(flow) {
+            arm.ex.bursts.push((flow, sent.len()));
+        }
+        sent.extend_from_slice(&data[..pass]);
+        arm.ex.cut |= cut;
+        (pass, cut)
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of PostgreSQL that passes everything through until armed, then records one
+/// connection's exchange and, when told, cuts that connection at a chosen byte of either direction: it forwards
+/// the bytes before the cut, then closes the client side and sends the server a FIN (so PostgreSQL reads every
+/// byte it was given, then end-of-file, as when a client dies), draining what the server still sends. Plain text
+/// only (`sslmode=disable`), so offsets are protocol offsets. Stopped on drop.
+pub struct CutProxy {
+    pub port: u16,
+    state: Arc<Mutex<CutState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    pub async fn start(upstream_port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(CutState::default()));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+                    continue;
+                };
+                let id = {
+                    let mut s = st.lock().unwrap();
+                    s.accepted += 1;
+                    s.open += 1;
+                    s.accepted - 1
+                };
+                conns.spawn(cut_relay(id, client, server, st.clone()));
+            }
+        });
+        Self { port, state, task }
+    }
+
+    /// The URL of `direct_url`'s database through this proxy (plain text).
+    pub fn url_for(&self, direct_url: &str) -> String {
+        proxied_url(direct_url, self.port)
+    }
+
+    /// Records the next exchange (the first client bytes on a connection already open) and cuts it at `cut`.
+    pub fn arm(&self, cut: Option<Cut>) {
+        let mut s = self.state.lock().unwrap();
+        let eligible_below = s.accepted;
+        s.arm = Some(Arm {
+            eligible_below,
+            cut,
+            bound: None,
+            ex: Exchange::default(),
+        });
+    }
+
+    /// Stops recording; returns what the armed connection exchanged.
+    pub fn disarm(&self) -> Exchange {
+        self.state.lock().unwrap().arm.take().map(|a| a.ex).unwrap_or_default()
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.state.lock().unwrap().accepted
+    }
+
+    /// Connections relayed right now (a closed one is counted out once both of its sides are closed).
+    pub fn open(&self) -> u64 {
+        self.state.lock().unwrap().open
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `postgres://user@127.0.0.1:<port>/db?sslmode=disable` from a direct URL (same user and database).
+fn proxied_url(direct_url: &str, port: u16) -> String {
+    let (scheme_auth, rest) = direct_url.split_once('@').unwrap();
+    let path = &rest[rest.find('/').unwrap()..];
+    let path = path.split('?').next().unwrap();
+    format!("{scheme_auth}@127.0.0.1:{port}{path}?sslmode=disable")
+}
+
+async fn cut_relay(id: u64, client: TcpStream, server: TcpStream, state: Arc<Mutex<CutState>>) {
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let mut ub = vec![0u8; 64 * 1024];
+    let mut db = vec![0u8; 64 * 1024];
+    loop {
+        // One task for both directions: the exchanges here are a few hundred bytes, so a write never blocks long.
+        let (flow, read) = tokio::select! {
+            r = cr.read(&mut ub) => (Flow::Up, r),
+            r = sr.read(&mut db) => (Flow::Down, r),
+        };
+        let n = match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let data = if flow == Flow::Up { &ub[..n] } else { &db[..n] };
+        let (pass, cut) = state.lock().unwrap().account(id, flow, data);
+        let written = match flow {
+            Flow::Up => sw.write_all(&data[..pass]).await,
+            Flow::Down => cw.write_all(&data[..pass]).await,
+        };
+        if written.is_err() {
+            break;
+        }
+        if cut {
+            // FIN (not a reset) to the server after the bytes it was given: it processes all of them, then sees
+            // the client gone. The client side closes now; the server's leftovers are drained until it closes.
+            let _ = sw.shutdown().await;
+            let _ = cw.shutdown().await;
+            drop((cr, cw));
+            let drain = async { while matches!(sr.read(&mut db).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+            state.lock().unwrap().open -= 1;
+            return;
+        }
+    }
+    // Either side ending ends both, like a real socket would.
+    let _ = cw.shutdown().await;
+    let _ = sw.shutdown().await;
+    state.lock().unwrap().open -= 1;
+}
