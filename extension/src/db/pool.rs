@@ -168,13 +168,6 @@ pub fn adjust(pg: &mut tokio_postgres::Config, connect_timeout: Duration) {
         .keepalives_interval(KEEPALIVE_INTERVAL)
         .keepalives_retries(KEEPALIVE_RETRIES)
         .tcp_user_timeout(TCP_USER_TIMEOUT);
-    // Sessions read and print times in UTC unless the URL's own `options` say otherwise (they come after, so they
-    // win): a timestamptz parameter without an offset is UTC, as the contract says, whatever the server's default.
-    let options = match pg.get_options() {
-        Some(o) => format!("-c TimeZone=UTC {o}"),
-        None => "-c TimeZone=UTC".to_owned(),
-    };
-    pg.options(&options);
     if pg.get_application_name().is_none() {
         // Lets operators (and tests) find this extension's sessions in pg_stat_activity.
         pg.application_name("makenaide-core");
