@@ -470,7 +470,7 @@ fn utf8(raw: &[u8]) -> Result<&str, String> {
 }
 
 /// A float as the shortest JSON number that reads back to the same value (Rust's formatting is shortest
-/// round-trip, like PostgreSQL's since 12); `NaN`/`Infinity`/`-Infinity` as PostgreSQL spells them, in strings.
+/// round-trip, like PostgreSQL's since 12), always with a point or an exponent; `NaN`/`Infinity`/`-Infinity` as PostgreSQL spells them, in strings.
 fn write_float(out: &mut Vec<u8>, f: f64, shortest: impl std::fmt::Display + std::fmt::LowerExp) {
     if f.is_nan() {
         out.extend_from_slice(b"\"NaN\"");
@@ -479,7 +479,12 @@ fn write_float(out: &mut Vec<u8>, f: f64, shortest: impl std::fmt::Display + std
     } else if f != 0.0 && !(1e-5..1e16).contains(&f.abs()) {
         let _ = write!(out, "{shortest:e}");
     } else {
+        let at = out.len();
         let _ = write!(out, "{shortest}");
+        // `1.0`, not `1`: JSON parsers that keep integers and floats apart (Python's, serde_json's) see a float.
+        if !out[at..].contains(&b'.') {
+            out.extend_from_slice(b".0");
+        }
     }
 }
 

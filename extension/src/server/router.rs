@@ -461,12 +461,16 @@ mod tests {
 
     #[test]
     fn query_parsing_names_the_field() {
-        let (s, t) = parse_query(br#"{"sql":"select $1","params":[1],"timeout_ms":50}"#).unwrap();
+        let (s, t, l) =
+            parse_query(br#"{"sql":"select $1","params":[1, 12345678901234567890.123456789],"timeout_ms":50,"max_rows":7}"#)
+                .unwrap();
         assert_eq!(s.sql, "select $1");
-        assert_eq!(s.params, vec![json!(1)]);
+        let params: Vec<&str> = s.params.iter().map(|p| p.get()).collect();
+        assert_eq!(params, ["1", "12345678901234567890.123456789"], "the caller's digits, as sent");
         assert_eq!(t, Some(Duration::from_millis(50)));
-        let (s, t) = parse_query(br#"{"sql":"select 1"}"#).unwrap();
-        assert!(s.params.is_empty() && t.is_none());
+        assert_eq!(l, RequestLimits { max_rows: Some(7), max_response_bytes: None });
+        let (s, t, l) = parse_query(br#"{"sql":"select 1"}"#).unwrap();
+        assert!(s.params.is_empty() && t.is_none() && l == RequestLimits::default());
 
         for (body, code, needle) in [
             (
@@ -505,6 +509,16 @@ mod tests {
                 "timeout_ms",
             ),
             (
+                br#"{"sql":"x","max_rows":0}"#,
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+                "max_rows must be a whole number",
+            ),
+            (
+                br#"{"sql":"x","max_response_bytes":"1"}"#,
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+                "max_response_bytes must be a number",
+            ),
+            (
                 br#"{"sql":"x","param":[]}"#,
                 makenaide_contract::ErrorCode::InvalidRequest.as_str(),
                 "unknown field \"param\"",
@@ -518,7 +532,7 @@ mod tests {
 
     #[test]
     fn transaction_parsing_carries_the_index() {
-        let (s, _) = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":"b","params":[1]}]}"#).unwrap();
+        let (s, _, _) = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":"b","params":[1]}]}"#).unwrap();
         assert_eq!(s.len(), 2);
         let e = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":7}]}"#).unwrap_err();
         assert_eq!(e.statement_index(), Some(1));

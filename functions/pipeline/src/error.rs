@@ -70,7 +70,9 @@ impl CoreError {
                 | DbNotConfigured
                 | DbUnavailable
                 | DbCredentialsUnavailable
-                | DbTimeout,
+                | DbTimeout
+                | RowLimitExceeded
+                | ResponseTooLarge,
             )
             | None => error_type::DATABASE_ERROR,
         }
