@@ -249,7 +249,10 @@ async fn statement_timeout_and_deadline() {
         .unwrap_err();
     assert_eq!(e.code(), makenaide_contract::ErrorCode::DbTimeout.as_str());
     // The connection is fine afterwards.
-    assert_eq!(q(&db, "select 1 as one", json!([])).await.unwrap().rows()[0][0], json!(1));
+    assert_eq!(
+        q(&db, "select 1 as one", json!([])).await.unwrap().rows()[0][0],
+        json!(1)
+    );
 }
 
 #[tokio::test]

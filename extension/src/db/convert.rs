@@ -75,11 +75,7 @@ pub enum Encoded {
 }
 
 impl ToSql for Encoded {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+    fn to_sql(&self, _ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
         match self {
             Self::Null => Ok(IsNull::Yes),
             Self::Binary(b) | Self::Text(b) => {
@@ -272,8 +268,14 @@ fn array_literal(items: &[&RawValue], elem: &Type, out: &mut Vec<u8>) -> Result<
                 ))
             }
             Json::Number(n) => match elem_base.oid() {
-                oid::INT2 => write_num(out, int_in(n, i64::from(i16::MIN), i64::from(i16::MAX), "int2").map_err(at)?),
-                oid::INT4 => write_num(out, int_in(n, i64::from(i32::MIN), i64::from(i32::MAX), "int4").map_err(at)?),
+                oid::INT2 => write_num(
+                    out,
+                    int_in(n, i64::from(i16::MIN), i64::from(i16::MAX), "int2").map_err(at)?,
+                ),
+                oid::INT4 => write_num(
+                    out,
+                    int_in(n, i64::from(i32::MIN), i64::from(i32::MAX), "int4").map_err(at)?,
+                ),
                 oid::INT8 => write_num(out, int_in(n, i64::MIN, i64::MAX, "int8").map_err(at)?),
                 oid::OID => write_num(out, int_in(n, 0, i64::from(u32::MAX), "oid").map_err(at)?),
                 oid::FLOAT4 => {
@@ -390,7 +392,9 @@ fn int_in(n: &str, min: i64, max: i64, ty: &str) -> Result<i64, String> {
 
 /// Whether a JSON number's mantissa has a nonzero digit (a nonzero literal that parses to 0.0 underflowed).
 fn nonzero(n: &str) -> bool {
-    n.bytes().take_while(|b| *b != b'e' && *b != b'E').any(|b| (b'1'..=b'9').contains(&b))
+    n.bytes()
+        .take_while(|b| *b != b'e' && *b != b'E')
+        .any(|b| (b'1'..=b'9').contains(&b))
 }
 
 /// A JSON number as float8: Rust's parse is correctly rounded, as PostgreSQL's `strtod` is, so the bits are the
@@ -505,7 +509,11 @@ pub fn write_value(ty: &Type, raw: &[u8], out: &mut Vec<u8>) -> Result<(), Strin
     let mut r = Reader(raw);
     match ty.oid() {
         oid::VOID => out.extend_from_slice(b"null"),
-        oid::BOOL => out.extend_from_slice(if raw.first().is_some_and(|b| *b != 0) { b"true" } else { b"false" }),
+        oid::BOOL => out.extend_from_slice(if raw.first().is_some_and(|b| *b != 0) {
+            b"true"
+        } else {
+            b"false"
+        }),
         oid::INT2 => write_num(out, i64::from(r.i16()?)),
         oid::INT4 => write_num(out, i64::from(r.i32()?)),
         oid::INT8 => write_num(out, r.i64()?),
@@ -872,9 +880,17 @@ mod tests {
         assert_eq!(binary("1.5", &Type::FLOAT4), 1.5f32.to_be_bytes());
         assert_eq!(binary("0.1", &Type::FLOAT4), 0.1f32.to_be_bytes());
         assert_eq!(binary("0.1", &Type::FLOAT8), 0.1f64.to_be_bytes());
-        assert_eq!(binary("1e-45", &Type::FLOAT4), 1e-45f32.to_be_bytes(), "denormals are kept, as float4in does");
-        assert!(enc("3.5e38", &Type::FLOAT4).unwrap_err().contains("out of range for float4"));
-        assert!(enc("1e400", &Type::FLOAT8).unwrap_err().contains("out of range for float8"));
+        assert_eq!(
+            binary("1e-45", &Type::FLOAT4),
+            1e-45f32.to_be_bytes(),
+            "denormals are kept, as float4in does"
+        );
+        assert!(enc("3.5e38", &Type::FLOAT4)
+            .unwrap_err()
+            .contains("out of range for float4"));
+        assert!(enc("1e400", &Type::FLOAT8)
+            .unwrap_err()
+            .contains("out of range for float8"));
         assert!(enc("1e-400", &Type::FLOAT8).unwrap_err().contains("out of range"));
         assert_eq!(binary("0e-400", &Type::FLOAT8), 0f64.to_be_bytes());
         assert_eq!(text("\"NaN\"", &Type::FLOAT8), "NaN");
@@ -882,12 +898,18 @@ mod tests {
 
     #[test]
     fn text_format_for_what_json_cannot_say_exactly() {
-        assert_eq!(text("12345678901234567890.123456789", &Type::NUMERIC), "12345678901234567890.123456789");
+        assert_eq!(
+            text("12345678901234567890.123456789", &Type::NUMERIC),
+            "12345678901234567890.123456789"
+        );
         assert_eq!(text("\"infinity\"", &Type::DATE), "infinity");
         assert_eq!(text("\"24:00:00\"", &Type::TIME), "24:00:00");
         assert_eq!(text("\"a\\\"b\"", &Type::TEXT), "a\"b");
         assert_eq!(text("12345678901234567890.5", &Type::TEXT), "12345678901234567890.5");
-        assert_eq!(text(r#"{"n": 12345678901234567890.123456789}"#, &Type::JSONB), r#"{"n": 12345678901234567890.123456789}"#);
+        assert_eq!(
+            text(r#"{"n": 12345678901234567890.123456789}"#, &Type::JSONB),
+            r#"{"n": 12345678901234567890.123456789}"#
+        );
         assert_eq!(text("\"x\"", &Type::JSONB), "\"x\"");
         assert!(matches!(enc("null", &Type::JSONB).unwrap(), Encoded::Null));
         assert!(matches!(enc("null", &Type::INT4).unwrap(), Encoded::Null));
@@ -900,17 +922,28 @@ mod tests {
 
     #[test]
     fn arrays_become_literals_checked_like_scalars() {
-        assert_eq!(text(r#"["a", null, "c\"\\", "{x,y}"]"#, &Type::TEXT_ARRAY), r#"{"a",NULL,"c\"\\","{x,y}"}"#);
+        assert_eq!(
+            text(r#"["a", null, "c\"\\", "{x,y}"]"#, &Type::TEXT_ARRAY),
+            r#"{"a",NULL,"c\"\\","{x,y}"}"#
+        );
         assert_eq!(text("[1, 2.0, -3e0]", &Type::INT8_ARRAY), "{1,2,-3}");
         assert_eq!(text("[[1, 2], [3, 4]]", &Type::INT4_ARRAY), "{{1,2},{3,4}}");
         assert_eq!(text("[1.5, 1e-3]", &Type::FLOAT8_ARRAY), "{1.5,1e-3}");
         assert_eq!(text("[true, false]", &Type::BOOL_ARRAY), "{true,false}");
-        assert_eq!(text("[12345678901234567890.5]", &Type::NUMERIC_ARRAY), r#"{"12345678901234567890.5"}"#);
-        assert_eq!(text(r#"[{"a": [1]}, [2], null, "s"]"#, &Type::JSONB_ARRAY), r#"{"{\"a\": [1]}","[2]",NULL,"\"s\""}"#);
+        assert_eq!(
+            text("[12345678901234567890.5]", &Type::NUMERIC_ARRAY),
+            r#"{"12345678901234567890.5"}"#
+        );
+        assert_eq!(
+            text(r#"[{"a": [1]}, [2], null, "s"]"#, &Type::JSONB_ARRAY),
+            r#"{"{\"a\": [1]}","[2]",NULL,"\"s\""}"#
+        );
         assert_eq!(text("\"{1,2}\"", &Type::INT4_ARRAY), "{1,2}");
         let e = enc("[1, 1.5]", &Type::INT4_ARRAY).unwrap_err();
         assert!(e.contains("element [1]") && e.contains("not an integer"), "{e}");
-        assert!(enc("[3.5e38]", &Type::FLOAT4_ARRAY).unwrap_err().contains("element [0]"));
+        assert!(enc("[3.5e38]", &Type::FLOAT4_ARRAY)
+            .unwrap_err()
+            .contains("element [0]"));
         assert!(enc("[{}]", &Type::TEXT_ARRAY).is_err());
     }
 
@@ -923,7 +956,10 @@ mod tests {
         // PostgreSQL's limits: 4714-11-24 BC and 294276-12-31 AD.
         assert_eq!(ts(-211_813_488_000_000_000), "\"4714-11-24T00:00:00 BC\"");
         assert_eq!(ts(9_223_371_331_199_999_999), "\"294276-12-31T23:59:59.999999\"");
-        assert_eq!(out(&Type::TIMESTAMPTZ, &0i64.to_be_bytes()), "\"2000-01-01T00:00:00+00:00\"");
+        assert_eq!(
+            out(&Type::TIMESTAMPTZ, &0i64.to_be_bytes()),
+            "\"2000-01-01T00:00:00+00:00\""
+        );
         assert_eq!(out(&Type::DATE, &(-1i32).to_be_bytes()), "\"1999-12-31\"");
         assert_eq!(out(&Type::DATE, &i32::MAX.to_be_bytes()), "\"infinity\"");
         assert_eq!(out(&Type::DATE, &2_145_031_948i32.to_be_bytes()), "\"5874897-12-31\"");
@@ -945,7 +981,10 @@ mod tests {
         assert_eq!(out(&Type::JSONB, &jsonb), r#"{"n": 12345678901234567890.123456789}"#);
         assert_eq!(out(&Type::BYTEA, &[1, 255]), r#""\\x01ff""#);
         assert_eq!(
-            out(&Type::UUID, &[0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38, 0x0a, 0x11]),
+            out(
+                &Type::UUID,
+                &[0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38, 0x0a, 0x11]
+            ),
             "\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\""
         );
     }
@@ -1009,7 +1048,9 @@ mod tests {
                 any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
                 ".{0,40}".prop_map(Value::from),
             ];
-            leaf.prop_recursive(3, 16, 4, |inner| prop::collection::vec(inner, 0..4).prop_map(Value::Array))
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop::collection::vec(inner, 0..4).prop_map(Value::Array)
+            })
         }
 
         proptest! {

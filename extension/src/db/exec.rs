@@ -29,8 +29,8 @@ use super::{Limits, QueryResult, StatementRequest};
 use crate::error::Error;
 use futures_util::future::{join, join_all, try_join_all};
 use futures_util::TryStreamExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
@@ -417,12 +417,18 @@ async fn run_all(
 ) -> Vec<Result<QueryResult, StmtError>> {
     let budget = Budget::new(limits);
     let budget = &budget;
-    let all = try_join_all(statements.iter().zip(encoded).enumerate().map(|(i, (st, p))| async move {
-        match run_statement(client, st, p, budget).await {
-            Err(StmtError::Limit(e)) => Err((i, e)),
-            other => Ok(other),
-        }
-    }))
+    let all = try_join_all(
+        statements
+            .iter()
+            .zip(encoded)
+            .enumerate()
+            .map(|(i, (st, p))| async move {
+                match run_statement(client, st, p, budget).await {
+                    Err(StmtError::Limit(e)) => Err((i, e)),
+                    other => Ok(other),
+                }
+            }),
+    )
     .await;
     match all {
         Ok(results) => results,

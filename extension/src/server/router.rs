@@ -89,7 +89,10 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             let (stmts, timeout, limits) = parse_transaction(&body)?;
             drop(body);
             let limits = limits.resolve(state.config());
-            let results = state.db().transaction_limited(stmts, timeout, deadline, Some(limits)).await?;
+            let results = state
+                .db()
+                .transaction_limited(stmts, timeout, deadline, Some(limits))
+                .await?;
             let size: usize = results.iter().map(|r| r.rows_json.len() + 128).sum();
             let mut out = Vec::with_capacity(size + 16);
             out.extend_from_slice(b"{\"results\":[");
@@ -268,7 +271,9 @@ fn check_fields(map: &Fields<'_>, allowed: &[&str], at: &str) -> Result<(), Stri
 
 fn parse_statement(map: &Fields<'_>, at: &str) -> Result<StatementRequest, String> {
     let sql: String = match map.get("sql") {
-        Some(raw) if raw.get().starts_with('"') => serde_json::from_str(raw.get()).map_err(|e| format!("{at}sql: {e}"))?,
+        Some(raw) if raw.get().starts_with('"') => {
+            serde_json::from_str(raw.get()).map_err(|e| format!("{at}sql: {e}"))?
+        }
         Some(raw) => return Err(format!("{at}sql must be a string, not {}", kind_of_raw(raw.get()))),
         None => return Err(format!("{at}sql is required")),
     };
@@ -346,8 +351,12 @@ impl RequestLimits {
 /// `{"sql": "...", "params": [...], "timeout_ms": 5000, "max_rows": n, "max_response_bytes": n}`.
 pub(crate) fn parse_query(body: &[u8]) -> Result<(StatementRequest, Option<Duration>, RequestLimits), Error> {
     let map = parse_json(body)?;
-    check_fields(&map, &["sql", "params", "timeout_ms", "max_rows", "max_response_bytes"], "")
-        .map_err(Error::invalid_request)?;
+    check_fields(
+        &map,
+        &["sql", "params", "timeout_ms", "max_rows", "max_response_bytes"],
+        "",
+    )
+    .map_err(Error::invalid_request)?;
     let stmt = parse_statement(&map, "").map_err(Error::invalid_request)?;
     Ok((stmt, parse_timeout(&map)?, RequestLimits::parse(&map)?))
 }
@@ -357,11 +366,16 @@ pub(crate) fn parse_transaction(
     body: &[u8],
 ) -> Result<(Vec<StatementRequest>, Option<Duration>, RequestLimits), Error> {
     let map = parse_json(body)?;
-    check_fields(&map, &["statements", "timeout_ms", "max_rows", "max_response_bytes"], "")
-        .map_err(Error::invalid_request)?;
+    check_fields(
+        &map,
+        &["statements", "timeout_ms", "max_rows", "max_response_bytes"],
+        "",
+    )
+    .map_err(Error::invalid_request)?;
     let items: Vec<&RawValue> = match map.get("statements") {
-        Some(raw) if raw.get().starts_with('[') => serde_json::from_str(raw.get())
-            .map_err(|e| Error::invalid_request(format!("statements: {e}")))?,
+        Some(raw) if raw.get().starts_with('[') => {
+            serde_json::from_str(raw.get()).map_err(|e| Error::invalid_request(format!("statements: {e}")))?
+        }
         Some(raw) => {
             return Err(Error::invalid_request(format!(
                 "statements must be an array, not {}",
@@ -461,14 +475,25 @@ mod tests {
 
     #[test]
     fn query_parsing_names_the_field() {
-        let (s, t, l) =
-            parse_query(br#"{"sql":"select $1","params":[1, 12345678901234567890.123456789],"timeout_ms":50,"max_rows":7}"#)
-                .unwrap();
+        let (s, t, l) = parse_query(
+            br#"{"sql":"select $1","params":[1, 12345678901234567890.123456789],"timeout_ms":50,"max_rows":7}"#,
+        )
+        .unwrap();
         assert_eq!(s.sql, "select $1");
         let params: Vec<&str> = s.params.iter().map(|p| p.get()).collect();
-        assert_eq!(params, ["1", "12345678901234567890.123456789"], "the caller's digits, as sent");
+        assert_eq!(
+            params,
+            ["1", "12345678901234567890.123456789"],
+            "the caller's digits, as sent"
+        );
         assert_eq!(t, Some(Duration::from_millis(50)));
-        assert_eq!(l, RequestLimits { max_rows: Some(7), max_response_bytes: None });
+        assert_eq!(
+            l,
+            RequestLimits {
+                max_rows: Some(7),
+                max_response_bytes: None
+            }
+        );
         let (s, t, l) = parse_query(br#"{"sql":"select 1"}"#).unwrap();
         assert!(s.params.is_empty() && t.is_none() && l == RequestLimits::default());
 

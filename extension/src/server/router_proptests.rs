@@ -215,7 +215,11 @@ fn result_decoding_never_panics() {
             let mut out = Vec::new();
             if write_value(&pg_types()[t], &raw, &mut out).is_ok() {
                 // Whatever it wrote is one JSON value.
-                prop_assert!(serde_json::from_slice::<serde::de::IgnoredAny>(&out).is_ok(), "{}", String::from_utf8_lossy(&out));
+                prop_assert!(
+                    serde_json::from_slice::<serde::de::IgnoredAny>(&out).is_ok(),
+                    "{}",
+                    String::from_utf8_lossy(&out)
+                );
             }
             Ok(())
         },
