@@ -81,9 +81,10 @@ pub const ENV_DB_MAX_RESPONSE_BYTES: &str = "MAKENAIDE_DB_MAX_RESPONSE_BYTES";
 /// [`ENV_DB_MAX_ROWS`]'s default: far above what the functions read at once (their largest reads are a few
 /// thousand rows), far below the 1M-row result that once took the extension to 370 MB.
 pub const DEFAULT_DB_MAX_ROWS: u64 = 100_000;
-/// [`ENV_DB_MAX_RESPONSE_BYTES`]'s default, 4 MiB: the response is held once before it is sent, so this bounds
-/// what a single request adds to the extension's memory (issue 11's goal is 15 MiB in all).
-pub const DEFAULT_DB_MAX_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
+/// [`ENV_DB_MAX_RESPONSE_BYTES`]'s default, 6 MiB: the default request body limit and Lambda's own payload limit
+/// (a function cannot pass on more in one reply anyway). The response is held once before it is sent, so this
+/// bounds what a single request adds to the extension's memory.
+pub const DEFAULT_DB_MAX_RESPONSE_BYTES: u64 = 6 * 1024 * 1024;
 /// The most rows any request may ask for (`max_rows`), and the most [`ENV_DB_MAX_ROWS`] may be set to.
 pub const HARD_MAX_ROWS: u64 = 10_000_000;
 /// The most bytes any request may ask for (`max_response_bytes`), and the most [`ENV_DB_MAX_RESPONSE_BYTES`] may

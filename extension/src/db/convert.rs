@@ -192,11 +192,14 @@ pub fn encode_param(raw: &RawValue, ty: &Type) -> Result<Encoded, String> {
     let text = |s: &str| Ok(Encoded::Text(s.as_bytes().to_vec()));
     match value {
         Json::Null => Ok(Encoded::Null),
-        Json::String(s) => text(&s),
+        Json::String(s) => {
+            no_nul(&s)?;
+            text(&s)
+        }
         Json::Array(items) => match ty.kind() {
             Kind::Array(elem) => {
                 let mut out = Vec::with_capacity(raw.get().len());
-                array_literal(&items, elem, &mut out)?;
+                array_literal(&items, elem, 1, &mut out)?;
                 Ok(Encoded::Text(out))
             }
             _ => Err(format!(
@@ -209,6 +212,8 @@ pub fn encode_param(raw: &RawValue, ty: &Type) -> Result<Encoded, String> {
             expected(ty)
         )),
         Json::Bool(b) if ty.oid() == oid::BOOL => Ok(Encoded::Binary(vec![u8::from(b)])),
+        // JSON has booleans: a number is a mistake, not a spelling of one (`"t"` or `"yes"` still go to boolin).
+        Json::Number(n) if ty.oid() == oid::BOOL => Err(format!("expected true or false, got the number {n}")),
         Json::Bool(b) => text(if b { "true" } else { "false" }),
         Json::Number(n) => match ty.oid() {
             oid::INT2 => Ok(Encoded::Binary(int_in(n, i64::from(i16::MIN), i64::from(i16::MAX), "int2")?.to_be_bytes()[6..].to_vec())),
@@ -240,7 +245,11 @@ fn expected(ty: &Type) -> &'static str {
 /// quoted (backslash-escaped), NULL bare, nested JSON arrays as further dimensions (except for json/jsonb
 /// elements, where a JSON array is one element). Integer and float elements are checked as scalars are, so an
 /// array refuses the same values a scalar parameter does, naming the element.
-fn array_literal(items: &[&RawValue], elem: &Type, out: &mut Vec<u8>) -> Result<(), String> {
+fn array_literal(items: &[&RawValue], elem: &Type, depth: usize, out: &mut Vec<u8>) -> Result<(), String> {
+    // PostgreSQL's MAXDIM; also keeps a hostile nesting from recursing without bound.
+    if depth > 6 {
+        return Err("arrays have at most 6 dimensions".into());
+    }
     let elem_base = base(elem);
     let json_elem = matches!(elem_base.oid(), oid::JSON | oid::JSONB);
     out.push(b'{');
@@ -259,9 +268,12 @@ fn array_literal(items: &[&RawValue], elem: &Type, out: &mut Vec<u8>) -> Result<
         }
         match classify(item).map_err(at)? {
             Json::Null => out.extend_from_slice(b"NULL"),
-            Json::String(s) => quoted(&s, out),
+            Json::String(s) => {
+                no_nul(&s).map_err(at)?;
+                quoted(&s, out);
+            }
             Json::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-            Json::Array(inner) => array_literal(&inner, elem, out).map_err(at)?,
+            Json::Array(inner) => array_literal(&inner, elem, depth + 1, out).map_err(at)?,
             Json::Object => {
                 return Err(at(
                     "expected a scalar, got an object (use a jsonb[] parameter for objects)".into(),
@@ -291,6 +303,14 @@ fn array_literal(items: &[&RawValue], elem: &Type, out: &mut Vec<u8>) -> Result<
         }
     }
     out.push(b'}');
+    Ok(())
+}
+
+/// PostgreSQL's text values cannot hold NUL (its input functions take C strings): refused here, by name.
+fn no_nul(s: &str) -> Result<(), String> {
+    if s.contains('\0') {
+        return Err("PostgreSQL text cannot contain the NUL character (\\u0000)".into());
+    }
     Ok(())
 }
 
@@ -915,6 +935,9 @@ mod tests {
         assert!(matches!(enc("null", &Type::INT4).unwrap(), Encoded::Null));
         assert_eq!(binary("true", &Type::BOOL), [1]);
         assert_eq!(text("\"t\"", &Type::BOOL), "t");
+        assert!(enc("1", &Type::BOOL).unwrap_err().contains("true or false"));
+        assert!(enc("\"a\\u0000b\"", &Type::TEXT).unwrap_err().contains("NUL"));
+        assert!(enc("[\"a\\u0000b\"]", &Type::TEXT_ARRAY).unwrap_err().contains("NUL"));
         assert!(enc("{}", &Type::TEXT).unwrap_err().contains("json/jsonb"));
         assert!(enc("[1]", &Type::TEXT).unwrap_err().contains("array"));
         assert!(enc("1", &Type::INT4_ARRAY).is_err());
@@ -945,6 +968,9 @@ mod tests {
             .unwrap_err()
             .contains("element [0]"));
         assert!(enc("[{}]", &Type::TEXT_ARRAY).is_err());
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(enc(&deep, &Type::INT4_ARRAY).unwrap_err().contains("6 dimensions"));
+        assert_eq!(text("[[[[[[1]]]]]]", &Type::INT4_ARRAY), "{{{{{{1}}}}}}");
     }
 
     #[test]

@@ -248,7 +248,14 @@ type Fields<'a> = BTreeMap<String, &'a RawValue>;
 fn parse_json(body: &[u8]) -> Result<Fields<'_>, Error> {
     let raw: &RawValue =
         serde_json::from_slice(body).map_err(|e| Error::InvalidJson(format!("the body is not valid JSON: {e}")))?;
-    object(raw).ok_or_else(|| Error::invalid_request("the body must be a JSON object"))
+    object(raw).ok_or_else(|| {
+        // Not an object. Only on this error path: a body that serde_json's own tree parser refuses (nesting past
+        // its recursion limit) is still reported as not JSON, as before.
+        match serde_json::from_str::<Value>(raw.get()) {
+            Err(e) => Error::InvalidJson(format!("the body is not valid JSON: {e}")),
+            Ok(_) => Error::invalid_request("the body must be a JSON object"),
+        }
+    })
 }
 
 fn object(raw: &RawValue) -> Option<Fields<'_>> {
