@@ -33,6 +33,8 @@ pub async fn query(
         sql: Cow::Borrowed(sql),
         params: Cow::Borrowed(params),
         timeout_ms,
+        max_rows: None,
+        max_response_bytes: None,
     };
     client.post_json(routes::DB_QUERY, &body).await
 }
@@ -46,6 +48,8 @@ pub async fn transaction(
     let body = TransactionRequest {
         statements: Cow::Borrowed(statements),
         timeout_ms,
+        max_rows: None,
+        max_response_bytes: None,
     };
     let reply: TransactionResult = client.post_json(routes::DB_TRANSACTION, &body).await?;
     if reply.results.len() != statements.len() {
