@@ -51,6 +51,12 @@ error_codes! {
     /// `set_config(..., false)`) or is `COPY`; the message names the alternative (`SET LOCAL`,
     /// `pg_advisory_xact_lock`, `CREATE TEMP TABLE ... ON COMMIT DROP`).
     StatementNotSupported = "statement_not_supported", 400;
+    /// The rows of a DB request exceeded its row cap (`max_rows`, default `MAKENAIDE_DB_MAX_ROWS`); nothing was
+    /// committed. 400, not 5xx: the same request fails the same way; page the query or raise `max_rows`.
+    RowLimitExceeded = "row_limit_exceeded", 400;
+    /// The rows' JSON of a DB request exceeded its size cap (`max_response_bytes`, default
+    /// `MAKENAIDE_DB_MAX_RESPONSE_BYTES`); nothing was committed. 400 (not 413, which is about the request body).
+    ResponseTooLarge = "response_too_large", 400;
     /// `X-Forwarded-For` present: the API serves the local function only.
     ForwardedRequest = "forwarded_request", 400;
     /// No `X-Makenaide-Token`.

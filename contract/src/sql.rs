@@ -44,6 +44,14 @@ pub struct QueryRequest<'a> {
     /// Statement timeout for this request (default `MAKENAIDE_DB_STATEMENT_TIMEOUT_MS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Row cap for this request (default `MAKENAIDE_DB_MAX_ROWS`, at most 10,000,000): past it the request fails
+    /// with `row_limit_exceeded` and nothing is committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<u64>,
+    /// Cap on the JSON bytes of this request's rows (default `MAKENAIDE_DB_MAX_RESPONSE_BYTES`, at most 256 MiB):
+    /// past it the request fails with `response_too_large` and nothing is committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<u64>,
 }
 
 /// Body of `POST /db/transaction`.
@@ -54,6 +62,14 @@ pub struct TransactionRequest<'a> {
     /// Statement timeout for this request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Row cap for this request (default `MAKENAIDE_DB_MAX_ROWS`, at most 10,000,000): past it the request fails
+    /// with `row_limit_exceeded` and nothing is committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<u64>,
+    /// Cap on the JSON bytes of this request's rows (default `MAKENAIDE_DB_MAX_RESPONSE_BYTES`, at most 256 MiB):
+    /// past it the request fails with `response_too_large` and nothing is committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<u64>,
 }
 
 /// A result column.
@@ -113,6 +129,8 @@ mod tests {
             sql: "select 1".into(),
             params: Cow::Borrowed(&params),
             timeout_ms: None,
+            max_rows: None,
+            max_response_bytes: None,
         };
         assert_eq!(
             serde_json::to_value(&q).ok(),
@@ -122,10 +140,14 @@ mod tests {
         let t = TransactionRequest {
             statements: Cow::Borrowed(&st),
             timeout_ms: Some(5000),
+            max_rows: Some(10),
+            max_response_bytes: None,
         };
         assert_eq!(
             serde_json::to_value(&t).ok(),
-            Some(json!({"statements": [{"sql": "select 1"}, {"sql": "select $1", "params": [1]}], "timeout_ms": 5000}))
+            Some(
+                json!({"statements": [{"sql": "select 1"}, {"sql": "select $1", "params": [1]}], "timeout_ms": 5000, "max_rows": 10})
+            )
         );
         let r: QueryResult = serde_json::from_value(json!({
             "columns":[{"name":"market","type":"text"},{"name":"n","type":"int8"}],

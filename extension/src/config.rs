@@ -71,6 +71,26 @@ pub const ENV_DB_READ_ONLY: &str = "MAKENAIDE_DB_READ_ONLY";
 /// `false`: do not keep prepared statements across requests (PgBouncer transaction pooling before 1.21, which
 /// cannot route named statements); each statement is then closed before its transaction commits. Default true.
 pub const ENV_DB_STATEMENT_CACHE: &str = "MAKENAIDE_DB_STATEMENT_CACHE";
+/// Default row cap of one `/db/query` or `/db/transaction` (all statements together): past it the request fails
+/// with 400 `row_limit_exceeded` while the rows are being read, before the result is held. A request may set its
+/// own `max_rows` up to [`HARD_MAX_ROWS`]. Default [`DEFAULT_DB_MAX_ROWS`].
+pub const ENV_DB_MAX_ROWS: &str = "MAKENAIDE_DB_MAX_ROWS";
+/// Default cap on the bytes of a DB response's rows (their JSON, all statements together): past it the request
+/// fails with 400 `response_too_large` while the rows are being read. A request may set its own
+/// `max_response_bytes` up to [`HARD_MAX_RESPONSE_BYTES`]. Default [`DEFAULT_DB_MAX_RESPONSE_BYTES`].
+pub const ENV_DB_MAX_RESPONSE_BYTES: &str = "MAKENAIDE_DB_MAX_RESPONSE_BYTES";
+/// [`ENV_DB_MAX_ROWS`]'s default: far above what the functions read at once (their largest reads are a few
+/// thousand rows), far below the 1M-row result that once took the extension to 370 MB.
+pub const DEFAULT_DB_MAX_ROWS: u64 = 100_000;
+/// [`ENV_DB_MAX_RESPONSE_BYTES`]'s default, 6 MiB: the default request body limit and Lambda's own payload limit
+/// (a function cannot pass on more in one reply anyway). The response is held once before it is sent, so this
+/// bounds what a single request adds to the extension's memory.
+pub const DEFAULT_DB_MAX_RESPONSE_BYTES: u64 = 6 * 1024 * 1024;
+/// The most rows any request may ask for (`max_rows`), and the most [`ENV_DB_MAX_ROWS`] may be set to.
+pub const HARD_MAX_ROWS: u64 = 10_000_000;
+/// The most bytes any request may ask for (`max_response_bytes`), and the most [`ENV_DB_MAX_RESPONSE_BYTES`] may
+/// be set to: 256 MiB, a quarter of a 1 GiB function's memory.
+pub const HARD_MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
 /// Upbit requests per second per rate-limit group, for the whole environment. Default 10 (Upbit's quotation limit).
 pub const ENV_UPBIT_RATE_PER_SEC: &str = "MAKENAIDE_UPBIT_RATE_PER_SEC";
 /// Deadline in ms of an Upbit call whose caller sent no `X-Makenaide-Deadline-Ms`. Default 10000.
@@ -277,6 +297,10 @@ pub struct Config {
     pub db_read_only: bool,
     /// Keep prepared statements per connection across requests.
     pub db_statement_cache: bool,
+    /// Default row cap per request ([`ENV_DB_MAX_ROWS`]).
+    pub db_max_rows: u64,
+    /// Default response-size cap per request ([`ENV_DB_MAX_RESPONSE_BYTES`]).
+    pub db_max_response_bytes: u64,
     /// Upbit base URL without trailing slash.
     pub upbit_base_url: String,
     /// Requests per second per Upbit group.
@@ -314,6 +338,8 @@ impl Default for Config {
             db_statement_timeout: Duration::from_millis(10_000),
             db_read_only: false,
             db_statement_cache: true,
+            db_max_rows: DEFAULT_DB_MAX_ROWS,
+            db_max_response_bytes: DEFAULT_DB_MAX_RESPONSE_BYTES,
             upbit_base_url: DEFAULT_UPBIT_BASE_URL.to_owned(),
             upbit_rate_per_sec: 10,
             upbit_timeout: Duration::from_millis(10_000),
@@ -404,6 +430,14 @@ impl Config {
             db_statement_timeout: millis(&get, ENV_DB_STATEMENT_TIMEOUT_MS, d.db_statement_timeout, 0, 3_600_000)?,
             db_read_only: flag(&get, ENV_DB_READ_ONLY, d.db_read_only)?,
             db_statement_cache: flag(&get, ENV_DB_STATEMENT_CACHE, d.db_statement_cache)?,
+            db_max_rows: num(&get, ENV_DB_MAX_ROWS, d.db_max_rows, 1, HARD_MAX_ROWS)?,
+            db_max_response_bytes: num(
+                &get,
+                ENV_DB_MAX_RESPONSE_BYTES,
+                d.db_max_response_bytes,
+                1024,
+                HARD_MAX_RESPONSE_BYTES,
+            )?,
             upbit_base_url,
             upbit_rate_per_sec: num(&get, ENV_UPBIT_RATE_PER_SEC, u64::from(d.upbit_rate_per_sec), 1, 1000)? as u32,
             upbit_timeout: millis(&get, ENV_UPBIT_TIMEOUT_MS, d.upbit_timeout, 1, 900_000)?,

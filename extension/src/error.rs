@@ -47,6 +47,26 @@ pub enum Error {
         /// Index in `statements` for transactions.
         statement_index: Option<usize>,
     },
+    /// 400 `row_limit_exceeded`: the result grew past the request's row cap (found while reading the rows).
+    #[error("the result has more than {limit} rows (max_rows, default MAKENAIDE_DB_MAX_ROWS): nothing was committed; add a LIMIT or page, or raise max_rows (at most {hard})")]
+    RowLimitExceeded {
+        /// The cap in force.
+        limit: u64,
+        /// The most a request may ask for.
+        hard: u64,
+        /// Index in `statements` for transactions.
+        statement_index: Option<usize>,
+    },
+    /// 400 `response_too_large`: the rows' JSON grew past the request's size cap (found while reading the rows).
+    #[error("the result's rows take more than {limit} bytes of JSON (max_response_bytes, default MAKENAIDE_DB_MAX_RESPONSE_BYTES): nothing was committed; select fewer rows or columns, or raise max_response_bytes (at most {hard})")]
+    ResponseTooLarge {
+        /// The cap in force.
+        limit: u64,
+        /// The most a request may ask for.
+        hard: u64,
+        /// Index in `statements` for transactions.
+        statement_index: Option<usize>,
+    },
     /// 400 `forwarded_request`: `X-Forwarded-For` present.
     #[error("requests carrying X-Forwarded-For are refused: the extension only serves the local function")]
     Forwarded,
@@ -159,6 +179,12 @@ macro_rules! with_statement_index {
         } | Error::DbTimeout {
             statement_index: $slot,
             ..
+        } | Error::RowLimitExceeded {
+            statement_index: $slot,
+            ..
+        } | Error::ResponseTooLarge {
+            statement_index: $slot,
+            ..
         }
     };
 }
@@ -173,6 +199,8 @@ impl Error {
             Self::InvalidParam { .. } => ErrorCode::InvalidParam,
             Self::Sql { .. } => ErrorCode::SqlError,
             Self::StatementNotSupported { .. } => ErrorCode::StatementNotSupported,
+            Self::RowLimitExceeded { .. } => ErrorCode::RowLimitExceeded,
+            Self::ResponseTooLarge { .. } => ErrorCode::ResponseTooLarge,
             Self::Forwarded => ErrorCode::ForwardedRequest,
             Self::MissingToken => ErrorCode::MissingToken,
             Self::InvalidToken => ErrorCode::InvalidToken,

@@ -24,10 +24,7 @@ fn config(db: &TestDb) -> Config {
 }
 
 fn stmt(sql: &str, params: serde_json::Value) -> StatementRequest {
-    StatementRequest {
-        sql: sql.into(),
-        params: params.as_array().cloned().unwrap_or_default(),
-    }
+    StatementRequest::from_values(sql, params.as_array().map_or(&[][..], Vec::as_slice))
 }
 
 async fn q(db: &Db, sql: &str, params: serde_json::Value) -> Result<QueryResult, Error> {
@@ -75,7 +72,7 @@ async fn scalar_conversions_follow_inferred_types() {
         ]
     );
     assert_eq!(
-        serde_json::Value::Array(r.rows[0].clone()),
+        serde_json::Value::Array(r.rows()[0].clone()),
         json!([true, 7, 70000, 9_007_199_254_740_993_i64, 1.5, 2.25, "123456789012345678901234567890.000000001",
             "héllo", "v", {"a": [1, "x"]}, [1, 2], "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "2024-02-29",
             "2024-01-31T09:00:00.123456", "2024-01-31T00:00:00+00:00", "\\x00ff", "12.5", "09:30:00"])
@@ -95,7 +92,7 @@ async fn nulls_arrays_and_inference() {
     .await
     .unwrap();
     assert_eq!(
-        r.rows[0],
+        r.rows()[0],
         vec![json!(42), json!(true), json!([1, null, 3]), json!(null)]
     );
     assert_eq!(r.columns[2].1, "int8[]");
@@ -113,7 +110,7 @@ async fn nulls_arrays_and_inference() {
     let r = q(&db, "select '{{1,2},{3,4}}'::int4[] as m, '{}'::text[] as e", json!([]))
         .await
         .unwrap();
-    assert_eq!(r.rows[0], vec![json!([[1, 2], [3, 4]]), json!([])]);
+    assert_eq!(r.rows()[0], vec![json!([[1, 2], [3, 4]]), json!([])]);
 }
 
 #[tokio::test]
@@ -135,7 +132,7 @@ async fn writes_row_counts_and_injection_is_inert() {
     .await
     .unwrap();
     assert_eq!(r.row_count, 2, "rows affected");
-    assert!(r.columns.is_empty() && r.rows.is_empty());
+    assert!(r.columns.is_empty() && r.rows().is_empty());
     let r = q(
         &db,
         "insert into items (name) values ($1) returning id, name",
@@ -144,12 +141,12 @@ async fn writes_row_counts_and_injection_is_inert() {
     .await
     .unwrap();
     assert_eq!(r.row_count, 1);
-    assert_eq!(r.rows[0][1], json!("x'); drop table items; --"));
+    assert_eq!(r.rows()[0][1], json!("x'); drop table items; --"));
     let r = q(&db, "select name, price from items order by id", json!([]))
         .await
         .unwrap();
     assert_eq!(r.row_count, 3, "table still there, injection stored as text");
-    assert_eq!(r.rows[0], vec![json!("a"), json!("1.10")]);
+    assert_eq!(r.rows()[0], vec![json!("a"), json!("1.10")]);
     let r = q(
         &db,
         "update items set price = price * 2 where price is not null",
@@ -178,7 +175,7 @@ async fn transaction_is_all_or_nothing_with_statement_index() {
         )
         .await
         .unwrap();
-    assert_eq!(ok[1].rows[0][0], json!(1));
+    assert_eq!(ok[1].rows()[0][0], json!(1));
 
     let e = db
         .transaction(
@@ -196,7 +193,7 @@ async fn transaction_is_all_or_nothing_with_statement_index() {
     assert_eq!(e.statement_index(), Some(1));
     assert_eq!(e.to_json()["error"]["sqlstate"], "23505");
     let n = q(&db, "select count(*) from kv", json!([])).await.unwrap();
-    assert_eq!(n.rows[0][0], json!(1), "b was rolled back");
+    assert_eq!(n.rows()[0][0], json!(1), "b was rolled back");
 
     // A conversion error is found before anything runs, with the right index.
     let e = db
@@ -222,7 +219,7 @@ async fn transaction_is_all_or_nothing_with_statement_index() {
     );
     assert_eq!(e.to_json()["error"]["sqlstate"], "42601");
     let n = q(&db, "select count(*) from kv", json!([])).await.unwrap();
-    assert_eq!(n.rows[0][0], json!(1));
+    assert_eq!(n.rows()[0][0], json!(1));
 }
 
 #[tokio::test]
@@ -252,7 +249,10 @@ async fn statement_timeout_and_deadline() {
         .unwrap_err();
     assert_eq!(e.code(), makenaide_contract::ErrorCode::DbTimeout.as_str());
     // The connection is fine afterwards.
-    assert_eq!(q(&db, "select 1 as one", json!([])).await.unwrap().rows[0][0], json!(1));
+    assert_eq!(
+        q(&db, "select 1 as one", json!([])).await.unwrap().rows()[0][0],
+        json!(1)
+    );
 }
 
 #[tokio::test]
@@ -270,7 +270,7 @@ async fn read_only_switch() {
     assert_eq!(e.status().as_u16(), 403);
     assert_eq!(e.to_json()["error"]["sqlstate"], "25006");
     assert_eq!(
-        q(&ro, "select count(*) from t", json!([])).await.unwrap().rows[0][0],
+        q(&ro, "select count(*) from t", json!([])).await.unwrap().rows()[0][0],
         json!(0)
     );
 }
@@ -289,7 +289,7 @@ async fn unsupported_result_type_says_how_to_cast() {
     )
     .await
     .unwrap();
-    assert_eq!(r.rows[0], vec![json!("'a' 'b'"), json!("P1DT2H")]);
+    assert_eq!(r.rows()[0], vec![json!("'a' 'b'"), json!("P1DT2H")]);
 }
 
 async fn backend_pids(admin: &tokio_postgres::Client, db: &str) -> Vec<i32> {
@@ -311,10 +311,10 @@ async fn stale_connections_are_retried_on_a_fresh_one() {
     let db = Db::new(&config(&t)).unwrap();
     db.warm_up().await;
     assert_eq!(db.status(), DbStatus::Ready);
-    let pid1 = q(&db, "select pg_backend_pid()", json!([])).await.unwrap().rows[0][0].clone();
+    let pid1 = q(&db, "select pg_backend_pid()", json!([])).await.unwrap().rows()[0][0].clone();
     // Same backend on the next request: the pool reuses its connection.
     assert_eq!(
-        q(&db, "select pg_backend_pid()", json!([])).await.unwrap().rows[0][0],
+        q(&db, "select pg_backend_pid()", json!([])).await.unwrap().rows()[0][0],
         pid1
     );
 
@@ -326,7 +326,7 @@ async fn stale_connections_are_retried_on_a_fresh_one() {
             .await
             .unwrap();
         let r = q(&db, "select pg_backend_pid()", json!([])).await.unwrap();
-        assert_ne!(r.rows[0][0], pid1, "a fresh backend answered");
+        assert_ne!(r.rows()[0][0], pid1, "a fresh backend answered");
     }
     assert_eq!(db.status(), DbStatus::Ready);
     assert!(backend_pids(&admin, t.name()).await.len() <= 4);
@@ -343,7 +343,7 @@ async fn statement_cache_on_and_off() {
         .await
         .unwrap();
     assert_eq!(
-        r.rows[0][0],
+        r.rows()[0][0],
         json!(2),
         "both statements stay prepared on the connection"
     );
@@ -361,7 +361,7 @@ async fn statement_cache_on_and_off() {
     let r = q(&uncached, "select count(*) as n from pg_prepared_statements", json!([]))
         .await
         .unwrap();
-    assert_eq!(r.rows[0][0], json!(1));
+    assert_eq!(r.rows()[0][0], json!(1));
     let r = uncached
         .transaction(
             vec![
@@ -373,11 +373,11 @@ async fn statement_cache_on_and_off() {
         )
         .await
         .unwrap();
-    assert_eq!(r[1].rows[0][0], json!(2));
+    assert_eq!(r[1].rows()[0][0], json!(2));
     let r = q(&uncached, "select count(*) from pg_prepared_statements", json!([]))
         .await
         .unwrap();
-    assert_eq!(r.rows[0][0], json!(1), "nothing outlived its transaction");
+    assert_eq!(r.rows()[0][0], json!(1), "nothing outlived its transaction");
 }
 
 #[tokio::test]

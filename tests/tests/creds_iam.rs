@@ -183,7 +183,7 @@ async fn iam_auth_pool_connects_with_the_token_over_tls() {
         )
         .await
         .unwrap();
-    assert_eq!(r.rows, vec![vec![json!("iam_user"), json!(true)]]);
+    assert_eq!(r.rows(), vec![vec![json!("iam_user"), json!(true)]]);
     db.close(Duration::from_secs(1)).await;
 
     // Another signing time is another token: refused (28P01), and the message says what to check.

@@ -216,7 +216,8 @@ async fn hostile_requests_get_the_contract_answers_and_nothing_breaks() {
         ("select $1::int2", json!([40000]), "int2"),
         ("select $1::bool", json!([1]), "bool"),
         ("select $1::uuid", json!(["not-a-uuid"]), "uuid"),
-        ("select $1::timestamptz", json!(["yesterday"]), "timestamp"),
+        // Not "yesterday": PostgreSQL reads that one (midnight yesterday), and parameters are read as PostgreSQL reads them.
+        ("select $1::timestamptz", json!(["yesterday noon"]), "timestamp"),
         ("select $1::int4[]", json!([[1, "x"]]), "$1"),
         ("select $1::text", json!([{"a": 1}]), "$1"),
         ("select $1::numeric", json!(["12abc"]), "numeric"),

@@ -46,12 +46,14 @@
 //! 1.21) statements are prepared per request and closed (and tokio-postgres' type-info statements flushed) before
 //! `COMMIT`/`ROLLBACK` is sent, so no named statement ever outlives the transaction that created it.
 
-use super::convert::{encode_param, type_name, Encoded, JsonCell};
+use super::convert::{encode_param, type_name, write_value, Encoded, RawCell};
 use super::pool::{Canceller, ConnectError, Manager, PgConn};
-use super::{QueryResult, StatementRequest};
+use super::{Limits, QueryResult, StatementRequest};
 use crate::error::Error;
-use futures_util::future::{join, join_all};
+use futures_util::future::{join, join_all, try_join_all};
+use futures_util::TryStreamExt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
@@ -65,6 +67,8 @@ pub(super) struct Options {
     pub cache: bool,
     pub connect_timeout: Duration,
     pub default_timeout: Duration,
+    /// Row and response-size caps (the request's own, else the configured defaults).
+    pub limits: Limits,
 }
 
 impl Options {
@@ -449,51 +453,169 @@ fn encode_all(stmts: &[StatementRequest], prepared: &[Statement]) -> Result<Vec<
         .collect()
 }
 
-/// Runs one statement and decodes its rows (decoding happens before COMMIT: a result we cannot return rolls back).
-async fn run_statement(client: &Client, st: &Statement, params: &[Encoded]) -> Result<QueryResult, StmtError> {
-    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+/// What a request's results have taken against its [`Limits`], shared by its statements (they are read one after
+/// the other on the connection; atomics only because the request's future must be `Send`).
+struct Budget {
+    limits: Limits,
+    rows: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Budget {
+    fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            rows: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Runs one statement and writes its rows as JSON while they stream in (decoding happens before COMMIT: a result
+/// we cannot return rolls back). The row and size caps are checked per row, so a result over a cap is never held.
+async fn run_statement(
+    client: &Client,
+    st: &Statement,
+    params: &[Encoded],
+    budget: &Budget,
+) -> Result<QueryResult, StmtError> {
+    let param_error = |e: tokio_postgres::Error| param_error(&e, st).unwrap_or(StmtError::Pg(e));
     if st.columns().is_empty() {
-        let affected = client.execute(st, &refs).await.map_err(StmtError::Pg)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let affected = client.execute(st, &refs).await.map_err(param_error)?;
         return Ok(QueryResult {
             columns: Vec::new(),
-            rows: Vec::new(),
+            rows_json: Vec::new(),
             row_count: affected,
         });
     }
-    let rows = client.query(st, &refs).await.map_err(StmtError::Pg)?;
+    let stream = client.query_raw(st, params).await.map_err(param_error)?;
+    futures_util::pin_mut!(stream);
     let columns: Vec<(String, String)> = st
         .columns()
         .iter()
         .map(|c| (c.name().to_owned(), type_name(c.type_())))
         .collect();
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let mut cells = Vec::with_capacity(columns.len());
+    let mut out = Vec::with_capacity(64);
+    out.push(b'[');
+    let mut count: u64 = 0;
+    while let Some(row) = stream.try_next().await.map_err(StmtError::Pg)? {
+        let before = out.len();
+        if count > 0 {
+            out.push(b',');
+        }
+        count += 1;
+        let rows = budget.rows.fetch_add(1, Ordering::Relaxed) + 1;
+        if rows > budget.limits.max_rows {
+            return Err(StmtError::Limit(Error::RowLimitExceeded {
+                limit: budget.limits.max_rows,
+                hard: crate::config::HARD_MAX_ROWS,
+                statement_index: None,
+            }));
+        }
+        out.push(b'[');
         for (i, col) in st.columns().iter().enumerate() {
-            match row.try_get::<_, JsonCell>(i) {
-                Ok(JsonCell(v)) => cells.push(v),
-                Err(e) => {
-                    let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
-                    return Err(StmtError::Decode(format!(
-                        "column {:?}: {why}; cast it in SQL, e.g. {}::text",
-                        col.name(),
-                        col.name()
-                    )));
+            if i > 0 {
+                out.push(b',');
+            }
+            let written = match row.try_get::<_, RawCell>(i) {
+                Ok(RawCell(None)) => {
+                    out.extend_from_slice(b"null");
+                    Ok(())
                 }
+                Ok(RawCell(Some(raw))) => write_value(col.type_(), raw, &mut out),
+                Err(e) => Err(std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string)),
+            };
+            if let Err(why) = written {
+                return Err(StmtError::Decode(format!(
+                    "column {:?}: {why}; cast it in SQL, e.g. {}::text",
+                    col.name(),
+                    col.name()
+                )));
             }
         }
-        out.push(cells);
+        out.push(b']');
+        let added = (out.len() - before) as u64;
+        let bytes = budget.bytes.fetch_add(added, Ordering::Relaxed) + added;
+        if bytes > budget.limits.max_response_bytes {
+            return Err(StmtError::Limit(Error::ResponseTooLarge {
+                limit: budget.limits.max_response_bytes,
+                hard: crate::config::HARD_MAX_RESPONSE_BYTES,
+                statement_index: None,
+            }));
+        }
     }
+    out.push(b']');
     Ok(QueryResult {
         columns,
-        row_count: out.len() as u64,
-        rows: out,
+        rows_json: out,
+        row_count: count,
     })
+}
+
+/// A PostgreSQL error raised while reading a parameter (its input function refused the text we sent: 22P02,
+/// 22003, 22007, 22008, a domain's check...) becomes `invalid_param` naming `$n` and the type. PostgreSQL (13+)
+/// puts "unnamed portal parameter $n" in the error's context for exactly those errors.
+fn param_error(e: &tokio_postgres::Error, st: &Statement) -> Option<StmtError> {
+    let db = e.as_db_error()?;
+    let where_ = db.where_()?;
+    let at = where_.find("portal parameter $")? + "portal parameter $".len();
+    let digits: String = where_[at..].chars().take_while(char::is_ascii_digit).collect();
+    let n: usize = digits.parse().ok()?;
+    let ty = st.params().get(n.checked_sub(1)?)?;
+    Some(StmtError::Param(Error::InvalidParam {
+        message: format!(
+            "cannot bind ${n} to {}: PostgreSQL: {} (SQLSTATE {})",
+            type_name(ty),
+            describe(db),
+            db.code().code()
+        ),
+        statement_index: None,
+    }))
+}
+
+/// Runs the statements pipelined (each sends its messages when first polled, in order). A cap crossed by one
+/// abandons all at once (the rest of the rows are never read: the connection is then retired); every other
+/// outcome waits for all, so the first error reported is the first statement's.
+async fn run_all(
+    client: &Client,
+    statements: &[Statement],
+    encoded: &[Vec<Encoded>],
+    limits: Limits,
+) -> Vec<Result<QueryResult, StmtError>> {
+    let budget = Budget::new(limits);
+    let budget = &budget;
+    let all = try_join_all(
+        statements
+            .iter()
+            .zip(encoded)
+            .enumerate()
+            .map(|(i, (st, p))| async move {
+                match run_statement(client, st, p, budget).await {
+                    Err(StmtError::Limit(e)) => Err((i, e)),
+                    other => Ok(other),
+                }
+            }),
+    )
+    .await;
+    match all {
+        Ok(results) => results,
+        Err((i, e)) => std::iter::repeat_with(|| Err(StmtError::Skipped))
+            .take(i)
+            .chain(std::iter::once(Err(StmtError::Limit(e))))
+            .collect(),
+    }
 }
 
 enum StmtError {
     Pg(tokio_postgres::Error),
     Decode(String),
+    /// A parameter PostgreSQL's input function refused (`invalid_param`).
+    Param(Error),
+    /// A row or size cap crossed: the rows still in flight are not read, so the connection must be retired.
+    Limit(Error),
+    /// Abandoned because a later statement crossed a cap.
+    Skipped,
 }
 
 async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duration, opts: Options) -> Outcome {
@@ -538,12 +660,7 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
             Err(e) => return Outcome::Done(Err(e)),
         };
         // Hot path: BEGIN and every Execute in one round trip.
-        let work = join_all(
-            statements
-                .iter()
-                .zip(&encoded)
-                .map(|(st, p)| run_statement(client, st, p)),
-        );
+        let work = run_all(client, &statements, &encoded, opts.limits);
         match with_begin(client, &begin_sql, opts.begin_bound(), work).await {
             Ok(results) => (statements, results),
             Err(f) => {
@@ -614,13 +731,7 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
         };
         // Round trip 2: every Execute, pipelined.
         crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
-        let results = join_all(
-            statements
-                .iter()
-                .zip(&encoded)
-                .map(|(st, p)| run_statement(client, st, p)),
-        )
-        .await;
+        let results = run_all(client, &statements, &encoded, opts.limits).await;
         (statements, results)
     };
 
@@ -640,6 +751,14 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
                     statement_index: Some(i),
                 }))
             }
+            Err(StmtError::Param(e)) => failure = Some(Ok(e.at_statement(i))),
+            Err(StmtError::Limit(e)) => {
+                // Rows are still on their way: never reuse this connection (dropping it ends the server's
+                // transaction, which rolls back).
+                conn.broken = true;
+                failure = Some(Ok(e.at_statement(i)));
+            }
+            Err(StmtError::Skipped) => {}
         }
     }
     match failure {
@@ -684,6 +803,7 @@ async fn sequential(
     }
     let mut statements = Vec::with_capacity(stmts.len());
     let mut out = Vec::with_capacity(stmts.len());
+    let budget = Budget::new(opts.limits);
     for (i, req) in stmts.iter().enumerate() {
         let cached = if opts.cache {
             conn.statements.get(&req.sql).cloned()
@@ -718,7 +838,7 @@ async fn sequential(
             }
         };
         crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
-        let result = run_statement(&conn.client, &st, &encoded).await;
+        let result = run_statement(&conn.client, &st, &encoded, &budget).await;
         statements.push(st);
         match result {
             Ok(q) => out.push(q),
@@ -727,6 +847,12 @@ async fn sequential(
                 let err = match e {
                     StmtError::Pg(e) => map_error(&e, timeout, opts.cache),
                     StmtError::Decode(m) => Error::invalid_request(m),
+                    StmtError::Param(e) => e,
+                    StmtError::Limit(e) => {
+                        conn.broken = true;
+                        e
+                    }
+                    StmtError::Skipped => Error::Internal("statement skipped".into()),
                 }
                 .at_statement(i);
                 if matches!(err, Error::DbUnavailable { .. }) {

@@ -22,6 +22,7 @@ use crate::error::Error;
 use bb8::{ErrorSink, Pool, RunError};
 use credentials::{SecretCredentials, Source, Target};
 use pool::{ConnectError, LiveConnections, Manager};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -45,8 +46,33 @@ const SECRET_WARM_UP_WAIT: Duration = Duration::from_secs(15);
 pub struct StatementRequest {
     /// SQL text with `$n` placeholders.
     pub sql: String,
-    /// JSON parameters, bound (never interpolated).
-    pub params: Vec<Value>,
+    /// Parameters as the caller's raw JSON text (bound, never interpolated): kept as text, not as
+    /// `serde_json::Value` trees, so numbers keep every digit and a large request costs its size once.
+    pub params: Vec<Box<RawValue>>,
+}
+
+impl StatementRequest {
+    /// A statement from parsed JSON values (tests and in-process callers; the server keeps the raw text).
+    #[must_use]
+    pub fn from_values(sql: impl Into<String>, params: &[Value]) -> Self {
+        Self {
+            sql: sql.into(),
+            params: params
+                .iter()
+                .filter_map(|v| serde_json::value::to_raw_value(v).ok())
+                .collect(),
+        }
+    }
+}
+
+/// Per-request bounds on what a result may hold: the request fails with `row_limit_exceeded` /
+/// `response_too_large` as soon as a bound is crossed, while the rows are being read (never after holding them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Rows over all the request's statements.
+    pub max_rows: u64,
+    /// Bytes of the rows' JSON over all the request's statements.
+    pub max_response_bytes: u64,
 }
 
 /// Result of one statement: the `/db/query` response shape.
@@ -54,21 +80,42 @@ pub struct StatementRequest {
 pub struct QueryResult {
     /// (name, type) per column.
     pub columns: Vec<(String, String)>,
-    /// Rows as JSON values.
-    pub rows: Vec<Vec<Value>>,
+    /// The rows as JSON text (`[[...],...]`, empty for statements returning none), written while they were read:
+    /// exact (jsonb digits included) and far smaller than a `serde_json::Value` per cell.
+    pub rows_json: Vec<u8>,
     /// Rows returned, or rows affected for statements that return none.
     pub row_count: u64,
 }
 
 impl QueryResult {
-    /// `{"columns":[{"name","type"}],"rows":[[...]],"row_count":n}`.
+    /// Appends `{"columns":[{"name","type"}],"rows":[[...]],"row_count":n}`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"columns\":");
+        let columns: Vec<Value> = self
+            .columns
+            .iter()
+            .map(|(n, t)| serde_json::json!({"name": n, "type": t}))
+            .collect();
+        let _ = serde_json::to_writer(&mut *out, &columns);
+        out.extend_from_slice(b",\"rows\":");
+        if self.rows_json.is_empty() {
+            out.extend_from_slice(b"[]");
+        } else {
+            out.extend_from_slice(&self.rows_json);
+        }
+        out.extend_from_slice(b",\"row_count\":");
+        out.extend_from_slice(self.row_count.to_string().as_bytes());
+        out.push(b'}');
+    }
+
+    /// The rows parsed back into JSON values (for tests and in-process callers: numbers beyond f64 lose digits
+    /// here, never in [`QueryResult::rows_json`]).
     #[must_use]
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "columns": self.columns.iter().map(|(n, t)| serde_json::json!({"name": n, "type": t})).collect::<Vec<_>>(),
-            "rows": self.rows,
-            "row_count": self.row_count,
-        })
+    pub fn rows(&self) -> Vec<Vec<Value>> {
+        if self.rows_json.is_empty() {
+            return Vec::new();
+        }
+        serde_json::from_slice(&self.rows_json).unwrap_or_default()
     }
 }
 
@@ -221,6 +268,10 @@ impl Db {
                     cache: config.db_statement_cache,
                     connect_timeout: config.db_connect_timeout,
                     default_timeout: config.db_statement_timeout,
+                    limits: Limits {
+                        max_rows: config.db_max_rows,
+                        max_response_bytes: config.db_max_response_bytes,
+                    },
                 },
                 pool_size: config.db_pool_size,
                 target,
@@ -277,8 +328,22 @@ impl Db {
         timeout: Option<Duration>,
         deadline: Option<Instant>,
     ) -> Result<QueryResult, Error> {
+        self.query_limited(stmt, timeout, deadline, None).await
+    }
+
+    /// [`Db::query`] with this request's own [`Limits`] (`None`: the configured defaults).
+    ///
+    /// # Errors
+    /// Any contract error, `row_limit_exceeded` and `response_too_large` included.
+    pub async fn query_limited(
+        &self,
+        stmt: StatementRequest,
+        timeout: Option<Duration>,
+        deadline: Option<Instant>,
+        limits: Option<Limits>,
+    ) -> Result<QueryResult, Error> {
         let mut results = self
-            .transaction(vec![stmt], timeout, deadline)
+            .transaction_limited(vec![stmt], timeout, deadline, limits)
             .await
             .map_err(Error::without_statement_index)?;
         Ok(results.pop().unwrap_or_default())
@@ -294,6 +359,20 @@ impl Db {
         stmts: Vec<StatementRequest>,
         timeout: Option<Duration>,
         deadline: Option<Instant>,
+    ) -> Result<Vec<QueryResult>, Error> {
+        self.transaction_limited(stmts, timeout, deadline, None).await
+    }
+
+    /// [`Db::transaction`] with this request's own [`Limits`] (`None`: the configured defaults).
+    ///
+    /// # Errors
+    /// Any contract error, `row_limit_exceeded` and `response_too_large` included.
+    pub async fn transaction_limited(
+        &self,
+        stmts: Vec<StatementRequest>,
+        timeout: Option<Duration>,
+        deadline: Option<Instant>,
+        limits: Option<Limits>,
     ) -> Result<Vec<QueryResult>, Error> {
         let Some(inner) = &self.inner else {
             return Err(Error::DbNotConfigured);
@@ -350,7 +429,11 @@ impl Db {
             }
         }
         let conn = inner.checkout(&pool, Instant::now()).await?;
-        let result = exec::execute(conn, &pool, &stmts, bound, opaque, inner.opts).await;
+        let mut opts = inner.opts;
+        if let Some(limits) = limits {
+            opts.limits = limits;
+        }
+        let result = exec::execute(conn, &pool, &stmts, bound, opaque, opts).await;
         match &result {
             Ok(_) => inner.status.store(ST_READY, Ordering::SeqCst),
             Err(Error::DbUnavailable { .. } | Error::DbOutcomeUnknown { .. }) => inner.mark_unavailable(),

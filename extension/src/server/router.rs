@@ -2,7 +2,7 @@
 //! (hand-written so every message names the field at fault), and rendering of replies and errors.
 
 use super::Body;
-use crate::db::{convert::kind_of, StatementRequest};
+use crate::db::{convert::kind_of_raw, Limits, StatementRequest};
 use crate::error::Error;
 use crate::state::AppState;
 use bytes::Bytes;
@@ -10,7 +10,9 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use makenaide_contract::Deadline;
-use serde_json::{json, Map, Value};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -71,19 +73,37 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
                 return Err(not_allowed(&req, "POST"));
             }
             let body = read_body(req, state.config().max_body_bytes).await?;
-            let (stmt, timeout) = parse_query(&body)?;
-            let result = state.db().query(stmt, timeout, deadline).await?;
-            Ok(json_response(StatusCode::OK, &result.to_json()))
+            let (stmt, timeout, limits) = parse_query(&body)?;
+            drop(body);
+            let limits = limits.resolve(state.config());
+            let result = state.db().query_limited(stmt, timeout, deadline, Some(limits)).await?;
+            let mut out = Vec::with_capacity(result.rows_json.len() + 128);
+            result.write_json(&mut out);
+            Ok(bytes_response(StatusCode::OK, out))
         }
         "/db/transaction" => {
             if req.method() != Method::POST {
                 return Err(not_allowed(&req, "POST"));
             }
             let body = read_body(req, state.config().max_body_bytes).await?;
-            let (stmts, timeout) = parse_transaction(&body)?;
-            let results = state.db().transaction(stmts, timeout, deadline).await?;
-            let results: Vec<Value> = results.iter().map(crate::db::QueryResult::to_json).collect();
-            Ok(json_response(StatusCode::OK, &json!({ "results": results })))
+            let (stmts, timeout, limits) = parse_transaction(&body)?;
+            drop(body);
+            let limits = limits.resolve(state.config());
+            let results = state
+                .db()
+                .transaction_limited(stmts, timeout, deadline, Some(limits))
+                .await?;
+            let size: usize = results.iter().map(|r| r.rows_json.len() + 128).sum();
+            let mut out = Vec::with_capacity(size + 16);
+            out.extend_from_slice(b"{\"results\":[");
+            for (i, r) in results.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                r.write_json(&mut out);
+            }
+            out.extend_from_slice(b"]}");
+            Ok(bytes_response(StatusCode::OK, out))
         }
         p => {
             let Some(group) = crate::upbit::route(p) else {
@@ -221,29 +241,52 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Error>
     Ok(Bytes::from(buf))
 }
 
-fn parse_json(body: &[u8]) -> Result<Map<String, Value>, Error> {
-    let value: Value =
+/// A JSON object's fields, each still the raw JSON text of its value (borrowed from the body): the body is never
+/// built into a `serde_json::Value` tree, so parameters keep their exact digits and cost their size once.
+type Fields<'a> = BTreeMap<String, &'a RawValue>;
+
+fn parse_json(body: &[u8]) -> Result<Fields<'_>, Error> {
+    let raw: &RawValue =
         serde_json::from_slice(body).map_err(|e| Error::InvalidJson(format!("the body is not valid JSON: {e}")))?;
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => Err(Error::invalid_request("the body must be a JSON object")),
-    }
+    object(raw).ok_or_else(|| {
+        // Not an object. Only on this error path: a body that serde_json's own tree parser refuses (nesting past
+        // its recursion limit) is still reported as not JSON, as before.
+        match serde_json::from_str::<Value>(raw.get()) {
+            Err(e) => Error::InvalidJson(format!("the body is not valid JSON: {e}")),
+            Ok(_) => Error::invalid_request("the body must be a JSON object"),
+        }
+    })
 }
 
-fn check_fields(map: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), String> {
+fn object(raw: &RawValue) -> Option<Fields<'_>> {
+    if !raw.get().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(raw.get()).ok()
+}
+
+fn is_null(raw: Option<&&RawValue>) -> bool {
+    raw.is_none_or(|r| r.get() == "null")
+}
+
+fn check_fields(map: &Fields<'_>, allowed: &[&str], at: &str) -> Result<(), String> {
     match map.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(format!("unknown field {at}{k:?}: expected {}", allowed.join(", "))),
         None => Ok(()),
     }
 }
 
-fn parse_statement(map: &Map<String, Value>, at: &str) -> Result<StatementRequest, String> {
-    let sql = match map.get("sql") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(Value::String(_)) => return Err(format!("{at}sql is empty")),
-        Some(other) => return Err(format!("{at}sql must be a string, not {}", kind_of(other))),
+fn parse_statement(map: &Fields<'_>, at: &str) -> Result<StatementRequest, String> {
+    let sql: String = match map.get("sql") {
+        Some(raw) if raw.get().starts_with('"') => {
+            serde_json::from_str(raw.get()).map_err(|e| format!("{at}sql: {e}"))?
+        }
+        Some(raw) => return Err(format!("{at}sql must be a string, not {}", kind_of_raw(raw.get()))),
         None => return Err(format!("{at}sql is required")),
     };
+    if sql.trim().is_empty() {
+        return Err(format!("{at}sql is empty"));
+    }
     if let Some(word) = crate::db::sql::transaction_control(&sql) {
         // Each request is one transaction the extension begins and ends: a statement ending it early would run
         // the following ones outside it (no rollback on failure, and out of MAKENAIDE_DB_READ_ONLY's READ ONLY).
@@ -252,57 +295,110 @@ fn parse_statement(map: &Map<String, Value>, at: &str) -> Result<StatementReques
         ));
     }
     let params = match map.get("params") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items.clone(),
-        Some(other) => return Err(format!("{at}params must be an array, not {}", kind_of(other))),
+        p if is_null(p) => Vec::new(),
+        Some(raw) if raw.get().starts_with('[') => {
+            serde_json::from_str(raw.get()).map_err(|e| format!("{at}params: {e}"))?
+        }
+        Some(raw) => return Err(format!("{at}params must be an array, not {}", kind_of_raw(raw.get()))),
+        None => Vec::new(),
     };
     Ok(StatementRequest { sql, params })
 }
 
-fn parse_timeout(map: &Map<String, Value>) -> Result<Option<Duration>, Error> {
-    match map.get("timeout_ms") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(ms) if ms <= MAX_TIMEOUT_MS => Ok(Some(Duration::from_millis(ms))),
-            _ => Err(Error::invalid_request(format!(
-                "timeout_ms must be a whole number of milliseconds from 0 to {MAX_TIMEOUT_MS}"
-            ))),
-        },
-        Some(other) => Err(Error::invalid_request(format!(
-            "timeout_ms must be a number, not {}",
-            kind_of(other)
+/// A whole number field in `0..=max` (`min..=max`), absent or null = `None`.
+fn parse_count(map: &Fields<'_>, name: &str, min: u64, max: u64, what: &str) -> Result<Option<u64>, Error> {
+    let Some(raw) = map.get(name).filter(|r| r.get() != "null") else {
+        return Ok(None);
+    };
+    match raw.get().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        _ if kind_of_raw(raw.get()) == "a number" => Err(Error::invalid_request(format!(
+            "{name} must be a whole number of {what} from {min} to {max}"
+        ))),
+        _ => Err(Error::invalid_request(format!(
+            "{name} must be a number, not {}",
+            kind_of_raw(raw.get())
         ))),
     }
 }
 
-/// `{"sql": "...", "params": [...], "timeout_ms": 5000}`.
-pub(crate) fn parse_query(body: &[u8]) -> Result<(StatementRequest, Option<Duration>), Error> {
-    let map = parse_json(body)?;
-    check_fields(&map, &["sql", "params", "timeout_ms"], "").map_err(Error::invalid_request)?;
-    let stmt = parse_statement(&map, "").map_err(Error::invalid_request)?;
-    Ok((stmt, parse_timeout(&map)?))
+fn parse_timeout(map: &Fields<'_>) -> Result<Option<Duration>, Error> {
+    Ok(parse_count(map, "timeout_ms", 0, MAX_TIMEOUT_MS, "milliseconds")?.map(Duration::from_millis))
 }
 
-/// `{"statements": [{"sql", "params"}, ...], "timeout_ms": 5000}`.
-pub(crate) fn parse_transaction(body: &[u8]) -> Result<(Vec<StatementRequest>, Option<Duration>), Error> {
-    let map = parse_json(body)?;
-    check_fields(&map, &["statements", "timeout_ms"], "").map_err(Error::invalid_request)?;
-    let items = match map.get("statements") {
-        Some(Value::Array(items)) if items.is_empty() => return Err(Error::invalid_request("statements is empty")),
-        Some(Value::Array(items)) if items.len() > MAX_STATEMENTS => {
-            return Err(Error::invalid_request(format!(
-                "statements has more than {MAX_STATEMENTS} entries"
-            )))
+/// The request's own caps (`max_rows`, `max_response_bytes`), each up to its hard limit; `None` = the defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RequestLimits {
+    pub max_rows: Option<u64>,
+    pub max_response_bytes: Option<u64>,
+}
+
+impl RequestLimits {
+    fn parse(map: &Fields<'_>) -> Result<Self, Error> {
+        Ok(Self {
+            max_rows: parse_count(map, "max_rows", 1, crate::config::HARD_MAX_ROWS, "rows")?,
+            max_response_bytes: parse_count(
+                map,
+                "max_response_bytes",
+                1,
+                crate::config::HARD_MAX_RESPONSE_BYTES,
+                "bytes",
+            )?,
+        })
+    }
+
+    fn resolve(self, config: &crate::config::Config) -> Limits {
+        Limits {
+            max_rows: self.max_rows.unwrap_or(config.db_max_rows),
+            max_response_bytes: self.max_response_bytes.unwrap_or(config.db_max_response_bytes),
         }
-        Some(Value::Array(items)) => items,
-        Some(other) => {
+    }
+}
+
+/// `{"sql": "...", "params": [...], "timeout_ms": 5000, "max_rows": n, "max_response_bytes": n}`.
+pub(crate) fn parse_query(body: &[u8]) -> Result<(StatementRequest, Option<Duration>, RequestLimits), Error> {
+    let map = parse_json(body)?;
+    check_fields(
+        &map,
+        &["sql", "params", "timeout_ms", "max_rows", "max_response_bytes"],
+        "",
+    )
+    .map_err(Error::invalid_request)?;
+    let stmt = parse_statement(&map, "").map_err(Error::invalid_request)?;
+    Ok((stmt, parse_timeout(&map)?, RequestLimits::parse(&map)?))
+}
+
+/// `{"statements": [{"sql", "params"}, ...], "timeout_ms": 5000, "max_rows": n, "max_response_bytes": n}`.
+pub(crate) fn parse_transaction(
+    body: &[u8],
+) -> Result<(Vec<StatementRequest>, Option<Duration>, RequestLimits), Error> {
+    let map = parse_json(body)?;
+    check_fields(
+        &map,
+        &["statements", "timeout_ms", "max_rows", "max_response_bytes"],
+        "",
+    )
+    .map_err(Error::invalid_request)?;
+    let items: Vec<&RawValue> = match map.get("statements") {
+        Some(raw) if raw.get().starts_with('[') => {
+            serde_json::from_str(raw.get()).map_err(|e| Error::invalid_request(format!("statements: {e}")))?
+        }
+        Some(raw) => {
             return Err(Error::invalid_request(format!(
                 "statements must be an array, not {}",
-                kind_of(other)
+                kind_of_raw(raw.get())
             )))
         }
         None => return Err(Error::invalid_request("statements is required")),
     };
+    if items.is_empty() {
+        return Err(Error::invalid_request("statements is empty"));
+    }
+    if items.len() > MAX_STATEMENTS {
+        return Err(Error::invalid_request(format!(
+            "statements has more than {MAX_STATEMENTS} entries"
+        )));
+    }
     let mut stmts = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = format!("statements[{i}].");
@@ -310,19 +406,23 @@ pub(crate) fn parse_transaction(body: &[u8]) -> Result<(Vec<StatementRequest>, O
             message,
             statement_index: Some(i),
         };
-        let Value::Object(m) = item else {
+        let Some(m) = object(item) else {
             return Err(fail(format!(
                 "statements[{i}] must be an object like {{\"sql\": ..., \"params\": [...]}}"
             )));
         };
-        check_fields(m, &["sql", "params"], &at).map_err(fail)?;
-        stmts.push(parse_statement(m, &at).map_err(fail)?);
+        check_fields(&m, &["sql", "params"], &at).map_err(fail)?;
+        stmts.push(parse_statement(&m, &at).map_err(fail)?);
     }
-    Ok((stmts, parse_timeout(&map)?))
+    Ok((stmts, parse_timeout(&map)?, RequestLimits::parse(&map)?))
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    bytes_response(status, serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
+/// A JSON reply from JSON text already written.
+fn bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -382,12 +482,27 @@ mod tests {
 
     #[test]
     fn query_parsing_names_the_field() {
-        let (s, t) = parse_query(br#"{"sql":"select $1","params":[1],"timeout_ms":50}"#).unwrap();
+        let (s, t, l) = parse_query(
+            br#"{"sql":"select $1","params":[1, 12345678901234567890.123456789],"timeout_ms":50,"max_rows":7}"#,
+        )
+        .unwrap();
         assert_eq!(s.sql, "select $1");
-        assert_eq!(s.params, vec![json!(1)]);
+        let params: Vec<&str> = s.params.iter().map(|p| p.get()).collect();
+        assert_eq!(
+            params,
+            ["1", "12345678901234567890.123456789"],
+            "the caller's digits, as sent"
+        );
         assert_eq!(t, Some(Duration::from_millis(50)));
-        let (s, t) = parse_query(br#"{"sql":"select 1"}"#).unwrap();
-        assert!(s.params.is_empty() && t.is_none());
+        assert_eq!(
+            l,
+            RequestLimits {
+                max_rows: Some(7),
+                max_response_bytes: None
+            }
+        );
+        let (s, t, l) = parse_query(br#"{"sql":"select 1"}"#).unwrap();
+        assert!(s.params.is_empty() && t.is_none() && l == RequestLimits::default());
 
         for (body, code, needle) in [
             (
@@ -426,6 +541,16 @@ mod tests {
                 "timeout_ms",
             ),
             (
+                br#"{"sql":"x","max_rows":0}"#,
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+                "max_rows must be a whole number",
+            ),
+            (
+                br#"{"sql":"x","max_response_bytes":"1"}"#,
+                makenaide_contract::ErrorCode::InvalidRequest.as_str(),
+                "max_response_bytes must be a number",
+            ),
+            (
                 br#"{"sql":"x","param":[]}"#,
                 makenaide_contract::ErrorCode::InvalidRequest.as_str(),
                 "unknown field \"param\"",
@@ -439,7 +564,7 @@ mod tests {
 
     #[test]
     fn transaction_parsing_carries_the_index() {
-        let (s, _) = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":"b","params":[1]}]}"#).unwrap();
+        let (s, _, _) = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":"b","params":[1]}]}"#).unwrap();
         assert_eq!(s.len(), 2);
         let e = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":7}]}"#).unwrap_err();
         assert_eq!(e.statement_index(), Some(1));

@@ -34,6 +34,8 @@ pub async fn query(
         sql: Cow::Borrowed(sql),
         params: Cow::Borrowed(params),
         timeout_ms,
+        max_rows: None,
+        max_response_bytes: None,
     };
     client.post_json(routes::DB_QUERY, &body).await
 }
@@ -47,6 +49,8 @@ pub async fn transaction(
     let body = TransactionRequest {
         statements: Cow::Borrowed(statements),
         timeout_ms,
+        max_rows: None,
+        max_response_bytes: None,
     };
     let reply: TransactionResult = client.post_json(routes::DB_TRANSACTION, &body).await?;
     if reply.results.len() != statements.len() {

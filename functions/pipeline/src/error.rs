@@ -72,7 +72,9 @@ impl CoreError {
                 | DbUnavailable
                 | DbOutcomeUnknown
                 | DbCredentialsUnavailable
-                | DbTimeout,
+                | DbTimeout
+                | RowLimitExceeded
+                | ResponseTooLarge,
             )
             | None => error_type::DATABASE_ERROR,
         }
