@@ -541,19 +541,20 @@ mod tests {
 
     #[test]
     fn hyper_replies_map_to_contract_codes() {
-        let code = |head: &[u8]| error_for_hyper_reply(head).code();
-        assert_eq!(code(b"HTTP/1.1 414 URI Too Long\r\n"), "uri_too_long");
+        use makenaide_contract::ErrorCode;
+        let code = |head: &[u8]| error_for_hyper_reply(head).kind();
+        assert_eq!(code(b"HTTP/1.1 414 URI Too Long\r\n"), ErrorCode::UriTooLong);
         assert_eq!(
             code(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
-            "headers_too_large"
+            ErrorCode::HeadersTooLarge
         );
-        assert_eq!(code(b"HTTP/1.1 400 Bad Request\r\n"), "invalid_request");
+        assert_eq!(code(b"HTTP/1.1 400 Bad Request\r\n"), ErrorCode::InvalidRequest);
         let reply = String::from_utf8(raw_reply(&Error::TooManyConnections { limit: 3 })).unwrap();
         let (head, body) = reply.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{head}");
         assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(v["error"]["code"], "too_many_connections");
+        assert_eq!(v["error"]["code"], ErrorCode::TooManyConnections.as_str());
     }
 
     #[tokio::test(start_paused = true)]
