@@ -223,7 +223,7 @@ async fn hyper_level_failures_and_forwarded_get_json_error_bodies() {
         ),
         (
             "Forwarded",
-            format!("GET /ping HTTP/1.1\r\nHost: x\r\nForwarded: for=192.0.2.1\r\nConnection: close\r\n\r\n"),
+            "GET /ping HTTP/1.1\r\nHost: x\r\nForwarded: for=192.0.2.1\r\nConnection: close\r\n\r\n".to_string(),
             400,
             ErrorCode::ForwardedRequest,
         ),

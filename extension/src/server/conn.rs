@@ -16,7 +16,12 @@
 //! keeps running, and every timer that "expired" while frozen would fire at thaw, the very moment the function
 //! sends its next request on its kept-alive connection: a close then races that request (the function would see
 //! a reset). With awake time, a freeze adds at most `FREEZE_GAP` to any idle time, so a connection is only ever
-//! closed after the function itself left it unused, running, for the whole timeout.
+//! closed after the function itself left it unused, running, for the whole timeout. (hyper's own
+//! `header_read_timeout` is not used: it runs from the end of the previous response, so it is an idle timeout and a
+//! header timeout in one, on tokio's clock.) The callers handle the close that remains possible: the functions'
+//! client (`makenaide-pipeline`) stops reusing an idle connection after 60 s of wall time, which is never less than
+//! awake time, so before the default 90 s here, and it retries once on a pooled connection closed under it; the
+//! README's Python snippet (`urllib.request`) opens a connection per call with `Connection: close`.
 
 use crate::error::Error;
 use std::io;
