@@ -339,10 +339,22 @@ async fn hyper_level_failures_get_the_json_error_body() {
         assert_eq!(code(&body), code_want.as_str(), "{body}");
         assert!(head.contains("content-type: application/json"), "{head}");
     }
-    // A valid request on a connection after a served one is not mistaken for hyper's own reply.
+    // Our own replies are never mistaken for hyper's: after a served request, a HEAD (a head with no body),
+    // pipelined requests, and a bad request pipelined behind a good one.
     let mut conn = TcpStream::connect(s.addr).await.unwrap();
     assert!(served_ping(&mut conn).await);
-    assert!(served_ping(&mut conn).await);
+    conn.write_all(b"HEAD /ping HTTP/1.1\r\nHost: x\r\n\r\nGET /ping HTTP/1.1\r\nHost: x\r\n\r\nBAD\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_to_close(&mut conn).await;
+    let statuses: Vec<&str> = reply
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &reply[i + 9..i + 12])
+        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    assert_eq!(statuses, ["200", "200", "400"], "{reply}");
+    assert!(reply.contains(r#""status":"ok""#), "{reply}");
+    assert!(reply.ends_with(r#""}}"#), "the 400 carries the JSON body too: {reply}");
     s.stop().await;
 }
 
