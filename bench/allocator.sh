@@ -5,7 +5,7 @@
 #   - VmRSS of the extension before, at the peak of (VmHWM) and after a 1M-row `/db/query`, and after 1,100
 #     distinct Upbit candle GETs (the cache's byte bound applies), from /proc/<pid>/status.
 #
-#   bench/allocator.sh              build the three variants (x86_64 musl, ~3-5 min each on 2 cores), then measure
+#   bench/allocator.sh              build the variants (x86_64 musl, ~3-5 min each on 2 cores), then measure
 #   bench/allocator.sh --no-build   measure the binaries of the last build (bench-out/allocator/<variant>/)
 #
 # Needs what layer-build/build.sh needs (cargo-lambda + zig in .venv-build: scripts/setup.sh or
@@ -17,7 +17,7 @@ ROOT=$PWD
 OUT=$ROOT/bench-out/allocator
 TRIPLE=x86_64-unknown-linux-musl
 LAMBDA_TARGET=${CARGO_TARGET_DIR:-$ROOT/target-lambda}
-VARIANTS=(musl mimalloc dlmalloc)
+VARIANTS=(musl mimalloc mimalloc-v2 dlmalloc)
 BUILD=1
 [ "${1:-}" = "--no-build" ] && BUILD=0
 

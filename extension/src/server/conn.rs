@@ -102,6 +102,18 @@ pub(super) struct Slot {
 }
 
 impl Slot {
+    fn new(id: u64, now_us: u64) -> Self {
+        Self {
+            id,
+            busy: AtomicU32::new(0),
+            since_us: AtomicU64::new(now_us),
+            reading_head: AtomicBool::new(false),
+            flushed: AtomicBool::new(true),
+            closing: AtomicBool::new(false),
+            waker: Mutex::new(None),
+        }
+    }
+
     fn evictable(&self) -> bool {
         !self.closing.load(Ordering::SeqCst)
             && self.busy.load(Ordering::SeqCst) == 0
@@ -173,15 +185,7 @@ impl Registry {
             );
             victim.close();
         }
-        let slot = Arc::new(Slot {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            busy: AtomicU32::new(0),
-            since_us: AtomicU64::new(now),
-            reading_head: AtomicBool::new(false),
-            flushed: AtomicBool::new(true),
-            closing: AtomicBool::new(false),
-            waker: Mutex::new(None),
-        });
+        let slot = Arc::new(Slot::new(self.next_id.fetch_add(1, Ordering::Relaxed), now));
         slots.push(slot.clone());
         Some(SlotGuard {
             registry: self.clone(),
@@ -256,7 +260,10 @@ impl Drop for SlotGuard {
     }
 }
 
-/// Held by a request from the service call until hyper drops the response body (it has taken all of it).
+/// Held by a request from the service call until hyper has encoded the response head (the guard rides in the
+/// response's extensions, dropped with the head). The body is then queued in the same step, and the connection
+/// counts as answered only once hyper has flushed it (`Slot::flushed`). (Not a body wrapper: a second body or IO
+/// type would compile hyper's whole HTTP/1 state machine a second time, next to the telemetry listener's: ~40 KB.)
 pub(super) struct RequestGuard {
     slot: Arc<Slot>,
     registry: Arc<Registry>,
@@ -280,38 +287,6 @@ impl Drop for RequestGuard {
             .since_us
             .store(micros(self.registry.clock.now()), Ordering::SeqCst);
         self.slot.busy.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A response body that releases its [`RequestGuard`] when hyper is done with it.
-pub(super) struct TrackedBody {
-    inner: super::Body,
-    _guard: RequestGuard,
-}
-
-impl TrackedBody {
-    pub(super) fn new(inner: super::Body, guard: RequestGuard) -> Self {
-        Self { inner, _guard: guard }
-    }
-}
-
-impl hyper::body::Body for TrackedBody {
-    type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -379,11 +354,13 @@ fn linger(mut stream: TcpStream, rest: Vec<u8>, lingering: &Arc<AtomicUsize>) {
 
 /// The TCP stream as hyper sees it: reads end when the slot is closed, and hyper's own error replies are rewritten
 /// (module doc).
-pub(super) struct ConnIo {
+pub(crate) struct ConnIo {
     stream: Option<TcpStream>,
     slot: Arc<Slot>,
     lingering: Arc<AtomicUsize>,
     registry: Arc<Registry>,
+    /// Off for [`ConnIo::plain`]: a plain pass-through.
+    tracked: bool,
     /// The rewritten error reply and how much of it is written; set once, then hyper's writes are dropped.
     replacement: Option<(Vec<u8>, usize)>,
 }
@@ -395,6 +372,21 @@ impl ConnIo {
             slot: guard.slot.clone(),
             lingering: guard.registry.lingering.clone(),
             registry: guard.registry.clone(),
+            tracked: true,
+            replacement: None,
+        }
+    }
+
+    /// The stream as is, for the extension's other hyper server (the telemetry listener): the same IO type keeps
+    /// one copy of hyper's HTTP/1 code in the binary.
+    pub(crate) fn plain(stream: TcpStream) -> Self {
+        let registry = Registry::new(&crate::config::Config::default());
+        Self {
+            stream: Some(stream),
+            slot: Arc::new(Slot::new(0, 0)),
+            lingering: registry.lingering.clone(),
+            registry,
+            tracked: false,
             replacement: None,
         }
     }
@@ -432,6 +424,9 @@ impl ConnIo {
 
     /// `Some(len)` when these bytes are hyper's own reply (or follow it) and are replaced.
     fn intercept(&mut self, first: &[u8], len: usize) -> Option<usize> {
+        if !self.tracked {
+            return None;
+        }
         if self.replacement.is_some() {
             return Some(len); // hyper has nothing more to say after its error reply: drop it
         }

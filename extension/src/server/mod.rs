@@ -5,7 +5,7 @@
 //! The listener is bound by the caller (127.0.0.1 only) so `main` can fail loudly on `EADDRINUSE` before
 //! registering, and tests can bind port 0.
 
-mod conn;
+pub(crate) mod conn;
 mod router;
 
 use crate::error::Error;
@@ -64,10 +64,11 @@ pub async fn serve(state: AppState, listener: TcpListener, shutdown: impl Future
         let reg = registry.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
-            let request = reg.begin_request(&slot);
+            let request = std::sync::Arc::new(reg.begin_request(&slot));
             async move {
-                let response = router::handle(state, req).await;
-                Ok::<_, Infallible>(response.map(|body| conn::TrackedBody::new(body, request)))
+                let mut response = router::handle(state, req).await;
+                response.extensions_mut().insert(request);
+                Ok::<_, Infallible>(response)
             }
         });
         // No hyper timer: the header-read and idle timeouts are `conn`'s sweep, on awake time (see there why).
