@@ -221,12 +221,12 @@ impl Registry {
     }
 
     /// The sweep, forever (the caller aborts it).
-    pub(super) async fn sweep_forever(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(SWEEP_PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    pub(super) async fn sweep_forever(self: Arc<Self>, upbit: crate::upbit::Upbit) {
         loop {
-            tick.tick().await;
+            tokio::time::sleep(SWEEP_PERIOD).await;
             self.sweep();
+            // The same tick drops the Upbit cache's expired entries (one timer task for both, not one each).
+            upbit.purge_expired();
         }
     }
 
@@ -292,7 +292,7 @@ impl Drop for RequestGuard {
 
 /// The contract's error reply as raw HTTP/1.1 bytes, `Connection: close`.
 fn raw_reply(error: &Error) -> Vec<u8> {
-    let body = serde_json::to_vec(&error.to_body()).unwrap_or_default();
+    let body = serde_json::to_vec(&error.to_json()).unwrap_or_default();
     let status = error.status();
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{}: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -354,13 +354,11 @@ fn linger(mut stream: TcpStream, rest: Vec<u8>, lingering: &Arc<AtomicUsize>) {
 
 /// The TCP stream as hyper sees it: reads end when the slot is closed, and hyper's own error replies are rewritten
 /// (module doc).
-pub(crate) struct ConnIo {
+pub(super) struct ConnIo {
     stream: Option<TcpStream>,
     slot: Arc<Slot>,
     lingering: Arc<AtomicUsize>,
     registry: Arc<Registry>,
-    /// Off for [`ConnIo::plain`]: a plain pass-through.
-    tracked: bool,
     /// The rewritten error reply and how much of it is written; set once, then hyper's writes are dropped.
     replacement: Option<(Vec<u8>, usize)>,
 }
@@ -372,21 +370,6 @@ impl ConnIo {
             slot: guard.slot.clone(),
             lingering: guard.registry.lingering.clone(),
             registry: guard.registry.clone(),
-            tracked: true,
-            replacement: None,
-        }
-    }
-
-    /// The stream as is, for the extension's other hyper server (the telemetry listener): the same IO type keeps
-    /// one copy of hyper's HTTP/1 code in the binary.
-    pub(crate) fn plain(stream: TcpStream) -> Self {
-        let registry = Registry::new(&crate::config::Config::default());
-        Self {
-            stream: Some(stream),
-            slot: Arc::new(Slot::new(0, 0)),
-            lingering: registry.lingering.clone(),
-            registry,
-            tracked: false,
             replacement: None,
         }
     }
@@ -424,9 +407,6 @@ impl ConnIo {
 
     /// `Some(len)` when these bytes are hyper's own reply (or follow it) and are replaced.
     fn intercept(&mut self, first: &[u8], len: usize) -> Option<usize> {
-        if !self.tracked {
-            return None;
-        }
         if self.replacement.is_some() {
             return Some(len); // hyper has nothing more to say after its error reply: drop it
         }

@@ -5,7 +5,7 @@
 //! The listener is bound by the caller (127.0.0.1 only) so `main` can fail loudly on `EADDRINUSE` before
 //! registering, and tests can bind port 0.
 
-pub(crate) mod conn;
+mod conn;
 mod router;
 
 use crate::error::Error;
@@ -33,7 +33,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 pub async fn serve(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
     let graceful = GracefulShutdown::new();
     let registry = conn::Registry::new(state.config());
-    let sweeper = tokio::spawn(registry.clone().sweep_forever());
+    let sweeper = tokio::spawn(registry.clone().sweep_forever(state.upbit().clone()));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {

@@ -29,8 +29,7 @@ pub(super) async fn serve(listener: TcpListener, recorder: &'static Recorder) {
         let service = service_fn(move |req| async move { Ok::<_, Infallible>(handle(recorder, req).await) });
         tokio::spawn(async move {
             if let Err(e) = http1::Builder::new()
-                // The localhost server's IO type (a pass-through here): one copy of hyper's HTTP/1 code.
-                .serve_connection(TokioIo::new(crate::server::conn::ConnIo::plain(stream)), service)
+                .serve_connection(TokioIo::new(stream), service)
                 .await
             {
                 tracing::debug!(error = %e, "telemetry connection ended with an error");

@@ -148,8 +148,6 @@ struct Cache {
     map: HashMap<String, CacheEntry>,
     order: VecDeque<(Instant, String)>,
     bytes: usize,
-    /// A task is waiting for the oldest entry to expire (so expired entries go as time passes, not on the next call).
-    janitor: bool,
 }
 
 impl Cache {
@@ -236,6 +234,12 @@ impl Upbit {
     #[must_use]
     pub fn is_warm(&self) -> bool {
         self.inner.warm.load(Ordering::SeqCst)
+    }
+
+    /// Drops the cache's expired entries. The server's sweep calls it every 250 ms, so expired entries go as time
+    /// passes, not on the next Upbit call (every call also drops them first).
+    pub fn purge_expired(&self) {
+        self.inner.lock_cache().purge_expired(Instant::now());
     }
 
     /// `GET /metrics`'s view of the cache: entries, bytes and their bounds.
@@ -375,7 +379,7 @@ impl Inner {
         })
     }
 
-    fn store(self: &Arc<Self>, key: &str, reply: &Reply) {
+    fn store(&self, key: &str, reply: &Reply) {
         let size = key.len() + reply.body.len() + CACHE_ENTRY_OVERHEAD;
         if size > self.cache_max_bytes {
             return; // larger than the whole cache (or caching is off by bytes)
@@ -401,29 +405,6 @@ impl Inner {
         cache.map.insert(key.to_owned(), CacheEntry { expires, reply, size });
         cache.order.push_back((expires, key.to_owned()));
         cache.bytes += size;
-        if !cache.janitor {
-            cache.janitor = true;
-            tokio::spawn(self.clone().expire_as_time_passes());
-        }
-    }
-
-    /// Sleeps until the oldest entry expires, drops what has expired, and again, until the cache is empty.
-    async fn expire_as_time_passes(self: Arc<Self>) {
-        loop {
-            let next = {
-                let mut cache = self.lock_cache();
-                cache.purge_expired(Instant::now());
-                match cache.order.front() {
-                    Some((expires, _)) => *expires,
-                    None => {
-                        // Decided under the lock `store` takes: an entry stored after this starts a new task.
-                        cache.janitor = false;
-                        return;
-                    }
-                }
-            };
-            tokio::time::sleep_until(next).await;
-        }
     }
 
     /// Full jitter: uniform in [0, cap] (xorshift; no need for a crypto RNG to spread retries).
@@ -696,11 +677,17 @@ mod tests {
             upbit.inner.store(&format!("/v1/ticker?markets=K{i}"), &reply(10));
         }
         assert_eq!(upbit.inner.cache_usage().0, CACHE_MAX_ENTRIES);
-        // Nobody calls again: the expiry task empties the cache once the TTL has passed.
-        tokio::time::sleep(Duration::from_secs(11)).await;
+        // Nobody calls again: the sweep's purge empties the cache once the TTL has passed.
+        upbit.purge_expired();
+        assert_eq!(
+            upbit.inner.lock_cache().map.len(),
+            CACHE_MAX_ENTRIES,
+            "nothing expired yet"
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        upbit.purge_expired();
         let cache = upbit.inner.lock_cache();
         assert_eq!((cache.map.len(), cache.bytes, cache.order.len()), (0, 0, 0));
-        assert!(!cache.janitor);
     }
 
     #[test]
