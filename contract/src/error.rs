@@ -57,7 +57,7 @@ error_codes! {
     /// The rows' JSON of a DB request exceeded its size cap (`max_response_bytes`, default
     /// `MAKENAIDE_DB_MAX_RESPONSE_BYTES`); nothing was committed. 400 (not 413, which is about the request body).
     ResponseTooLarge = "response_too_large", 400;
-    /// `X-Forwarded-For` present: the API serves the local function only.
+    /// `X-Forwarded-For` or `Forwarded` present: the API serves the local function only.
     ForwardedRequest = "forwarded_request", 400;
     /// No `X-Makenaide-Token`.
     MissingToken = "missing_token", 401;
@@ -72,8 +72,12 @@ error_codes! {
     MethodNotAllowed = "method_not_allowed", 405;
     /// Body over `MAKENAIDE_MAX_BODY_BYTES`.
     BodyTooLarge = "body_too_large", 413;
+    /// Request target (path and query) longer than the extension reads.
+    UriTooLong = "uri_too_long", 414;
     /// Inbound connection cap (`MAKENAIDE_MAX_CONNECTIONS`) reached.
     TooManyConnections = "too_many_connections", 429;
+    /// Request line and headers larger than the extension reads, or too many header fields.
+    HeadersTooLarge = "headers_too_large", 431;
     /// No database configured.
     DbNotConfigured = "db_not_configured", 503;
     /// The database is unreachable or refused the connection.
@@ -82,6 +86,9 @@ error_codes! {
     /// it ended: the statements may or may not have been applied. The extension never resends such a request by
     /// itself (a read-only one excepted); a caller may resend it only when its writes are idempotent.
     DbOutcomeUnknown = "db_outcome_unknown", 503;
+    /// Every pooled database connection stayed busy past the checkout wait (`MAKENAIDE_DB_CONNECT_TIMEOUT_MS`); the
+    /// reply carries `Retry-After`.
+    DbBusy = "db_busy", 503;
     /// The database credentials of `MAKENAIDE_DATABASE_SECRET_ID` are still being fetched from Secrets Manager, or
     /// fetching them failed (the message says why and what to fix: a missing secret, a denied
     /// `secretsmanager:GetSecretValue`, a malformed value).

@@ -29,6 +29,8 @@ pub mod headers {
     pub const SOURCE: &str = "x-makenaide-source";
     /// Request header that is refused: the API serves the local function only, never a proxied caller.
     pub const FORWARDED_FOR: &str = "x-forwarded-for";
+    /// Request header that is refused like [`FORWARDED_FOR`]: RFC 7239's standard form of the same information.
+    pub const FORWARDED: &str = "forwarded";
     /// [`SOURCE`]: the reply came from Upbit just now.
     pub const SOURCE_UPBIT: &str = "upbit";
     /// [`SOURCE`]: the reply came from the extension's short Upbit cache (or a coalesced call).

@@ -99,8 +99,20 @@ pub const ENV_UPBIT_TIMEOUT_MS: &str = "MAKENAIDE_UPBIT_TIMEOUT_MS";
 pub const ENV_UPBIT_CACHE_TTL_MS: &str = "MAKENAIDE_UPBIT_CACHE_TTL_MS";
 /// Request body limit in bytes (413 above it). Default 6 MiB, Lambda's own payload limit.
 pub const ENV_MAX_BODY_BYTES: &str = "MAKENAIDE_MAX_BODY_BYTES";
-/// Inbound connection cap (429 above it). Default 256.
+/// Inbound connection cap. At the cap a new connection makes room by closing the longest-idle one (idle between
+/// requests, or still sending its request head); only when every connection is serving a request does the new one
+/// get 429 `too_many_connections`. Default 256.
 pub const ENV_MAX_CONNECTIONS: &str = "MAKENAIDE_MAX_CONNECTIONS";
+/// A connection that has sent part of a request head but not all of it within this many ms is closed (slowloris).
+/// Default 10000. Time while Lambda has the environment frozen does not count (`server::conn`).
+pub const ENV_HEADER_READ_TIMEOUT_MS: &str = "MAKENAIDE_HEADER_READ_TIMEOUT_MS";
+/// A keep-alive connection with no request for this many ms is closed; `0` = never. Default 90000: longer than
+/// the functions' own client keeps an idle connection (60 s, `makenaide-pipeline`), so the extension never closes
+/// one that client would still reuse. Time while Lambda has the environment frozen does not count.
+pub const ENV_IDLE_TIMEOUT_MS: &str = "MAKENAIDE_IDLE_TIMEOUT_MS";
+/// Upper bound in bytes of the Upbit cache (bodies + keys + a fixed overhead per entry); the oldest entries go
+/// first. Default 8 MiB; `0` = no caching.
+pub const ENV_UPBIT_CACHE_MAX_BYTES: &str = "MAKENAIDE_UPBIT_CACHE_MAX_BYTES";
 /// `off` (or `false`, `0`, `no`): no Telemetry API subscription, no telemetry listener, no EMF lines (`GET /metrics`
 /// still answers: the counters are plain atomics). Default on.
 pub const ENV_METRICS: &str = "MAKENAIDE_METRICS";
@@ -313,6 +325,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Inbound connection cap.
     pub max_connections: usize,
+    /// Bound on sending a request head, from its first byte ([`ENV_HEADER_READ_TIMEOUT_MS`]).
+    pub header_read_timeout: Duration,
+    /// Keep-alive idle bound (zero = never) ([`ENV_IDLE_TIMEOUT_MS`]).
+    pub idle_timeout: Duration,
+    /// Upbit cache byte bound ([`ENV_UPBIT_CACHE_MAX_BYTES`]).
+    pub upbit_cache_max_bytes: usize,
     /// Lambda Managed Instances mode.
     pub managed_instances: bool,
     /// Telemetry API subscription + EMF lines ([`ENV_METRICS`]).
@@ -346,6 +364,9 @@ impl Default for Config {
             upbit_cache_ttl: Duration::from_millis(1000),
             max_body_bytes: 6 * 1024 * 1024,
             max_connections: 256,
+            header_read_timeout: Duration::from_millis(10_000),
+            idle_timeout: Duration::from_millis(90_000),
+            upbit_cache_max_bytes: 8 * 1024 * 1024,
             managed_instances: false,
             metrics: true,
             metrics_namespace: makenaide_contract::metrics::DEFAULT_NAMESPACE.to_owned(),
@@ -444,6 +465,15 @@ impl Config {
             upbit_cache_ttl: millis(&get, ENV_UPBIT_CACHE_TTL_MS, d.upbit_cache_ttl, 0, 60_000)?,
             max_body_bytes: num(&get, ENV_MAX_BODY_BYTES, d.max_body_bytes as u64, 1024, 1 << 30)? as usize,
             max_connections: num(&get, ENV_MAX_CONNECTIONS, d.max_connections as u64, 1, 65_535)? as usize,
+            header_read_timeout: millis(&get, ENV_HEADER_READ_TIMEOUT_MS, d.header_read_timeout, 100, 600_000)?,
+            idle_timeout: millis(&get, ENV_IDLE_TIMEOUT_MS, d.idle_timeout, 0, 86_400_000)?,
+            upbit_cache_max_bytes: num(
+                &get,
+                ENV_UPBIT_CACHE_MAX_BYTES,
+                d.upbit_cache_max_bytes as u64,
+                0,
+                1 << 30,
+            )? as usize,
             managed_instances: get(ENV_AWS_LAMBDA_INITIALIZATION_TYPE).as_deref() == Some(INIT_TYPE_MANAGED_INSTANCES),
             metrics: flag(&get, ENV_METRICS, d.metrics)?,
             metrics_namespace,
@@ -865,6 +895,9 @@ mod tests {
         assert_eq!(c.upbit_cache_ttl, Duration::from_secs(1));
         assert_eq!(c.max_body_bytes, 6_291_456);
         assert_eq!(c.max_connections, 256);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.upbit_cache_max_bytes, 8 << 20);
         assert!(c.db_statement_cache);
         assert_eq!(c.lambda_events(), &["INVOKE", "SHUTDOWN"]);
     }

@@ -67,8 +67,10 @@ pub enum Error {
         /// Index in `statements` for transactions.
         statement_index: Option<usize>,
     },
-    /// 400 `forwarded_request`: `X-Forwarded-For` present.
-    #[error("requests carrying X-Forwarded-For are refused: the extension only serves the local function")]
+    /// 400 `forwarded_request`: `X-Forwarded-For` or `Forwarded` present.
+    #[error(
+        "requests carrying X-Forwarded-For or Forwarded are refused: the extension only serves the local function"
+    )]
     Forwarded,
     /// 401 `missing_token`.
     #[error("header X-Makenaide-Token is required (MAKENAIDE_CORE_TOKEN, else AWS_SESSION_TOKEN)")]
@@ -103,6 +105,22 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// 414 `uri_too_long`.
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// 431 `headers_too_large`.
+    #[error(
+        "the request line and headers are larger than {limit} bytes, or there are more than {fields} header fields"
+    )]
+    HeadersTooLarge {
+        /// Bytes of request line + headers read at most.
+        limit: usize,
+        /// Header fields read at most.
+        fields: usize,
+    },
     /// 429 `too_many_connections`.
     #[error("too many connections to the extension (limit {limit}, MAKENAIDE_MAX_CONNECTIONS)")]
     TooManyConnections {
@@ -126,6 +144,9 @@ pub enum Error {
         /// Says that the statements may or may not have been applied, and the cause.
         message: String,
     },
+    /// 503 `db_busy`: every pooled connection stayed busy past the checkout wait (sent with `Retry-After`).
+    #[error("{0}")]
+    DbBusy(String),
     /// 503 `db_credentials_unavailable`: the database secret is still being fetched, or fetching it failed.
     #[error("{0}")]
     DbCredentials(String),
@@ -208,10 +229,13 @@ impl Error {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             Self::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            Self::UriTooLong { .. } => ErrorCode::UriTooLong,
+            Self::HeadersTooLarge { .. } => ErrorCode::HeadersTooLarge,
             Self::TooManyConnections { .. } => ErrorCode::TooManyConnections,
             Self::DbNotConfigured => ErrorCode::DbNotConfigured,
             Self::DbUnavailable { .. } => ErrorCode::DbUnavailable,
             Self::DbOutcomeUnknown { .. } => ErrorCode::DbOutcomeUnknown,
+            Self::DbBusy(_) => ErrorCode::DbBusy,
             Self::DbCredentials(_) => ErrorCode::DbCredentialsUnavailable,
             Self::DbTimeout { .. } => ErrorCode::DbTimeout,
             Self::Upstream(_) => ErrorCode::UpstreamError,
@@ -418,6 +442,21 @@ mod tests {
                 Error::TooManyConnections { limit: 1 },
                 429,
                 makenaide_contract::ErrorCode::TooManyConnections.as_str(),
+            ),
+            (
+                Error::UriTooLong { limit: 1 },
+                414,
+                makenaide_contract::ErrorCode::UriTooLong.as_str(),
+            ),
+            (
+                Error::HeadersTooLarge { limit: 1, fields: 1 },
+                431,
+                makenaide_contract::ErrorCode::HeadersTooLarge.as_str(),
+            ),
+            (
+                Error::DbBusy("x".into()),
+                503,
+                makenaide_contract::ErrorCode::DbBusy.as_str(),
             ),
             (
                 Error::DbNotConfigured,

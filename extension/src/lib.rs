@@ -56,8 +56,11 @@
 //! | `MAKENAIDE_UPBIT_RATE_PER_SEC` | `10` | requests/s per Upbit group, whole environment |
 //! | `MAKENAIDE_UPBIT_TIMEOUT_MS` | `10000` | Upbit deadline when the caller sends no `X-Makenaide-Deadline-Ms` |
 //! | `MAKENAIDE_UPBIT_CACHE_TTL_MS` | `1000` | TTL of the identical-GET cache (0 = off; coalescing stays on) |
+//! | `MAKENAIDE_UPBIT_CACHE_MAX_BYTES` | `8388608` | byte bound of that cache (and 1,024 entries at most) |
 //! | `MAKENAIDE_MAX_BODY_BYTES` | `6291456` | request body limit (413) |
-//! | `MAKENAIDE_MAX_CONNECTIONS` | `256` | inbound connection cap (429) |
+//! | `MAKENAIDE_MAX_CONNECTIONS` | `256` | inbound connection cap (the longest-idle connection makes room; 429 when all are busy) |
+//! | `MAKENAIDE_HEADER_READ_TIMEOUT_MS` | `10000` | bound on sending a request head, from its first byte |
+//! | `MAKENAIDE_IDLE_TIMEOUT_MS` | `90000` | keep-alive idle bound (0 = never), frozen time not counted |
 //! | `AWS_LAMBDA_LOG_FORMAT` / `AWS_LAMBDA_LOG_LEVEL` / `RUST_LOG` | text / info | logging |
 //! | `MAKENAIDE_METRICS` | on | `off`: no Telemetry API subscription, no listener, no EMF lines |
 //! | `MAKENAIDE_METRICS_NAMESPACE` | `Makenaide` | CloudWatch namespace of the EMF lines |

@@ -5,6 +5,14 @@
 use makenaide_core::{config::Config, lambda, logging};
 use std::process::ExitCode;
 
+// Measurement builds only (`bench/allocator.sh`): the layer ships musl's own allocator.
+#[cfg(feature = "alloc-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "alloc-dlmalloc")]
+#[global_allocator]
+static GLOBAL: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 fn main() -> ExitCode {
     // First thing: the reference point for the "registered"/"ready" timings.
     let started = std::time::Instant::now();

@@ -465,7 +465,7 @@ impl Inner {
     }
 
     /// Checks a connection out, bounded by the connect timeout; failures become `db_unavailable` with the real
-    /// cause (bb8 itself would only say "timed out").
+    /// cause (bb8 itself would only say "timed out"), or `db_busy` when every connection was simply in use.
     async fn checkout<'a>(
         self: &Arc<Self>,
         pool: &'a Pool<Manager>,
@@ -505,14 +505,12 @@ impl Inner {
                             sqlstate: None,
                         })
                     }
-                    None => Err(Error::DbUnavailable {
-                        message: format!(
-                            "all {} PostgreSQL connections stayed busy for {} ms (raise MAKENAIDE_DB_POOL_SIZE or send fewer concurrent requests)",
-                            self.pool_size,
-                            self.opts.connect_timeout.as_millis()
-                        ),
-                        sqlstate: None,
-                    }),
+                    // Saturation, not an outage: the database is fine (status stays as it is).
+                    None => Err(Error::DbBusy(format!(
+                        "all {} PostgreSQL connections stayed busy for {} ms (raise MAKENAIDE_DB_POOL_SIZE or send fewer concurrent requests)",
+                        self.pool_size,
+                        self.opts.connect_timeout.as_millis()
+                    ))),
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! Request handling: refusal rules (shutdown, `X-Forwarded-For`, token), routing, body limit, request parsing
+//! Request handling: refusal rules (shutdown, target length, `X-Forwarded-For`/`Forwarded`, token), routing, body limit, request parsing
 //! (hand-written so every message names the field at fault), and rendering of replies and errors.
 
 use super::Body;
@@ -17,8 +17,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use makenaide_contract::headers::{
-    DEADLINE as HEADER_DEADLINE, FORWARDED_FOR as HEADER_FORWARDED_FOR, SOURCE as HEADER_SOURCE, TOKEN as HEADER_TOKEN,
+    DEADLINE as HEADER_DEADLINE, FORWARDED as HEADER_FORWARDED, FORWARDED_FOR as HEADER_FORWARDED_FOR,
+    SOURCE as HEADER_SOURCE, TOKEN as HEADER_TOKEN,
 };
+
+/// `Retry-After` of a 503 `db_busy`, in seconds: a pooled connection is typically free again well within it.
+const DB_BUSY_RETRY_AFTER_SECS: &str = "1";
 
 const MAX_STATEMENTS: usize = 1000;
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
@@ -47,7 +51,13 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
     if state.is_shutting_down() {
         return Err(Error::ShuttingDown);
     }
-    if req.headers().contains_key(HEADER_FORWARDED_FOR) {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > super::conn::MAX_URI_BYTES {
+        return Err(Error::UriTooLong {
+            limit: super::conn::MAX_URI_BYTES,
+        });
+    }
+    if req.headers().contains_key(HEADER_FORWARDED_FOR) || req.headers().contains_key(HEADER_FORWARDED) {
         return Err(Error::Forwarded);
     }
     let path = req.uri().path();
@@ -157,6 +167,7 @@ fn metrics(state: &AppState) -> Response<Body> {
             "telemetry": telemetry,
             "namespace": config.metrics_namespace,
             "lines_written": crate::metrics::lines_written(),
+            "upbit_cache": state.upbit().cache_usage(),
         }),
     )
 }
@@ -431,12 +442,19 @@ fn bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
     resp
 }
 
-/// The contract's error body, with `Allow` on 405.
+/// The contract's error body, with `Allow` on 405 and `Retry-After` on `db_busy`.
 pub(crate) fn error_response(e: &Error) -> Response<Body> {
     let mut resp = json_response(e.status(), &e.to_json());
-    if let Error::MethodNotAllowed { allow, .. } = e {
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    match e {
+        Error::MethodNotAllowed { allow, .. } => {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        Error::DbBusy(_) => {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(DB_BUSY_RETRY_AFTER_SECS));
+        }
+        _ => {}
     }
     resp
 }

@@ -1,5 +1,6 @@
 //! Upbit quotation mirror: one warm keep-alive HTTPS client, the per-group [`governor`], retries, and a short
-//! TTL cache with coalescing of identical in-flight GETs. No HTTP-server types here: the server module maps the
+//! TTL cache (bounded by entries and bytes, expired entries dropped as time passes) with coalescing of identical
+//! in-flight GETs. No HTTP-server types here: the server module maps the
 //! request path with [`route`] and renders the [`Reply`].
 //!
 //! Upbit's own replies (2xx and 4xx such as 404 `Code not found`) are passed through unchanged (status, body,
@@ -17,7 +18,7 @@ use crate::error::Error;
 use bytes::Bytes;
 use governor::{Governor, Group};
 use http::HeaderValue;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,8 +39,10 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 const WARM_UP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Block used when a 418 does not say how long it lasts (Upbit does not document the format).
 const DEFAULT_BAN: Duration = Duration::from_secs(60);
-/// Cache entries kept at most (then expired ones are purged, and if needed everything).
+/// Cache entries kept at most (then the oldest go first); the byte bound is `MAKENAIDE_UPBIT_CACHE_MAX_BYTES`.
 const CACHE_MAX_ENTRIES: usize = 1024;
+/// Bytes an entry costs beyond its key and body (entry, headers, map and queue slots), for the byte bound.
+const CACHE_ENTRY_OVERHEAD: usize = 256;
 /// Upbit's rate-limit header.
 pub const REMAINING_REQ: &str = "remaining-req";
 
@@ -135,6 +138,40 @@ type Shared = Result<Reply, Error>;
 struct CacheEntry {
     expires: Instant,
     reply: Reply,
+    size: usize,
+}
+
+/// The TTL cache. One TTL for every entry, so insertion order is expiry order: `order` is both the eviction queue
+/// (oldest first) and the expiry queue. A key stored again leaves a stale item in `order`, skipped when reached.
+#[derive(Default)]
+struct Cache {
+    map: HashMap<String, CacheEntry>,
+    order: VecDeque<(Instant, String)>,
+    bytes: usize,
+}
+
+impl Cache {
+    /// Drops the oldest entry (and any stale queue items before it).
+    fn pop_oldest(&mut self) -> bool {
+        while let Some((expires, key)) = self.order.pop_front() {
+            if self.map.get(&key).is_some_and(|e| e.expires == expires) {
+                if let Some(e) = self.map.remove(&key) {
+                    self.bytes -= e.size;
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    fn purge_expired(&mut self, now: Instant) {
+        while self.order.front().is_some_and(|(expires, _)| *expires <= now) {
+            self.pop_oldest();
+        }
+        if self.map.is_empty() {
+            self.order.clear();
+        }
+    }
 }
 
 /// The Upbit side (cheap to clone).
@@ -149,7 +186,8 @@ struct Inner {
     governor: Governor,
     default_timeout: Duration,
     cache_ttl: Duration,
-    cache: Mutex<HashMap<String, CacheEntry>>,
+    cache_max_bytes: usize,
+    cache: Mutex<Cache>,
     in_flight: Mutex<HashMap<String, watch::Receiver<Option<Shared>>>>,
     warm: AtomicBool,
     jitter: AtomicU64,
@@ -177,7 +215,8 @@ impl Upbit {
                 governor: Governor::new(config.upbit_rate_per_sec, window),
                 default_timeout: config.upbit_timeout,
                 cache_ttl: config.upbit_cache_ttl,
-                cache: Mutex::new(HashMap::new()),
+                cache_max_bytes: config.upbit_cache_max_bytes,
+                cache: Mutex::new(Cache::default()),
                 in_flight: Mutex::new(HashMap::new()),
                 warm: AtomicBool::new(false),
                 jitter: AtomicU64::new(seed),
@@ -195,6 +234,24 @@ impl Upbit {
     #[must_use]
     pub fn is_warm(&self) -> bool {
         self.inner.warm.load(Ordering::SeqCst)
+    }
+
+    /// Drops the cache's expired entries. The server's sweep calls it every 250 ms, so expired entries go as time
+    /// passes, not on the next Upbit call (every call also drops them first).
+    pub fn purge_expired(&self) {
+        self.inner.lock_cache().purge_expired(Instant::now());
+    }
+
+    /// `GET /metrics`'s view of the cache: entries, bytes and their bounds.
+    #[must_use]
+    pub fn cache_usage(&self) -> serde_json::Value {
+        let (entries, bytes) = self.inner.cache_usage();
+        serde_json::json!({
+            "entries": entries,
+            "bytes": bytes,
+            "max_entries": CACHE_MAX_ENTRIES,
+            "max_bytes": self.inner.cache_max_bytes,
+        })
     }
 
     /// The default deadline for callers that sent none.
@@ -298,34 +355,56 @@ impl Upbit {
 }
 
 impl Inner {
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cache_usage(&self) -> (usize, usize) {
+        let mut cache = self.lock_cache();
+        cache.purge_expired(Instant::now());
+        (cache.map.len(), cache.bytes)
+    }
+
     fn cached(&self, key: &str) -> Option<Reply> {
         if self.cache_ttl.is_zero() {
             return None;
         }
-        let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = cache.get(key)?;
-        (entry.expires > Instant::now()).then(|| Reply {
+        let now = Instant::now();
+        let mut cache = self.lock_cache();
+        cache.purge_expired(now);
+        let entry = cache.map.get(key)?;
+        Some(Reply {
             source: Source::Cache,
             ..entry.reply.clone()
         })
     }
 
     fn store(&self, key: &str, reply: &Reply) {
+        let size = key.len() + reply.body.len() + CACHE_ENTRY_OVERHEAD;
+        if size > self.cache_max_bytes {
+            return; // larger than the whole cache (or caching is off by bytes)
+        }
         let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() >= CACHE_MAX_ENTRIES {
-            cache.retain(|_, e| e.expires > now);
-            if cache.len() >= CACHE_MAX_ENTRIES {
-                cache.clear();
+        let expires = now + self.cache_ttl;
+        let mut cache = self.lock_cache();
+        cache.purge_expired(now);
+        if let Some(old) = cache.map.remove(key) {
+            cache.bytes -= old.size;
+        }
+        while cache.map.len() >= CACHE_MAX_ENTRIES || cache.bytes + size > self.cache_max_bytes {
+            if !cache.pop_oldest() {
+                break;
             }
         }
-        cache.insert(
-            key.to_owned(),
-            CacheEntry {
-                expires: now + self.cache_ttl,
-                reply: reply.clone(),
-            },
-        );
+        // A copy: the body handed over by the HTTP client can be a slice of a larger receive buffer, which the
+        // entry would keep alive whole; the byte bound must be what the cache really holds.
+        let reply = Reply {
+            body: Bytes::copy_from_slice(&reply.body),
+            ..reply.clone()
+        };
+        cache.map.insert(key.to_owned(), CacheEntry { expires, reply, size });
+        cache.order.push_back((expires, key.to_owned()));
+        cache.bytes += size;
     }
 
     /// Full jitter: uniform in [0, cap] (xorshift; no need for a crypto RNG to spread retries).
@@ -550,6 +629,66 @@ fn ban_duration(headers: &http::HeaderMap, body: &[u8]) -> Duration {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn reply(len: usize) -> Reply {
+        Reply {
+            status: 200,
+            content_type: None,
+            remaining_req: None,
+            body: Bytes::from(vec![b'x'; len]),
+            source: Source::Upbit,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_is_bounded_by_bytes_and_entries_and_empties_as_time_passes() {
+        let config = crate::config::Config {
+            upbit_cache_ttl: Duration::from_secs(10),
+            upbit_cache_max_bytes: 4 << 20,
+            ..crate::config::Config::default()
+        };
+        let upbit = Upbit::new(&config).unwrap();
+        // 1,100 distinct candle GETs of ~100 KB within the TTL: 110 MB if nothing bounded it.
+        for i in 0..1100 {
+            let key = format!("/v1/candles/minutes/1?market=KRW-BTC&count=200&to={i}");
+            upbit.inner.store(&key, &reply(100_000));
+            let (entries, bytes) = upbit.inner.cache_usage();
+            assert!(bytes <= 4 << 20, "{bytes} bytes after {i}");
+            assert!(entries <= CACHE_MAX_ENTRIES);
+        }
+        let (entries, bytes) = upbit.inner.cache_usage();
+        assert_eq!(
+            entries,
+            (4 << 20) / (100_000 + 256 + 51),
+            "the newest that fit: {entries}"
+        );
+        assert!(bytes > 3 << 20);
+        // The newest is served, the oldest is gone.
+        assert!(upbit
+            .inner
+            .cached("/v1/candles/minutes/1?market=KRW-BTC&count=200&to=1099")
+            .is_some());
+        assert!(upbit
+            .inner
+            .cached("/v1/candles/minutes/1?market=KRW-BTC&count=200&to=0")
+            .is_none());
+        // Small entries: the entry bound holds.
+        for i in 0..1500 {
+            upbit.inner.store(&format!("/v1/ticker?markets=K{i}"), &reply(10));
+        }
+        assert_eq!(upbit.inner.cache_usage().0, CACHE_MAX_ENTRIES);
+        // Nobody calls again: the sweep's purge empties the cache once the TTL has passed.
+        upbit.purge_expired();
+        assert_eq!(
+            upbit.inner.lock_cache().map.len(),
+            CACHE_MAX_ENTRIES,
+            "nothing expired yet"
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        upbit.purge_expired();
+        let cache = upbit.inner.lock_cache();
+        assert_eq!((cache.map.len(), cache.bytes, cache.order.len()), (0, 0, 0));
+    }
 
     #[test]
     fn routes_and_groups() {

@@ -56,8 +56,8 @@ impl CoreError {
             Some(UpstreamError | UpstreamDeadline) => error_type::UPSTREAM_ERROR,
             // Problems reaching or talking to the extension itself, not the database behind it.
             Some(
-                MissingToken | InvalidToken | ForwardedRequest | TooManyConnections | ShuttingDown | NotFound
-                | MethodNotAllowed | ConfigInvalid | Internal,
+                MissingToken | InvalidToken | ForwardedRequest | TooManyConnections | UriTooLong | HeadersTooLarge
+                | ShuttingDown | NotFound | MethodNotAllowed | ConfigInvalid | Internal,
             ) => error_type::CORE_UNAVAILABLE,
             // Only the /db routes produce the others; an unknown (newer) code is most likely one of them too.
             Some(
@@ -71,6 +71,7 @@ impl CoreError {
                 | DbNotConfigured
                 | DbUnavailable
                 | DbOutcomeUnknown
+                | DbBusy
                 | DbCredentialsUnavailable
                 | DbTimeout
                 | RowLimitExceeded
