@@ -25,14 +25,16 @@
 
 use super::convert::{encode_param, type_name, Encoded, JsonCell};
 use super::pool::{ConnectError, Manager, PgConn};
-use super::{QueryResult, StatementRequest};
-use crate::error::Error;
+use super::text::{self, TextCell, TypedCell};
+use super::{ColumnMeta, QueryResult, StatementRequest, TxOptions, Values};
+use crate::error::{Error, PgReport};
+use bytes::{BufMut, BytesMut};
 use futures_util::future::{join, join_all};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{Format, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
 /// Per-database execution settings.
@@ -67,12 +69,13 @@ pub(super) async fn execute(
     stmts: &[StatementRequest],
     timeout: Duration,
     opts: Options,
+    tx: TxOptions,
 ) -> Result<Vec<QueryResult>, Error> {
     let first_started = tokio::time::Instant::now();
-    let mut outcome = attempt(&mut conn, stmts, timeout, opts).await;
+    let mut outcome = attempt(&mut conn, stmts, timeout, opts, tx).await;
     if matches!(outcome, Outcome::PlanChanged) {
         conn.statements.clear();
-        outcome = attempt(&mut conn, stmts, timeout, opts).await;
+        outcome = attempt(&mut conn, stmts, timeout, opts, tx).await;
     }
     match outcome {
         Outcome::Done(result) => result,
@@ -80,6 +83,7 @@ pub(super) async fn execute(
             message: "cached plan must not change result type (the schema changed twice during the request)".into(),
             sqlstate: Some("0A000".into()),
             statement_index: None,
+            report: None,
         }),
         Outcome::Stale(first) => {
             crate::metrics::inc(crate::metrics::Counter::DbDeadConnectionsReplaced);
@@ -103,7 +107,7 @@ pub(super) async fn execute(
                     .unavailable())
                 }
             };
-            let outcome = attempt(&mut fresh, stmts, timeout, opts).await;
+            let outcome = attempt(&mut fresh, stmts, timeout, opts, tx).await;
             if !fresh.broken && !fresh.client.is_closed() {
                 // Donate the fresh connection to the pool (it took the dead one's slot).
                 let _ = pool.add(fresh);
@@ -187,6 +191,38 @@ fn map_error(e: &tokio_postgres::Error, timeout: Duration, cache: bool) -> Error
         message,
         sqlstate: Some(code.code().to_owned()),
         statement_index: None,
+        report: Some(Box::new(report(db))),
+    }
+}
+
+/// Everything PostgreSQL reported besides SQLSTATE (the error bodies carry it).
+fn report(db: &tokio_postgres::error::DbError) -> PgReport {
+    use tokio_postgres::error::ErrorPosition;
+    let owned = |s: Option<&str>| s.map(str::to_owned);
+    let (position, internal_position, internal_query) = match db.position() {
+        Some(ErrorPosition::Original(p)) => (Some(*p), None, None),
+        Some(ErrorPosition::Internal { position, query }) => (None, Some(*position), Some(query.clone())),
+        None => (None, None, None),
+    };
+    PgReport {
+        message: db.message().to_owned(),
+        fields: makenaide_contract::PgFields {
+            detail: owned(db.detail()),
+            hint: owned(db.hint()),
+            position,
+            schema: owned(db.schema()),
+            table: owned(db.table()),
+            column: owned(db.column()),
+            constraint: owned(db.constraint()),
+        },
+        severity: db.severity().to_owned(),
+        where_: owned(db.where_()),
+        data_type: owned(db.datatype()),
+        internal_position,
+        internal_query,
+        file: owned(db.file()),
+        line: db.line(),
+        routine: owned(db.routine()),
     }
 }
 
@@ -247,8 +283,38 @@ async fn with_begin<T>(
     }
 }
 
-/// Converts every statement's JSON params to the inferred types (before anything is executed).
-fn encode_all(stmts: &[StatementRequest], prepared: &[Statement]) -> Result<Vec<Vec<Encoded>>, Error> {
+/// A bound parameter: binary (converted from JSON by inferred type) or text for PostgreSQL to parse (`/sql`).
+#[derive(Debug)]
+enum Param {
+    Binary(Encoded),
+    Text(Option<String>),
+}
+
+impl ToSql for Param {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Self::Binary(e) => e.to_sql(ty, out),
+            Self::Text(None) => Ok(IsNull::Yes),
+            Self::Text(Some(s)) => {
+                out.put_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
+        }
+    }
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+    fn encode_format(&self, _ty: &Type) -> Format {
+        match self {
+            Self::Binary(_) => Format::Binary,
+            Self::Text(_) => Format::Text,
+        }
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Converts every statement's params (before anything is executed): JSON to the inferred types, or to text.
+fn encode_all(stmts: &[StatementRequest], prepared: &[Statement], values: Values) -> Result<Vec<Vec<Param>>, Error> {
     stmts
         .iter()
         .zip(prepared)
@@ -270,11 +336,12 @@ fn encode_all(stmts: &[StatementRequest], prepared: &[Statement]) -> Result<Vec<
                 .iter()
                 .zip(types)
                 .enumerate()
-                .map(|(n, (v, ty))| {
-                    encode_param(v, ty).map_err(|e| Error::InvalidParam {
+                .map(|(n, (v, ty))| match values {
+                    Values::Text { .. } => Ok(Param::Text(text::param(v))),
+                    Values::Json => encode_param(v, ty).map(Param::Binary).map_err(|e| Error::InvalidParam {
                         message: format!("cannot bind ${} to {}: {e}", n + 1, type_name(ty)),
                         statement_index: Some(i),
-                    })
+                    }),
                 })
                 .collect()
         })
@@ -282,14 +349,18 @@ fn encode_all(stmts: &[StatementRequest], prepared: &[Statement]) -> Result<Vec<
 }
 
 /// Runs one statement and decodes its rows (decoding happens before COMMIT: a result we cannot return rolls back).
-async fn run_statement(client: &Client, st: &Statement, params: &[Encoded]) -> Result<QueryResult, StmtError> {
+async fn run_statement(
+    client: &Client,
+    st: &Statement,
+    params: &[Param],
+    values: Values,
+) -> Result<QueryResult, StmtError> {
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     if st.columns().is_empty() {
         let affected = client.execute(st, &refs).await.map_err(StmtError::Pg)?;
         return Ok(QueryResult {
-            columns: Vec::new(),
-            rows: Vec::new(),
             row_count: affected,
+            ..QueryResult::default()
         });
     }
     let rows = client.query(st, &refs).await.map_err(StmtError::Pg)?;
@@ -302,8 +373,13 @@ async fn run_statement(client: &Client, st: &Statement, params: &[Encoded]) -> R
     for row in &rows {
         let mut cells = Vec::with_capacity(columns.len());
         for (i, col) in st.columns().iter().enumerate() {
-            match row.try_get::<_, JsonCell>(i) {
-                Ok(JsonCell(v)) => cells.push(v),
+            let cell = match values {
+                Values::Json => row.try_get::<_, JsonCell>(i).map(|c| c.0),
+                Values::Text { raw: true } => row.try_get::<_, TextCell>(i).map(|c| c.0),
+                Values::Text { raw: false } => row.try_get::<_, TypedCell>(i).map(|c| c.0),
+            };
+            match cell {
+                Ok(v) => cells.push(v),
                 Err(e) => {
                     let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
                     return Err(StmtError::Decode(format!(
@@ -316,10 +392,25 @@ async fn run_statement(client: &Client, st: &Statement, params: &[Encoded]) -> R
         }
         out.push(cells);
     }
+    let meta = match values {
+        Values::Json => Vec::new(),
+        Values::Text { .. } => st
+            .columns()
+            .iter()
+            .map(|c| ColumnMeta {
+                type_oid: c.type_().oid(),
+                table_oid: c.table_oid().unwrap_or(0),
+                column_id: c.column_id().unwrap_or(0),
+                type_size: text::type_size(c.type_()),
+                type_modifier: c.type_modifier(),
+            })
+            .collect(),
+    };
     Ok(QueryResult {
         columns,
         row_count: out.len() as u64,
         rows: out,
+        meta,
     })
 }
 
@@ -328,16 +419,38 @@ enum StmtError {
     Decode(String),
 }
 
-async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duration, opts: Options) -> Outcome {
+/// `BEGIN [ISOLATION LEVEL ..., READ ONLY, DEFERRABLE]; SET LOCAL statement_timeout = n[; SELECT 1]`.
+fn begin_sql(timeout: Duration, opts: Options, tx: TxOptions) -> String {
     let timeout_ms = timeout.as_millis().min(i32::MAX as u128);
-    // Read-only: the trailing `SELECT 1` takes the transaction's first snapshot, after which PostgreSQL refuses
-    // `SET TRANSACTION READ WRITE` (and `SET transaction_read_only = off`) with 25001: without it, a request could
-    // switch its own transaction back to read-write before its first query.
-    let begin_sql = format!(
-        "BEGIN{}; SET LOCAL statement_timeout = {timeout_ms}{}",
-        if opts.read_only { " READ ONLY" } else { "" },
+    let mut modes = Vec::new();
+    if let Some(level) = tx.isolation {
+        modes.push(format!("ISOLATION LEVEL {}", level.sql()));
+    }
+    if opts.read_only || tx.read_only == Some(true) {
+        modes.push("READ ONLY".to_owned());
+    }
+    if tx.deferrable {
+        modes.push("DEFERRABLE".to_owned());
+    }
+    // Read-only by configuration: the trailing `SELECT 1` takes the transaction's first snapshot, after which
+    // PostgreSQL refuses `SET TRANSACTION READ WRITE` (and `SET transaction_read_only = off`) with 25001: without
+    // it, a request could switch its own transaction back to read-write before its first query.
+    format!(
+        "BEGIN{}{}; SET LOCAL statement_timeout = {timeout_ms}{}",
+        if modes.is_empty() { "" } else { " " },
+        modes.join(", "),
         if opts.read_only { "; SELECT 1" } else { "" }
-    );
+    )
+}
+
+async fn attempt(
+    conn: &mut PgConn,
+    stmts: &[StatementRequest],
+    timeout: Duration,
+    opts: Options,
+    tx: TxOptions,
+) -> Outcome {
+    let begin_sql = begin_sql(timeout, opts, tx);
     let cached: Vec<Option<Statement>> = stmts
         .iter()
         .map(|s| {
@@ -362,7 +475,7 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
     // Round trip 1 (cache misses only): BEGIN + Parse/Describe of the statements we have not prepared yet.
     let (statements, results) = if cached.iter().all(Option::is_some) {
         let statements: Vec<Statement> = cached.into_iter().flatten().collect();
-        let encoded = match encode_all(stmts, &statements) {
+        let encoded = match encode_all(stmts, &statements, tx.values) {
             Ok(e) => e,
             Err(e) => return Outcome::Done(Err(e)),
         };
@@ -371,7 +484,7 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
             statements
                 .iter()
                 .zip(&encoded)
-                .map(|(st, p)| run_statement(client, st, p)),
+                .map(|(st, p)| run_statement(client, st, p, tx.values)),
         );
         match with_begin(client, &begin_sql, opts.begin_bound(), work).await {
             Ok(results) => (statements, results),
@@ -423,11 +536,11 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
             if i > 0 && !conn.broken {
                 // Maybe the statement depends on an earlier one (CREATE TABLE then INSERT in one transaction):
                 // it can only be prepared after that one ran. Redo the transaction statement by statement.
-                return sequential(conn, stmts, &begin_sql, timeout, opts).await;
+                return sequential(conn, stmts, &begin_sql, timeout, opts, tx.values).await;
             }
             return Outcome::Done(Err(map_error(&e, timeout, opts.cache).at_statement(i)));
         }
-        let encoded = match encode_all(stmts, &statements) {
+        let encoded = match encode_all(stmts, &statements, tx.values) {
             Ok(e) => e,
             Err(e) => {
                 rollback(conn, statements).await;
@@ -440,7 +553,7 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
             statements
                 .iter()
                 .zip(&encoded)
-                .map(|(st, p)| run_statement(client, st, p)),
+                .map(|(st, p)| run_statement(client, st, p, tx.values)),
         )
         .await;
         (statements, results)
@@ -489,6 +602,7 @@ async fn sequential(
     begin_sql: &str,
     timeout: Duration,
     opts: Options,
+    values: Values,
 ) -> Outcome {
     crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
     match tokio::time::timeout(opts.begin_bound(), conn.client.batch_execute(begin_sql)).await {
@@ -529,7 +643,7 @@ async fn sequential(
                 }
             },
         };
-        let encoded = match encode_all(std::slice::from_ref(req), std::slice::from_ref(&st)) {
+        let encoded = match encode_all(std::slice::from_ref(req), std::slice::from_ref(&st), values) {
             Ok(mut e) => e.pop().unwrap_or_default(),
             Err(e) => {
                 rollback(conn, statements).await;
@@ -537,7 +651,7 @@ async fn sequential(
             }
         };
         crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
-        let result = run_statement(&conn.client, &st, &encoded).await;
+        let result = run_statement(&conn.client, &st, &encoded, values).await;
         statements.push(st);
         match result {
             Ok(q) => out.push(q),

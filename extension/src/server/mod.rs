@@ -4,6 +4,7 @@
 //! The listener is bound by the caller (127.0.0.1 only) so `main` can fail loudly on `EADDRINUSE` before
 //! registering, and tests can bind port 0.
 
+mod neon;
 mod router;
 
 use crate::error::Error;

@@ -2,14 +2,14 @@
 //! (hand-written so every message names the field at fault), and rendering of replies and errors.
 
 use super::Body;
-use crate::db::{convert::kind_of, StatementRequest};
+use crate::db::{convert::kind_of, StatementRequest, TxOptions};
 use crate::error::Error;
 use crate::state::AppState;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use makenaide_contract::Deadline;
+use makenaide_contract::{Deadline, Isolation};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -80,10 +80,18 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
                 return Err(not_allowed(&req, "POST"));
             }
             let body = read_body(req, state.config().max_body_bytes).await?;
-            let (stmts, timeout) = parse_transaction(&body)?;
-            let results = state.db().transaction(stmts, timeout, deadline).await?;
+            let (stmts, timeout, tx) = parse_transaction(&body)?;
+            let results = state.db().transaction_with(stmts, timeout, deadline, tx).await?;
             let results: Vec<Value> = results.iter().map(crate::db::QueryResult::to_json).collect();
             Ok(json_response(StatusCode::OK, &json!({ "results": results })))
+        }
+        makenaide_contract::routes::SQL => {
+            if req.method() != Method::POST {
+                return Err(not_allowed(&req, "POST"));
+            }
+            let headers = req.headers().clone();
+            let body = read_body(req, state.config().max_body_bytes).await?;
+            Ok(super::neon::handle(state, &headers, &body, deadline).await)
         }
         p => {
             let Some(group) = crate::upbit::route(p) else {
@@ -283,10 +291,49 @@ pub(crate) fn parse_query(body: &[u8]) -> Result<(StatementRequest, Option<Durat
     Ok((stmt, parse_timeout(&map)?))
 }
 
-/// `{"statements": [{"sql", "params"}, ...], "timeout_ms": 5000}`.
-pub(crate) fn parse_transaction(body: &[u8]) -> Result<(Vec<StatementRequest>, Option<Duration>), Error> {
+/// `read_only`, `isolation`, `deferrable` of `/db/transaction` (each optional).
+fn parse_tx_options(map: &Map<String, Value>) -> Result<TxOptions, Error> {
+    let flag = |name: &str| match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(Error::invalid_request(format!(
+            "{name} must be true or false, not {}",
+            kind_of(other)
+        ))),
+    };
+    let levels = || Isolation::ALL.map(Isolation::as_str).join(", ");
+    let isolation = match map.get("isolation") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(
+            Isolation::parse(s)
+                .ok_or_else(|| Error::invalid_request(format!("isolation {s:?} is not one of {}", levels())))?,
+        ),
+        Some(other) => {
+            return Err(Error::invalid_request(format!(
+                "isolation must be a string ({}), not {}",
+                levels(),
+                kind_of(other)
+            )))
+        }
+    };
+    Ok(TxOptions {
+        read_only: flag("read_only")?,
+        isolation,
+        deferrable: flag("deferrable")?.unwrap_or(false),
+        ..TxOptions::default()
+    })
+}
+
+/// `{"statements": [{"sql", "params"}, ...], "timeout_ms": 5000, "read_only"?, "isolation"?, "deferrable"?}`.
+pub(crate) fn parse_transaction(body: &[u8]) -> Result<(Vec<StatementRequest>, Option<Duration>, TxOptions), Error> {
     let map = parse_json(body)?;
-    check_fields(&map, &["statements", "timeout_ms"], "").map_err(Error::invalid_request)?;
+    check_fields(
+        &map,
+        &["statements", "timeout_ms", "read_only", "isolation", "deferrable"],
+        "",
+    )
+    .map_err(Error::invalid_request)?;
+    let tx = parse_tx_options(&map)?;
     let items = match map.get("statements") {
         Some(Value::Array(items)) if items.is_empty() => return Err(Error::invalid_request("statements is empty")),
         Some(Value::Array(items)) if items.len() > MAX_STATEMENTS => {
@@ -318,10 +365,10 @@ pub(crate) fn parse_transaction(body: &[u8]) -> Result<(Vec<StatementRequest>, O
         check_fields(m, &["sql", "params"], &at).map_err(fail)?;
         stmts.push(parse_statement(m, &at).map_err(fail)?);
     }
-    Ok((stmts, parse_timeout(&map)?))
+    Ok((stmts, parse_timeout(&map)?, tx))
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
@@ -439,7 +486,7 @@ mod tests {
 
     #[test]
     fn transaction_parsing_carries_the_index() {
-        let (s, _) = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":"b","params":[1]}]}"#).unwrap();
+        let (s, _, _) = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":"b","params":[1]}]}"#).unwrap();
         assert_eq!(s.len(), 2);
         let e = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":7}]}"#).unwrap_err();
         assert_eq!(e.statement_index(), Some(1));
