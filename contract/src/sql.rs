@@ -66,6 +66,17 @@ pub struct TransactionRequest<'a> {
     pub deferrable: Option<bool>,
 }
 
+/// JSON field names of [`TransactionRequest`]'s transaction settings, for code that reads the body by hand (the
+/// extension) without spelling them again (`read_only` is also an error code's wire string).
+pub mod fields {
+    /// [`super::TransactionRequest::read_only`].
+    pub const READ_ONLY: &str = "read_only";
+    /// [`super::TransactionRequest::isolation`].
+    pub const ISOLATION: &str = "isolation";
+    /// [`super::TransactionRequest::deferrable`].
+    pub const DEFERRABLE: &str = "deferrable";
+}
+
 /// `isolation` of [`TransactionRequest`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

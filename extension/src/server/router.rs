@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use makenaide_contract::sql::fields;
 use makenaide_contract::{Deadline, Isolation};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -302,7 +303,7 @@ fn parse_tx_options(map: &Map<String, Value>) -> Result<TxOptions, Error> {
         ))),
     };
     let levels = || Isolation::ALL.map(Isolation::as_str).join(", ");
-    let isolation = match map.get("isolation") {
+    let isolation = match map.get(fields::ISOLATION) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(
             Isolation::parse(s)
@@ -317,9 +318,9 @@ fn parse_tx_options(map: &Map<String, Value>) -> Result<TxOptions, Error> {
         }
     };
     Ok(TxOptions {
-        read_only: flag("read_only")?,
+        read_only: flag(fields::READ_ONLY)?,
         isolation,
-        deferrable: flag("deferrable")?.unwrap_or(false),
+        deferrable: flag(fields::DEFERRABLE)?.unwrap_or(false),
         ..TxOptions::default()
     })
 }
@@ -329,7 +330,13 @@ pub(crate) fn parse_transaction(body: &[u8]) -> Result<(Vec<StatementRequest>, O
     let map = parse_json(body)?;
     check_fields(
         &map,
-        &["statements", "timeout_ms", "read_only", "isolation", "deferrable"],
+        &[
+            "statements",
+            "timeout_ms",
+            fields::READ_ONLY,
+            fields::ISOLATION,
+            fields::DEFERRABLE,
+        ],
         "",
     )
     .map_err(Error::invalid_request)?;
@@ -495,6 +502,25 @@ mod tests {
         assert!(e.to_string().contains("empty"));
         let e = parse_transaction(br#"{"statements":["select 1"]}"#).unwrap_err();
         assert_eq!(e.statement_index(), Some(0));
+    }
+
+    #[test]
+    fn transaction_options_are_parsed_and_checked() {
+        let body = br#"{"statements":[{"sql":"a"}],"read_only":true,"isolation":"repeatable_read","deferrable":true}"#;
+        let (_, _, tx) = parse_transaction(body).unwrap();
+        assert_eq!(
+            (tx.read_only, tx.isolation, tx.deferrable),
+            (Some(true), Some(Isolation::RepeatableRead), true)
+        );
+        let (_, _, tx) = parse_transaction(br#"{"statements":[{"sql":"a"}]}"#).unwrap();
+        assert_eq!((tx.read_only, tx.isolation, tx.deferrable), (None, None, false));
+        let e = parse_transaction(br#"{"statements":[{"sql":"a"}],"isolation":"snapshot"}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("read_committed, repeatable_read, serializable"),
+            "{e}"
+        );
+        let e = parse_transaction(br#"{"statements":[{"sql":"a"}],"read_only":"yes"}"#).unwrap_err();
+        assert!(e.to_string().contains("true or false"), "{e}");
     }
 
     #[test]
