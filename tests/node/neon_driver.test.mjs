@@ -112,6 +112,11 @@ test('a batch is one transaction with its isolation, read-only and deferrable se
     { isolationLevel: 'Serializable', readOnly: true, deferrable: true },
   );
   assert.deepEqual(settings, { iso: 'serializable', ro: 'on', df: 'on' });
+  // PostgreSQL runs READ UNCOMMITTED as READ COMMITTED; the extension asks for what it will get.
+  const [[dirty]] = await sql.transaction([sql`select current_setting('transaction_isolation') iso`], {
+    isolationLevel: 'ReadUncommitted',
+  });
+  assert.equal(dirty.iso, 'read committed');
 
   await assert.rejects(
     sql.transaction([sql`update items set qty = 0`], { readOnly: true }),
@@ -143,6 +148,12 @@ test('PostgreSQL errors reach the driver with their fields', async () => {
   const nulls = await sql`insert into items (name) values ('fig')`.catch((e) => e);
   assert.equal(nulls.code, '23502');
   assert.equal(nulls.column, 'qty');
+});
+
+test('fetchOptions.headers would replace the driver\'s own Neon-* headers (README: use fetchFunction)', async () => {
+  const replaced = neon('postgresql://lambda@localhost/makenaide', { fetchOptions: { headers: { 'X-Makenaide-Token': token } } });
+  // Without Neon-Array-Mode the rows come back as objects, which the driver (expecting arrays) cannot read.
+  await assert.rejects(replaced`select 1 as one`, TypeError);
 });
 
 test('drizzle-orm/neon-http queries through the same driver', async () => {

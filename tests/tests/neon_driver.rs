@@ -487,6 +487,18 @@ async fn sql_route_typing_fields_and_refusals() {
     .await;
     let r = sql(&env, &[], &json!({"query": "select $1::int4", "params": ["x"]})).await;
     assert_eq!((r.status, r.body["code"].clone()), (400, json!("22P02")), "{}", r.body);
+    // Types without a text rendering ask for a cast; statements that refuse a transaction block fail (README).
+    bad(
+        &RAW,
+        json!({"query": "select '127.0.0.1'::inet ip"}),
+        ErrorCode::InvalidRequest,
+        "ip::text",
+    )
+    .await;
+    let r = sql(&env, &RAW, &json!({"query": "select '127.0.0.1'::inet::text ip"})).await;
+    assert_eq!(r.body["rows"], json!([["127.0.0.1/32"]]));
+    let r = sql(&env, &RAW, &json!({"query": "vacuum tt"})).await;
+    assert_eq!((r.status, r.body["code"].clone()), (400, json!("25001")), "{}", r.body);
 
     // The token is required, as on every route; GET is not the method.
     lambda_simulator::ensure_default_crypto_provider();

@@ -65,17 +65,18 @@ async fn run(state: &AppState, headers: &HeaderMap, body: &[u8], deadline: Optio
     // 507 over its own 10 MB limit).
     let Some(queries) = map.get("queries") else {
         let q = query(&map, "")?;
+        let (command, array_mode) = (command(&q.stmt.sql), q.array_mode.unwrap_or(array_mode));
         let tx = TxOptions {
             values,
             ..TxOptions::default()
         };
         let mut results = state
             .db()
-            .transaction_with(vec![q.stmt.clone()], None, deadline, tx)
+            .transaction_with(vec![q.stmt], None, deadline, tx)
             .await
             .map_err(Error::without_statement_index)?;
         let r = results.pop().unwrap_or_default();
-        return Ok(result(&q.stmt.sql, &r, q.array_mode.unwrap_or(array_mode)));
+        return Ok(result(command, &r, array_mode));
     };
     let Value::Array(items) = queries else {
         return Err(Error::invalid_request("queries must be an array"));
@@ -117,12 +118,16 @@ async fn run(state: &AppState, headers: &HeaderMap, body: &[u8], deadline: Optio
         deferrable: is_true(NEON_BATCH_DEFERRABLE),
         values,
     };
-    let stmts = queries.iter().map(|q| q.stmt.clone()).collect();
-    let results = state.db().transaction_with(stmts, None, deadline, tx).await?;
-    let results: Vec<Value> = queries
+    let shapes: Vec<(String, bool)> = queries
         .iter()
+        .map(|q| (command(&q.stmt.sql), q.array_mode.unwrap_or(array_mode)))
+        .collect();
+    let stmts = queries.into_iter().map(|q| q.stmt).collect();
+    let results = state.db().transaction_with(stmts, None, deadline, tx).await?;
+    let results: Vec<Value> = shapes
+        .into_iter()
         .zip(&results)
-        .map(|(q, r)| result(&q.stmt.sql, r, q.array_mode.unwrap_or(array_mode)))
+        .map(|((command, array_mode), r)| result(command, r, array_mode))
         .collect();
     Ok(json!({ "results": results }))
 }
@@ -158,8 +163,7 @@ fn query(map: &Map<String, Value>, at: &str) -> Result<Query, Error> {
 }
 
 /// `{command, rowCount, rows, fields, rowAsArray}`. `rowCount` is null for commands without a count (DDL, SET).
-fn result(sql: &str, r: &QueryResult, array_mode: bool) -> Value {
-    let command = command(sql);
+fn result(command: String, r: &QueryResult, array_mode: bool) -> Value {
     let counted = matches!(
         command.as_str(),
         "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY"
