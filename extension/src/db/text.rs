@@ -16,7 +16,6 @@ use tokio_postgres::types::{FromSql, Kind, Type};
 
 /// PostgreSQL's epoch (2000-01-01) in Unix seconds.
 const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
-const TIMETZ_OID: u32 = 1266;
 
 /// A result cell as PostgreSQL's text output (`Neon-Raw-Text-Output: true`); NULL is JSON null.
 pub struct TextCell(pub Value);
@@ -174,7 +173,7 @@ pub fn text(ty: &Type, raw: &[u8]) -> Result<String, String> {
             us => timestamp(us, *ty == Type::TIMESTAMPTZ)?,
         },
         Type::TIME => time_of_day(i64::from_be_bytes(be(raw)?)),
-        _ if ty.oid() == TIMETZ_OID => {
+        Type::TIMETZ => {
             let us = i64::from_be_bytes(be(raw)?);
             let west = i32::from_be_bytes(be(raw.get(8..).unwrap_or_default())?);
             time_of_day(us) + &zone(-west)
