@@ -70,6 +70,19 @@ python_tests_venv() {
 }
 python_tests_venv
 
+# The real Neon driver and drizzle-orm/neon-http (tests/tests/neon_driver.rs) under the machine's Node: `npm ci` from
+# tests/node/package-lock.json, rerun only when the lockfile changed (a copy is kept in node_modules).
+node_tests_modules() {
+  local dir=tests/node
+  apt_install node nodejs # the machine's Node 20 (with npm) is there already; the driver needs Node >= 19
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.copy"; then
+    log "npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$dir/package-lock.json" "$dir/node_modules/.package-lock.copy"
+  fi
+}
+node_tests_modules
+
 # --- packaging / deployment (layer-build, deploy.sh) ----------------------------------------------------------
 # rustup musl targets + pinned cargo-lambda and zig (PyPI) in .venv-build; pytest + moto in .venv-deploy-tests.
 layer-build/build.sh --install-only

@@ -1,5 +1,5 @@
 //! The stable error codes of the localhost API, each with its HTTP status, and the JSON error body
-//! `{"error":{"code","message","sqlstate"?,"statement_index"?}}` that carries them.
+//! `{"error":{"code","message","sqlstate"?,"statement_index"?,"detail"?,"hint"?,...}}` that carries them.
 
 use serde::{Deserialize, Serialize};
 
@@ -133,6 +133,35 @@ pub struct ErrorDetail {
     /// The failing statement of a `/db/transaction`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement_index: Option<usize>,
+    /// PostgreSQL's error fields, where it gave them (`sql_error`): absent fields are omitted.
+    #[serde(flatten)]
+    pub pg: PgFields,
+}
+
+/// The optional fields of a PostgreSQL error report (ErrorResponse), as [`ErrorDetail`] carries them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PgFields {
+    /// DETAIL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// HINT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// 1-based character position in the statement's SQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+    /// Schema of the object concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// Table concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// Column concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// Constraint violated (e.g. a unique index's name on 23505).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<String>,
 }
 
 impl ErrorDetail {
@@ -166,9 +195,18 @@ mod tests {
                 message: "m".into(),
                 sqlstate: None,
                 statement_index: None,
+                pg: PgFields::default(),
             },
         };
         let json = serde_json::to_string(&body).unwrap_or_default();
         assert_eq!(json, r#"{"error":{"code":"missing_token","message":"m"}}"#);
+        // Older bodies (no PostgreSQL fields) still parse; the fields come back when present.
+        let old: Result<ErrorBody, _> = serde_json::from_str(&json);
+        assert_eq!(old.ok(), Some(body));
+        let with: Result<ErrorBody, _> = serde_json::from_str(
+            r#"{"error":{"code":"sql_error","message":"m","sqlstate":"23505","constraint":"t_pkey","position":8}}"#,
+        );
+        let pg = with.map(|b| b.error.pg).unwrap_or_default();
+        assert_eq!((pg.constraint.as_deref(), pg.position), (Some("t_pkey"), Some(8)));
     }
 }

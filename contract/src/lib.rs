@@ -14,8 +14,8 @@ pub mod metrics;
 pub mod sql;
 
 pub use deadline::{Deadline, DeadlineProblem};
-pub use error::{ErrorBody, ErrorCode, ErrorDetail};
-pub use sql::{Column, QueryRequest, QueryResult, Statement, TransactionRequest, TransactionResult};
+pub use error::{ErrorBody, ErrorCode, ErrorDetail, PgFields};
+pub use sql::{Column, Isolation, QueryRequest, QueryResult, Statement, TransactionRequest, TransactionResult};
 
 /// Header names of the localhost API (lower case, as HTTP/1 and `http::HeaderName` compare them).
 pub mod headers {
@@ -37,6 +37,22 @@ pub mod headers {
     pub const SOURCE_CACHE: &str = "cache";
     /// [`SOURCE`]: the extension produced the reply itself (its own errors, `/ping`, `/db/*`).
     pub const SOURCE_CORE: &str = "core";
+
+    /// `POST /sql` (Neon's wire format): `true` = rows as arrays (`rowAsArray`), else objects keyed by column name.
+    /// A query's own `arrayMode` field wins. Anything but `true` is false, as at Neon's proxy.
+    pub const NEON_ARRAY_MODE: &str = "neon-array-mode";
+    /// `POST /sql`: `true` = every value as PostgreSQL's text output (what `@neondatabase/serverless` always asks
+    /// for, then parses by type OID); otherwise booleans, int2/int4, finite floats, json and arrays as JSON.
+    pub const NEON_RAW_TEXT_OUTPUT: &str = "neon-raw-text-output";
+    /// `POST /sql` batch: `ReadUncommitted`, `ReadCommitted`, `RepeatableRead` or `Serializable`.
+    pub const NEON_BATCH_ISOLATION_LEVEL: &str = "neon-batch-isolation-level";
+    /// `POST /sql` batch: `true` = `READ ONLY` transaction.
+    pub const NEON_BATCH_READ_ONLY: &str = "neon-batch-read-only";
+    /// `POST /sql` batch: `true` = `DEFERRABLE` (takes effect with serializable read-only).
+    pub const NEON_BATCH_DEFERRABLE: &str = "neon-batch-deferrable";
+    /// `POST /sql`: the connection string the drivers send. Accepted and ignored: the extension's own pool
+    /// (`MAKENAIDE_DATABASE_URL` / secret) and [`TOKEN`] are what count.
+    pub const NEON_CONNECTION_STRING: &str = "neon-connection-string";
 }
 
 /// Route paths of the localhost API (the Upbit mirror uses Upbit's own `/v1/...` paths).
@@ -47,6 +63,9 @@ pub mod routes {
     pub const DB_QUERY: &str = "/db/query";
     /// `POST` statements in one transaction ([`crate::TransactionRequest`] → [`crate::TransactionResult`]).
     pub const DB_TRANSACTION: &str = "/db/transaction";
+    /// `POST`, token required: Neon's SQL-over-HTTP wire format (`{query, params}` or `{queries: [...]}`), what
+    /// `@neondatabase/serverless` and `drizzle-orm/neon-http` speak (README "SQL-over-HTTP drivers (Neon)").
+    pub const SQL: &str = "/sql";
     /// `GET`, token required: the extension's counters since it started, as JSON (names in [`crate::metrics`]).
     pub const METRICS: &str = "/metrics";
 }

@@ -55,7 +55,7 @@ pub struct QueryRequest<'a> {
 }
 
 /// Body of `POST /db/transaction`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct TransactionRequest<'a> {
     /// The statements, run in order in one transaction.
     pub statements: Cow<'a, [Statement]>,
@@ -70,6 +70,74 @@ pub struct TransactionRequest<'a> {
     /// past it the request fails with `response_too_large` and nothing is committed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_response_bytes: Option<u64>,
+    /// `true`: a `READ ONLY` transaction. `false` is refused (`read_only`) when the extension runs with
+    /// `MAKENAIDE_DB_READ_ONLY=true`. Absent: the extension's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// Isolation level (absent: the database's default, normally read committed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
+    /// `true`: `DEFERRABLE` (PostgreSQL honours it for serializable read-only transactions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferrable: Option<bool>,
+}
+
+/// JSON field names of [`TransactionRequest`]'s transaction settings, for code that reads the body by hand (the
+/// extension) without spelling them again (`read_only` is also an error code's wire string).
+pub mod fields {
+    /// [`super::TransactionRequest::read_only`].
+    pub const READ_ONLY: &str = "read_only";
+    /// [`super::TransactionRequest::isolation`].
+    pub const ISOLATION: &str = "isolation";
+    /// [`super::TransactionRequest::deferrable`].
+    pub const DEFERRABLE: &str = "deferrable";
+}
+
+/// `isolation` of [`TransactionRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// `READ COMMITTED`.
+    ReadCommitted,
+    /// `REPEATABLE READ`.
+    RepeatableRead,
+    /// `SERIALIZABLE`.
+    Serializable,
+}
+
+impl Isolation {
+    /// Every level, in order of strength.
+    pub const ALL: [Isolation; 3] = [
+        Isolation::ReadCommitted,
+        Isolation::RepeatableRead,
+        Isolation::Serializable,
+    ];
+
+    /// The wire string (`"repeatable_read"`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadCommitted => "read_committed",
+            Self::RepeatableRead => "repeatable_read",
+            Self::Serializable => "serializable",
+        }
+    }
+
+    /// The SQL words after `ISOLATION LEVEL`.
+    #[must_use]
+    pub const fn sql(self) -> &'static str {
+        match self {
+            Self::ReadCommitted => "READ COMMITTED",
+            Self::RepeatableRead => "REPEATABLE READ",
+            Self::Serializable => "SERIALIZABLE",
+        }
+    }
+
+    /// The level for a wire string.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.as_str() == s)
+    }
 }
 
 /// A result column.
@@ -141,7 +209,7 @@ mod tests {
             statements: Cow::Borrowed(&st),
             timeout_ms: Some(5000),
             max_rows: Some(10),
-            max_response_bytes: None,
+            ..TransactionRequest::default()
         };
         assert_eq!(
             serde_json::to_value(&t).ok(),
@@ -149,6 +217,23 @@ mod tests {
                 json!({"statements": [{"sql": "select 1"}, {"sql": "select $1", "params": [1]}], "timeout_ms": 5000, "max_rows": 10})
             )
         );
+        let t = TransactionRequest {
+            statements: Cow::Borrowed(&st[..1]),
+            read_only: Some(true),
+            isolation: Some(Isolation::Serializable),
+            deferrable: Some(true),
+            ..TransactionRequest::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&t).ok(),
+            Some(
+                json!({"statements": [{"sql": "select 1"}], "read_only": true, "isolation": "serializable", "deferrable": true})
+            )
+        );
+        for l in Isolation::ALL {
+            assert_eq!(serde_json::to_value(l).ok(), Some(json!(l.as_str())));
+            assert_eq!(Isolation::parse(l.as_str()), Some(l));
+        }
         let r: QueryResult = serde_json::from_value(json!({
             "columns":[{"name":"market","type":"text"},{"name":"n","type":"int8"}],
             "rows":[["KRW-BTC", 3]], "row_count": 1

@@ -38,6 +38,8 @@ pub enum Error {
         sqlstate: Option<String>,
         /// Index in `statements` for transactions.
         statement_index: Option<usize>,
+        /// The rest of PostgreSQL's report (boxed: errors stay small on the hot path).
+        report: Option<Box<PgReport>>,
     },
     /// 400 `statement_not_supported`: the statement would change the session beyond the request, or is `COPY`.
     #[error("{message}")]
@@ -178,6 +180,32 @@ pub enum Error {
     Internal(String),
 }
 
+/// PostgreSQL's error report beyond SQLSTATE and message: the contract's optional fields, plus the ones only
+/// Neon's wire format (`POST /sql`) returns.
+#[derive(Clone, Debug, Default)]
+pub struct PgReport {
+    /// PostgreSQL's primary message alone (without the DETAIL/HINT the contract's `message` appends).
+    pub message: String,
+    /// detail, hint, position, schema, table, column, constraint.
+    pub fields: makenaide_contract::PgFields,
+    /// `ERROR`, `FATAL`, ...
+    pub severity: String,
+    /// Call stack context (PL/pgSQL).
+    pub where_: Option<String>,
+    /// Data type concerned.
+    pub data_type: Option<String>,
+    /// Position in an internally generated query, and that query.
+    pub internal_position: Option<u32>,
+    /// The internally generated query.
+    pub internal_query: Option<String>,
+    /// Server source file, line and routine.
+    pub file: Option<String>,
+    /// Server source line.
+    pub line: Option<u32>,
+    /// Server routine.
+    pub routine: Option<String>,
+}
+
 /// The variants that carry a `statement_index`, as one pattern binding it to `$slot`, so that reading the index
 /// ([`Error::statement_index`]) and setting it ([`Error::at_statement`]) cannot disagree on the list.
 macro_rules! with_statement_index {
@@ -258,7 +286,18 @@ impl Error {
         StatusCode::from_u16(self.kind().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
-    fn sqlstate(&self) -> Option<&str> {
+    /// PostgreSQL's full report, for `sql_error`.
+    #[must_use]
+    pub fn report(&self) -> Option<&PgReport> {
+        match self {
+            Self::Sql { report, .. } => report.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// SQLSTATE, where there is one.
+    #[must_use]
+    pub fn sqlstate(&self) -> Option<&str> {
         match self {
             Self::Sql { sqlstate, .. } | Self::DbUnavailable { sqlstate, .. } => sqlstate.as_deref(),
             Self::ReadOnly { .. } => Some("25006"),
@@ -311,6 +350,7 @@ impl Error {
                 message: self.to_string(),
                 sqlstate: self.sqlstate().map(str::to_owned),
                 statement_index: self.statement_index(),
+                pg: self.report().map(|r| r.fields.clone()).unwrap_or_default(),
             },
         }
     }
@@ -346,6 +386,7 @@ mod tests {
             message: "syntax error".into(),
             sqlstate: Some("42601".into()),
             statement_index: None,
+            report: None,
         }
         .at_statement(2);
         assert_eq!(

@@ -102,6 +102,12 @@ fn no_header_or_error_code_is_spelled_outside_the_contract() {
                 headers::DEADLINE,
                 headers::SOURCE,
                 headers::FORWARDED_FOR,
+                headers::NEON_ARRAY_MODE,
+                headers::NEON_RAW_TEXT_OUTPUT,
+                headers::NEON_BATCH_ISOLATION_LEVEL,
+                headers::NEON_BATCH_READ_ONLY,
+                headers::NEON_BATCH_DEFERRABLE,
+                headers::NEON_CONNECTION_STRING,
             ]
             .map(str::to_owned),
         )

@@ -48,8 +48,10 @@
 
 use super::convert::{encode_param, type_name, write_value, Encoded, RawCell};
 use super::pool::{Canceller, ConnectError, Manager, PgConn};
-use super::{Limits, QueryResult, StatementRequest};
-use crate::error::Error;
+use super::text::{self, TextCell, TypedCell};
+use super::{ColumnMeta, Limits, QueryResult, StatementRequest, TxOptions, Values};
+use crate::error::{Error, PgReport};
+use bytes::{BufMut, BytesMut};
 use futures_util::future::{join, join_all, try_join_all};
 use futures_util::TryStreamExt;
 use std::future::Future;
@@ -57,7 +59,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{Format, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
 /// Per-database execution settings.
@@ -107,15 +109,16 @@ pub(super) async fn execute(
     bound: Option<tokio::time::Instant>,
     opaque: bool,
     opts: Options,
+    tx: TxOptions,
 ) -> Result<Vec<QueryResult>, Error> {
     let first_started = tokio::time::Instant::now();
     conn.in_request = true;
-    let mut outcome = bounded(&mut conn, stmts, bound, opts).await;
+    let mut outcome = bounded(&mut conn, stmts, bound, opts, tx).await;
     if let Outcome::Recache(e) = &outcome {
         tracing::debug!(error = %e, "cached statement no longer fits the server: preparing again");
         conn.statements.clear();
         conn.client.clear_type_cache();
-        outcome = bounded(&mut conn, stmts, bound, opts).await;
+        outcome = bounded(&mut conn, stmts, bound, opts, tx).await;
     }
     if let Outcome::Done(Err(e @ Error::DbOutcomeUnknown { .. })) = outcome {
         // A READ ONLY transaction applied nothing, so losing its COMMIT reply is safe to retry like a stale
@@ -160,7 +163,7 @@ pub(super) async fn execute(
         }
     };
     fresh.in_request = true;
-    let outcome = bounded(&mut fresh, stmts, bound, opts).await;
+    let outcome = bounded(&mut fresh, stmts, bound, opts, tx).await;
     fresh.in_request = false;
     after_request(&mut fresh, opaque);
     if !fresh.broken && !fresh.retire && !fresh.client.is_closed() {
@@ -198,10 +201,11 @@ async fn bounded(
     stmts: &[StatementRequest],
     bound: Option<tokio::time::Instant>,
     opts: Options,
+    tx: TxOptions,
 ) -> Outcome {
     let Some(at) = bound else {
         // MAKENAIDE_DB_STATEMENT_TIMEOUT_MS=0 and no deadline: no limit, as configured.
-        return attempt(conn, stmts, Duration::ZERO, opts).await;
+        return attempt(conn, stmts, Duration::ZERO, opts, tx).await;
     };
     let left = at.saturating_duration_since(tokio::time::Instant::now());
     if left < MIN_TIMEOUT {
@@ -212,7 +216,7 @@ async fn bounded(
     }
     let canceller = conn.canceller();
     let (finished, cancel) = {
-        let work = attempt(conn, stmts, left, opts);
+        let work = attempt(conn, stmts, left, opts, tx);
         tokio::pin!(work);
         tokio::select! {
             out = &mut work => return out,
@@ -352,6 +356,38 @@ fn map_error(e: &tokio_postgres::Error, timeout: Duration, cache: bool) -> Error
         message,
         sqlstate: Some(code.code().to_owned()),
         statement_index: None,
+        report: Some(Box::new(report(db))),
+    }
+}
+
+/// Everything PostgreSQL reported besides SQLSTATE (the error bodies carry it).
+fn report(db: &tokio_postgres::error::DbError) -> PgReport {
+    use tokio_postgres::error::ErrorPosition;
+    let owned = |s: Option<&str>| s.map(str::to_owned);
+    let (position, internal_position, internal_query) = match db.position() {
+        Some(ErrorPosition::Original(p)) => (Some(*p), None, None),
+        Some(ErrorPosition::Internal { position, query }) => (None, Some(*position), Some(query.clone())),
+        None => (None, None, None),
+    };
+    PgReport {
+        message: db.message().to_owned(),
+        fields: makenaide_contract::PgFields {
+            detail: owned(db.detail()),
+            hint: owned(db.hint()),
+            position,
+            schema: owned(db.schema()),
+            table: owned(db.table()),
+            column: owned(db.column()),
+            constraint: owned(db.constraint()),
+        },
+        severity: db.severity().to_owned(),
+        where_: owned(db.where_()),
+        data_type: owned(db.datatype()),
+        internal_position,
+        internal_query,
+        file: owned(db.file()),
+        line: db.line(),
+        routine: owned(db.routine()),
     }
 }
 
@@ -420,7 +456,39 @@ async fn with_begin<T>(
 }
 
 /// Converts every statement's JSON params to the inferred types (before anything is executed).
-fn encode_all(stmts: &[StatementRequest], prepared: &[Statement]) -> Result<Vec<Vec<Encoded>>, Error> {
+/// A bound parameter: converted from the caller's JSON for the inferred type (binary or text, see `convert`), or
+/// text exactly as a SQL-over-HTTP driver sent it (`/sql`: the driver already rendered it as PostgreSQL text).
+#[derive(Debug)]
+enum Param {
+    Json(Encoded),
+    Text(Option<String>),
+}
+
+impl ToSql for Param {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Self::Json(e) => e.to_sql(ty, out),
+            Self::Text(None) => Ok(IsNull::Yes),
+            Self::Text(Some(s)) => {
+                out.put_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
+        }
+    }
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+    fn encode_format(&self, ty: &Type) -> Format {
+        match self {
+            Self::Json(e) => e.encode_format(ty),
+            Self::Text(_) => Format::Text,
+        }
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Converts every statement's params to the inferred types (before anything is executed).
+fn encode_all(stmts: &[StatementRequest], prepared: &[Statement], values: Values) -> Result<Vec<Vec<Param>>, Error> {
     stmts
         .iter()
         .zip(prepared)
@@ -442,11 +510,17 @@ fn encode_all(stmts: &[StatementRequest], prepared: &[Statement]) -> Result<Vec<
                 .iter()
                 .zip(types)
                 .enumerate()
-                .map(|(n, (v, ty))| {
-                    encode_param(v, ty).map_err(|e| Error::InvalidParam {
+                .map(|(n, (v, ty))| match values {
+                    Values::Text { .. } => serde_json::from_str(v.get())
+                        .map(|v| Param::Text(text::param(&v)))
+                        .map_err(|e| Error::InvalidParam {
+                            message: format!("cannot bind ${}: {e}", n + 1),
+                            statement_index: Some(i),
+                        }),
+                    Values::Json => encode_param(v, ty).map(Param::Json).map_err(|e| Error::InvalidParam {
                         message: format!("cannot bind ${} to {}: {e}", n + 1, type_name(ty)),
                         statement_index: Some(i),
-                    })
+                    }),
                 })
                 .collect()
         })
@@ -476,17 +550,21 @@ impl Budget {
 async fn run_statement(
     client: &Client,
     st: &Statement,
-    params: &[Encoded],
+    params: &[Param],
     budget: &Budget,
+    values: Values,
 ) -> Result<QueryResult, StmtError> {
-    let param_error = |e: tokio_postgres::Error| param_error(&e, st).unwrap_or(StmtError::Pg(e));
+    // `/sql` keeps PostgreSQL's own error (its SQLSTATE is the Neon error body's `code`, as the drivers expect).
+    let param_error = |e: tokio_postgres::Error| match values {
+        Values::Json => param_error(&e, st).unwrap_or(StmtError::Pg(e)),
+        Values::Text { .. } => StmtError::Pg(e),
+    };
     if st.columns().is_empty() {
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let affected = client.execute(st, &refs).await.map_err(param_error)?;
         return Ok(QueryResult {
-            columns: Vec::new(),
-            rows_json: Vec::new(),
             row_count: affected,
+            ..QueryResult::default()
         });
     }
     let stream = client.query_raw(st, params).await.map_err(param_error)?;
@@ -518,13 +596,28 @@ async fn run_statement(
             if i > 0 {
                 out.push(b',');
             }
-            let written = match row.try_get::<_, RawCell>(i) {
-                Ok(RawCell(None)) => {
-                    out.extend_from_slice(b"null");
-                    Ok(())
+            let why = |e: tokio_postgres::Error| {
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string)
+            };
+            let written = match values {
+                Values::Json => match row.try_get::<_, RawCell>(i) {
+                    Ok(RawCell(None)) => {
+                        out.extend_from_slice(b"null");
+                        Ok(())
+                    }
+                    Ok(RawCell(Some(raw))) => write_value(col.type_(), raw, &mut out),
+                    Err(e) => Err(why(e)),
+                },
+                // `/sql`: PostgreSQL's text output (raw) or Neon's typed values.
+                Values::Text { raw } => {
+                    let cell = if raw {
+                        row.try_get::<_, TextCell>(i).map(|c| c.0)
+                    } else {
+                        row.try_get::<_, TypedCell>(i).map(|c| c.0)
+                    };
+                    cell.map_err(why)
+                        .and_then(|v| serde_json::to_writer(&mut out, &v).map_err(|e| e.to_string()))
                 }
-                Ok(RawCell(Some(raw))) => write_value(col.type_(), raw, &mut out),
-                Err(e) => Err(std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string)),
             };
             if let Err(why) = written {
                 return Err(StmtError::Decode(format!(
@@ -546,10 +639,25 @@ async fn run_statement(
         }
     }
     out.push(b']');
+    let meta = match values {
+        Values::Json => Vec::new(),
+        Values::Text { .. } => st
+            .columns()
+            .iter()
+            .map(|c| ColumnMeta {
+                type_oid: c.type_().oid(),
+                table_oid: c.table_oid().unwrap_or(0),
+                column_id: c.column_id().unwrap_or(0),
+                type_size: text::type_size(c.type_()),
+                type_modifier: c.type_modifier(),
+            })
+            .collect(),
+    };
     Ok(QueryResult {
         columns,
         rows_json: out,
         row_count: count,
+        meta,
     })
 }
 
@@ -580,8 +688,9 @@ fn param_error(e: &tokio_postgres::Error, st: &Statement) -> Option<StmtError> {
 async fn run_all(
     client: &Client,
     statements: &[Statement],
-    encoded: &[Vec<Encoded>],
+    encoded: &[Vec<Param>],
     limits: Limits,
+    values: Values,
 ) -> Vec<Result<QueryResult, StmtError>> {
     let budget = Budget::new(limits);
     let budget = &budget;
@@ -591,7 +700,7 @@ async fn run_all(
             .zip(encoded)
             .enumerate()
             .map(|(i, (st, p))| async move {
-                match run_statement(client, st, p, budget).await {
+                match run_statement(client, st, p, budget, values).await {
                     Err(StmtError::Limit(e)) => Err((i, e)),
                     other => Ok(other),
                 }
@@ -618,17 +727,39 @@ enum StmtError {
     Skipped,
 }
 
-async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duration, opts: Options) -> Outcome {
-    conn.commit_sent = false;
+/// `BEGIN [ISOLATION LEVEL ..., READ ONLY, DEFERRABLE]; SET LOCAL statement_timeout = n[; SELECT 1]`.
+fn begin_sql(timeout: Duration, opts: Options, tx: TxOptions) -> String {
     let timeout_ms = timeout.as_millis().min(i32::MAX as u128);
-    // Read-only: the trailing `SELECT 1` takes the transaction's first snapshot, after which PostgreSQL refuses
-    // `SET TRANSACTION READ WRITE` (and `SET transaction_read_only = off`) with 25001: without it, a request could
-    // switch its own transaction back to read-write before its first query.
-    let begin_sql = format!(
-        "BEGIN{}; SET LOCAL statement_timeout = {timeout_ms}{}",
-        if opts.read_only { " READ ONLY" } else { "" },
+    let mut modes = Vec::new();
+    if let Some(level) = tx.isolation {
+        modes.push(format!("ISOLATION LEVEL {}", level.sql()));
+    }
+    if opts.read_only || tx.read_only == Some(true) {
+        modes.push("READ ONLY".to_owned());
+    }
+    if tx.deferrable {
+        modes.push("DEFERRABLE".to_owned());
+    }
+    // Read-only by configuration: the trailing `SELECT 1` takes the transaction's first snapshot, after which
+    // PostgreSQL refuses `SET TRANSACTION READ WRITE` (and `SET transaction_read_only = off`) with 25001: without
+    // it, a request could switch its own transaction back to read-write before its first query.
+    format!(
+        "BEGIN{}{}; SET LOCAL statement_timeout = {timeout_ms}{}",
+        if modes.is_empty() { "" } else { " " },
+        modes.join(", "),
         if opts.read_only { "; SELECT 1" } else { "" }
-    );
+    )
+}
+
+async fn attempt(
+    conn: &mut PgConn,
+    stmts: &[StatementRequest],
+    timeout: Duration,
+    opts: Options,
+    tx: TxOptions,
+) -> Outcome {
+    conn.commit_sent = false;
+    let begin_sql = begin_sql(timeout, opts, tx);
     let cached: Vec<Option<Statement>> = stmts
         .iter()
         .map(|s| {
@@ -653,14 +784,14 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
     // Round trip 1 (cache misses only): BEGIN + Parse/Describe of the statements we have not prepared yet.
     let (statements, results) = if cached.iter().all(Option::is_some) {
         let statements: Vec<Statement> = cached.iter().flatten().cloned().collect();
-        let encoded = match encode_all(stmts, &statements) {
+        let encoded = match encode_all(stmts, &statements, tx.values) {
             Ok(e) => e,
             // Maybe the parameter types changed since the statement was prepared (ALTER TABLE ... TYPE).
             Err(e) if opts.cache => return Outcome::Recache(e),
             Err(e) => return Outcome::Done(Err(e)),
         };
         // Hot path: BEGIN and every Execute in one round trip.
-        let work = run_all(client, &statements, &encoded, opts.limits);
+        let work = run_all(client, &statements, &encoded, opts.limits, tx.values);
         match with_begin(client, &begin_sql, opts.begin_bound(), work).await {
             Ok(results) => (statements, results),
             Err(f) => {
@@ -711,11 +842,11 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
             if i > 0 && !conn.broken {
                 // Maybe the statement depends on an earlier one (CREATE TABLE then INSERT in one transaction):
                 // it can only be prepared after that one ran. Redo the transaction statement by statement.
-                return sequential(conn, stmts, &begin_sql, timeout, opts).await;
+                return sequential(conn, stmts, &begin_sql, timeout, opts, tx.values).await;
             }
             return Outcome::Done(Err(map_error(&e, timeout, opts.cache).at_statement(i)));
         }
-        let encoded = match encode_all(stmts, &statements) {
+        let encoded = match encode_all(stmts, &statements, tx.values) {
             Ok(e) => e,
             Err(e) => {
                 rollback(conn, statements).await;
@@ -731,7 +862,7 @@ async fn attempt(conn: &mut PgConn, stmts: &[StatementRequest], timeout: Duratio
         };
         // Round trip 2: every Execute, pipelined.
         crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
-        let results = run_all(client, &statements, &encoded, opts.limits).await;
+        let results = run_all(client, &statements, &encoded, opts.limits, tx.values).await;
         (statements, results)
     };
 
@@ -788,6 +919,7 @@ async fn sequential(
     begin_sql: &str,
     timeout: Duration,
     opts: Options,
+    values: Values,
 ) -> Outcome {
     crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
     match tokio::time::timeout(opts.begin_bound(), conn.client.batch_execute(begin_sql)).await {
@@ -830,7 +962,7 @@ async fn sequential(
                 }
             },
         };
-        let encoded = match encode_all(std::slice::from_ref(req), std::slice::from_ref(&st)) {
+        let encoded = match encode_all(std::slice::from_ref(req), std::slice::from_ref(&st), values) {
             Ok(mut e) => e.pop().unwrap_or_default(),
             Err(e) => {
                 rollback(conn, statements).await;
@@ -838,7 +970,7 @@ async fn sequential(
             }
         };
         crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
-        let result = run_statement(&conn.client, &st, &encoded, &budget).await;
+        let result = run_statement(&conn.client, &st, &encoded, &budget, values).await;
         statements.push(st);
         match result {
             Ok(q) => out.push(q),

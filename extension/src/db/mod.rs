@@ -6,6 +6,7 @@
 //! - `exec`: one transaction per request, pipelined to few round trips, retried once on a fresh connection when a
 //!   stale connection fails before anything could have been committed.
 //! - `convert`: JSON <-> PostgreSQL binary values, driven by the types PostgreSQL infers.
+//! - `text`: PostgreSQL's text output of binary values, and text parameters (Neon's wire format, `POST /sql`).
 //!
 //! Availability is tracked for `/ping` (`connecting` → `ready` | `unavailable`). When the database is unreachable a
 //! background task keeps trying (with backoff) so the pool is warm again as soon as it comes back; requests
@@ -16,6 +17,7 @@ pub mod credentials;
 mod exec;
 pub mod pool;
 pub(crate) mod sql;
+pub mod text;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -75,6 +77,49 @@ pub struct Limits {
     pub max_response_bytes: u64,
 }
 
+/// Per-request transaction settings (`/db/transaction`'s `read_only`, `isolation`, `deferrable`; `/sql`'s batch
+/// headers) and how values travel.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TxOptions {
+    /// `Some(true)`: `READ ONLY`; `Some(false)` is refused under `MAKENAIDE_DB_READ_ONLY=true`.
+    pub read_only: Option<bool>,
+    /// `ISOLATION LEVEL ...` (absent: the database's default).
+    pub isolation: Option<makenaide_contract::Isolation>,
+    /// `DEFERRABLE`.
+    pub deferrable: bool,
+    /// How parameters are bound and cells rendered.
+    pub values: Values,
+}
+
+/// How a request's values travel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Values {
+    /// `/db/*`: JSON parameters converted to the inferred types (binary), cells as JSON.
+    #[default]
+    Json,
+    /// `/sql`: parameters sent as text for PostgreSQL to parse, cells as PostgreSQL's text output (`raw`), or as
+    /// Neon's proxy types them (booleans, int2/int4, floats, json and arrays as JSON, the rest as text).
+    Text {
+        /// `Neon-Raw-Text-Output: true`.
+        raw: bool,
+    },
+}
+
+/// A result column's wire metadata (Neon's `fields`), filled in [`Values::Text`] mode only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ColumnMeta {
+    /// Type OID.
+    pub type_oid: u32,
+    /// Source table OID (0 when not a plain column).
+    pub table_oid: u32,
+    /// Attribute number in that table (0 when none).
+    pub column_id: i16,
+    /// `pg_type.typlen`, for the built-in types we know (-1 = variable length, as for unknown ones).
+    pub type_size: i16,
+    /// Type modifier (e.g. varchar length + 4), -1 when none.
+    pub type_modifier: i32,
+}
+
 /// Result of one statement: the `/db/query` response shape.
 #[derive(Clone, Debug, Default)]
 pub struct QueryResult {
@@ -85,6 +130,8 @@ pub struct QueryResult {
     pub rows_json: Vec<u8>,
     /// Rows returned, or rows affected for statements that return none.
     pub row_count: u64,
+    /// Per column, in [`Values::Text`] mode (empty otherwise).
+    pub meta: Vec<ColumnMeta>,
 }
 
 impl QueryResult {
@@ -360,7 +407,8 @@ impl Db {
         timeout: Option<Duration>,
         deadline: Option<Instant>,
     ) -> Result<Vec<QueryResult>, Error> {
-        self.transaction_limited(stmts, timeout, deadline, None).await
+        self.transaction_with(stmts, timeout, deadline, None, TxOptions::default())
+            .await
     }
 
     /// [`Db::transaction`] with this request's own [`Limits`] (`None`: the configured defaults).
@@ -374,9 +422,33 @@ impl Db {
         deadline: Option<Instant>,
         limits: Option<Limits>,
     ) -> Result<Vec<QueryResult>, Error> {
+        self.transaction_with(stmts, timeout, deadline, limits, TxOptions::default())
+            .await
+    }
+
+    /// [`Db::transaction`] with per-request settings: [`Limits`] (`None`: the configured defaults) and the
+    /// transaction's options (isolation, read-only, deferrable, text values).
+    ///
+    /// # Errors
+    /// Any contract error, `row_limit_exceeded` and `response_too_large` included; `read_only` when
+    /// `tx.read_only == Some(false)` under `MAKENAIDE_DB_READ_ONLY=true`.
+    pub async fn transaction_with(
+        &self,
+        stmts: Vec<StatementRequest>,
+        timeout: Option<Duration>,
+        deadline: Option<Instant>,
+        limits: Option<Limits>,
+        tx: TxOptions,
+    ) -> Result<Vec<QueryResult>, Error> {
         let Some(inner) = &self.inner else {
             return Err(Error::DbNotConfigured);
         };
+        if inner.opts.read_only && tx.read_only == Some(false) {
+            return Err(Error::ReadOnly {
+                message: "read_only: false is refused: the extension runs with MAKENAIDE_DB_READ_ONLY=true".into(),
+                statement_index: None,
+            });
+        }
         let Some(pool) = inner.pool() else {
             return Err(Error::ShuttingDown);
         };
@@ -433,7 +505,7 @@ impl Db {
         if let Some(limits) = limits {
             opts.limits = limits;
         }
-        let result = exec::execute(conn, &pool, &stmts, bound, opaque, opts).await;
+        let result = exec::execute(conn, &pool, &stmts, bound, opaque, opts, tx).await;
         match &result {
             Ok(_) => inner.status.store(ST_READY, Ordering::SeqCst),
             Err(Error::DbUnavailable { .. } | Error::DbOutcomeUnknown { .. }) => inner.mark_unavailable(),

@@ -6,6 +6,7 @@
 //! registering, and tests can bind port 0.
 
 mod conn;
+mod neon;
 mod router;
 
 use crate::error::Error;

@@ -2,14 +2,15 @@
 //! (hand-written so every message names the field at fault), and rendering of replies and errors.
 
 use super::Body;
-use crate::db::{convert::kind_of_raw, Limits, StatementRequest};
+use crate::db::{convert::kind_of_raw, Limits, StatementRequest, TxOptions};
 use crate::error::Error;
 use crate::state::AppState;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use makenaide_contract::Deadline;
+use makenaide_contract::sql::fields;
+use makenaide_contract::{Deadline, Isolation};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -96,12 +97,12 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
                 return Err(not_allowed(&req, "POST"));
             }
             let body = read_body(req, state.config().max_body_bytes).await?;
-            let (stmts, timeout, limits) = parse_transaction(&body)?;
+            let (stmts, timeout, limits, tx) = parse_transaction(&body)?;
             drop(body);
             let limits = limits.resolve(state.config());
             let results = state
                 .db()
-                .transaction_limited(stmts, timeout, deadline, Some(limits))
+                .transaction_with(stmts, timeout, deadline, Some(limits), tx)
                 .await?;
             let size: usize = results.iter().map(|r| r.rows_json.len() + 128).sum();
             let mut out = Vec::with_capacity(size + 16);
@@ -114,6 +115,14 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             }
             out.extend_from_slice(b"]}");
             Ok(bytes_response(StatusCode::OK, out))
+        }
+        makenaide_contract::routes::SQL => {
+            if req.method() != Method::POST {
+                return Err(not_allowed(&req, "POST"));
+            }
+            let headers = req.headers().clone();
+            let body = read_body(req, state.config().max_body_bytes).await?;
+            Ok(super::neon::handle(state, &headers, &body, deadline).await)
         }
         p => {
             let Some(group) = crate::upbit::route(p) else {
@@ -379,14 +388,63 @@ pub(crate) fn parse_query(body: &[u8]) -> Result<(StatementRequest, Option<Durat
     Ok((stmt, parse_timeout(&map)?, RequestLimits::parse(&map)?))
 }
 
-/// `{"statements": [{"sql", "params"}, ...], "timeout_ms": 5000, "max_rows": n, "max_response_bytes": n}`.
+/// `read_only`, `isolation`, `deferrable` of `/db/transaction` (each optional).
+fn parse_tx_options(map: &Fields<'_>) -> Result<TxOptions, Error> {
+    let flag = |name: &str| match map.get(name) {
+        r if is_null(r) => Ok(None),
+        Some(raw) if raw.get() == "true" => Ok(Some(true)),
+        Some(raw) if raw.get() == "false" => Ok(Some(false)),
+        Some(raw) => Err(Error::invalid_request(format!(
+            "{name} must be true or false, not {}",
+            kind_of_raw(raw.get())
+        ))),
+        None => Ok(None),
+    };
+    let levels = || Isolation::ALL.map(Isolation::as_str).join(", ");
+    let isolation = match map.get(fields::ISOLATION) {
+        r if is_null(r) => None,
+        Some(raw) if raw.get().starts_with('"') => {
+            let s: String = serde_json::from_str(raw.get())
+                .map_err(|e| Error::invalid_request(format!("{}: {e}", fields::ISOLATION)))?;
+            Some(
+                Isolation::parse(&s)
+                    .ok_or_else(|| Error::invalid_request(format!("isolation {s:?} is not one of {}", levels())))?,
+            )
+        }
+        Some(raw) => {
+            return Err(Error::invalid_request(format!(
+                "isolation must be a string ({}), not {}",
+                levels(),
+                kind_of_raw(raw.get())
+            )))
+        }
+        None => None,
+    };
+    Ok(TxOptions {
+        read_only: flag(fields::READ_ONLY)?,
+        isolation,
+        deferrable: flag(fields::DEFERRABLE)?.unwrap_or(false),
+        ..TxOptions::default()
+    })
+}
+
+/// `{"statements": [{"sql", "params"}, ...], "timeout_ms": 5000, "max_rows": n, "max_response_bytes": n,
+/// "read_only"?, "isolation"?, "deferrable"?}`.
 pub(crate) fn parse_transaction(
     body: &[u8],
-) -> Result<(Vec<StatementRequest>, Option<Duration>, RequestLimits), Error> {
+) -> Result<(Vec<StatementRequest>, Option<Duration>, RequestLimits, TxOptions), Error> {
     let map = parse_json(body)?;
     check_fields(
         &map,
-        &["statements", "timeout_ms", "max_rows", "max_response_bytes"],
+        &[
+            "statements",
+            "timeout_ms",
+            "max_rows",
+            "max_response_bytes",
+            fields::READ_ONLY,
+            fields::ISOLATION,
+            fields::DEFERRABLE,
+        ],
         "",
     )
     .map_err(Error::invalid_request)?;
@@ -425,10 +483,15 @@ pub(crate) fn parse_transaction(
         check_fields(&m, &["sql", "params"], &at).map_err(fail)?;
         stmts.push(parse_statement(&m, &at).map_err(fail)?);
     }
-    Ok((stmts, parse_timeout(&map)?, RequestLimits::parse(&map)?))
+    Ok((
+        stmts,
+        parse_timeout(&map)?,
+        RequestLimits::parse(&map)?,
+        parse_tx_options(&map)?,
+    ))
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     bytes_response(status, serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()))
 }
 
@@ -582,7 +645,7 @@ mod tests {
 
     #[test]
     fn transaction_parsing_carries_the_index() {
-        let (s, _, _) = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":"b","params":[1]}]}"#).unwrap();
+        let (s, _, _, _) = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":"b","params":[1]}]}"#).unwrap();
         assert_eq!(s.len(), 2);
         let e = parse_transaction(br#"{"statements":[{"sql":"a"},{"sql":7}]}"#).unwrap_err();
         assert_eq!(e.statement_index(), Some(1));
@@ -591,6 +654,25 @@ mod tests {
         assert!(e.to_string().contains("empty"));
         let e = parse_transaction(br#"{"statements":["select 1"]}"#).unwrap_err();
         assert_eq!(e.statement_index(), Some(0));
+    }
+
+    #[test]
+    fn transaction_options_are_parsed_and_checked() {
+        let body = br#"{"statements":[{"sql":"a"}],"read_only":true,"isolation":"repeatable_read","deferrable":true}"#;
+        let (_, _, _, tx) = parse_transaction(body).unwrap();
+        assert_eq!(
+            (tx.read_only, tx.isolation, tx.deferrable),
+            (Some(true), Some(Isolation::RepeatableRead), true)
+        );
+        let (_, _, _, tx) = parse_transaction(br#"{"statements":[{"sql":"a"}]}"#).unwrap();
+        assert_eq!((tx.read_only, tx.isolation, tx.deferrable), (None, None, false));
+        let e = parse_transaction(br#"{"statements":[{"sql":"a"}],"isolation":"snapshot"}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("read_committed, repeatable_read, serializable"),
+            "{e}"
+        );
+        let e = parse_transaction(br#"{"statements":[{"sql":"a"}],"read_only":"yes"}"#).unwrap_err();
+        assert!(e.to_string().contains("true or false"), "{e}");
     }
 
     #[test]

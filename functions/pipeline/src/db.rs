@@ -49,8 +49,7 @@ pub async fn transaction(
     let body = TransactionRequest {
         statements: Cow::Borrowed(statements),
         timeout_ms,
-        max_rows: None,
-        max_response_bytes: None,
+        ..TransactionRequest::default()
     };
     let reply: TransactionResult = client.post_json(routes::DB_TRANSACTION, &body).await?;
     if reply.results.len() != statements.len() {
