@@ -11,8 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"a": "#2a9d8f", "b": "#e76f51", "c": "#8d99ae", "a-off": "#83c5be"}
-SHORT = {"a": "(a) makenaide-core", "b": "(b) Python\nbaseline", "c": "(c) Rust,\nno extension", "a-off": "(a) metrics\noff"}
+COLORS = {"a": "#2a9d8f", "b": "#e76f51", "c": "#8d99ae", "a-off": "#83c5be", "e": "#f4a261"}
+SHORT = {"a": "(a) makenaide-core", "b": "(b) Python\nbaseline", "c": "(c) Rust,\nno extension", "a-off": "(a) metrics\noff",
+         "e": "(e) Python\non the layer"}
 
 
 def hop_label(name):

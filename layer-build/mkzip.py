@@ -12,7 +12,7 @@ The bytes also depend on the zlib that Python links; the same machine image give
 
     mkzip.py pack OUT.zip ARCNAME=SRC [ARCNAME=SRC ...]   write OUT.zip (parent directory entries are added);
                                                           ARCNAME/=DIR/ adds every file under DIR (0644), but
-                                                          __pycache__, *.pyc and dot files
+                                                          __pycache__, *.pyc and dot files (/=DIR/: at the root)
     mkzip.py size ZIP                                     print "<zip bytes> <unzipped bytes>"
     mkzip.py unpack ZIP DIR                               extract into DIR with the stored Unix modes, as Lambda
                                                           does (zipfile.extract and busybox unzip drop them)
@@ -54,7 +54,8 @@ def tree(arcdir: str, src: str) -> dict[str, str]:
         for f in filenames:
             if not f.startswith(".") and not f.endswith(".pyc"):
                 path = os.path.join(dirpath, f)
-                out[f"{arcdir}/{os.path.relpath(path, src).replace(os.sep, '/')}"] = path
+                rel = os.path.relpath(path, src).replace(os.sep, "/")
+                out[f"{arcdir}/{rel}" if arcdir else rel] = path
     if not out:
         sys.exit(f"mkzip: {src} has no files")
     return out
@@ -67,7 +68,7 @@ def pack(out: str, specs: list[str]) -> None:
         arcname, sep, src = spec.partition("=")
         is_dir = arcname.endswith("/")
         arcname = arcname.strip("/")
-        if not sep or not arcname or not src:
+        if not sep or not (arcname or is_dir) or not src:
             sys.exit(f"mkzip: bad entry {spec!r} (want ARCNAME=SRC or ARCNAME/=DIR/)")
         if is_dir:
             entries = tree(arcname, src)

@@ -91,6 +91,7 @@ fn record_memory(b: &mut Bench, env: &LambdaEnv, function_label: &str, phase: &s
 pub const LABEL_A: &str = "makenaide-core (extension + Rust function)";
 pub const LABEL_B: &str = "Python baseline (awslambdaric, requests, psycopg2)";
 pub const LABEL_C: &str = "Rust function, no extension, PG connect per invocation";
+pub const LABEL_E: &str = "Python collector on the layer (awslambdaric, makenaide_core)";
 /// (a) with the extension's metrics (Telemetry API + EMF) switched off: shows what they cost per invocation.
 pub const LABEL_A_OFF: &str = "makenaide-core, MAKENAIDE_METRICS=off";
 /// The extension's switch for its metrics (README "Metrics").
@@ -98,6 +99,7 @@ const METRICS_ENV: &str = "MAKENAIDE_METRICS";
 pub const MEM_RUST_FN: &str = "function makenaide-data-collector";
 pub const MEM_PY_FN: &str = "function Python baseline";
 pub const MEM_DIRECT_FN: &str = "function bench-direct-collector";
+pub const MEM_PY_LAYER_FN: &str = "function Python collector on the layer";
 
 /// Figure 1: warm invocations, 1 market × 3 candles, the three variants interleaved invocation by invocation.
 pub async fn warm(b: &mut Bench) -> Result<()> {
@@ -120,7 +122,14 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             .env(METRICS_ENV, "off"),
     )
     .await?;
-    let envs = [&a, &py, &c, &a_off];
+    let (_layer, e_cfg) = b.python_layer_env(&url)?;
+    let e = LambdaEnv::start(
+        e_cfg
+            .env(ENV_UPBIT_CACHE_TTL_MS, "0")
+            .env(ENV_UPBIT_RATE_PER_SEC, "1000"),
+    )
+    .await?;
+    let envs = [&a, &py, &c, &a_off, &e];
     let event = collect_event(&["KRW-BTC".to_string()], 3);
     for env in envs {
         for _ in 0..WARMUP_COUNT {
@@ -129,8 +138,8 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
         }
     }
     let n = b.opts.warm;
-    let mut samples: [Vec<Duration>; 4] = Default::default();
-    let mut handler: [Vec<Duration>; 4] = Default::default();
+    let mut samples: [Vec<Duration>; 5] = Default::default();
+    let mut handler: [Vec<Duration>; 5] = Default::default();
     for i in 0..n {
         for (k, env) in envs.iter().enumerate() {
             let out = env.invoke(event.clone()).await?;
@@ -145,11 +154,12 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             handler[k].push(Duration::from_secs_f64(secs));
         }
     }
-    let [sa, sb, sc, s_off] = samples.map(|s| Summary::of(&s));
-    let [ha, hb, hc, h_off] = handler.map(|s| Summary::of(&s));
+    let [sa, sb, sc, s_off, se] = samples.map(|s| Summary::of(&s));
+    let [ha, hb, hc, h_off, he] = handler.map(|s| Summary::of(&s));
     record_memory(b, &a, MEM_RUST_FN, "warm (fig. 1)");
     record_memory(b, &py, MEM_PY_FN, "warm (fig. 1)");
     record_memory(b, &c, MEM_DIRECT_FN, "warm (fig. 1)");
+    record_memory(b, &e, MEM_PY_LAYER_FN, "warm (fig. 1)");
     let warm = Warm {
         n,
         variants: vec![
@@ -157,16 +167,18 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             Variant::new("b", LABEL_B, sb, hb),
             Variant::new("c", LABEL_C, sc, hc),
             Variant::new("a-off", LABEL_A_OFF, s_off, h_off),
+            Variant::new("e", LABEL_E, se, he),
         ],
         ratio_b_over_a_p50: ratio(sb.p50_us, sa.p50_us),
         ratio_b_over_a_p99: ratio(sb.p99_us, sa.p99_us),
         ratio_c_over_a_p50: ratio(sc.p50_us, sa.p50_us),
     };
     eprintln!(
-        "   warm p50: a {:.2} ms, b {:.2} ms, c {:.2} ms -> b/a {:.1}x",
+        "   warm p50: a {:.2} ms, b {:.2} ms, c {:.2} ms, e {:.2} ms -> b/a {:.1}x",
         sa.p50_ms(),
         sb.p50_ms(),
         sc.p50_ms(),
+        se.p50_ms(),
         warm.ratio_b_over_a_p50
     );
     b.report.warm = Some(warm);
@@ -444,15 +456,17 @@ pub async fn cold(b: &mut Bench) -> Result<()> {
     let sim = free_sim().await?;
     let url = sim.base_url();
     let event = collect_event(&["KRW-ETH".to_string()], 3);
+    let (_layer, e_cfg) = b.python_layer_env(&url)?;
     let cfgs = [
         ("a", LABEL_A, b.core_env(&url)),
         ("b", LABEL_B, b.python_env(&url)),
         ("c", LABEL_C, b.direct_env(&url)),
+        ("e", LABEL_E, e_cfg),
     ];
     let k = b.opts.cold;
-    let mut init: [Vec<f64>; 3] = Default::default();
-    let mut first: [Vec<f64>; 3] = Default::default();
-    let mut total: [Vec<f64>; 3] = Default::default();
+    let mut init: [Vec<f64>; 4] = Default::default();
+    let mut first: [Vec<f64>; 4] = Default::default();
+    let mut total: [Vec<f64>; 4] = Default::default();
     let (mut reg_log, mut ready_log, mut reg_spawn, mut ready_spawn) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..k {
         for (j, (_, label, cfg)) in cfgs.iter().enumerate() {
@@ -465,7 +479,8 @@ pub async fn cold(b: &mut Bench) -> Result<()> {
             init[j].push(init_ms);
             first[j].push(first_ms);
             total[j].push(init_ms + first_ms);
-            if let Some(ext) = rep.extensions.iter().find(|e| e.name == EXTENSION) {
+            // The extension's own start-up figures come from (a) alone, as before (e) was added.
+            if let Some(ext) = rep.extensions.iter().find(|e| e.name == EXTENSION && j == 0) {
                 reg_spawn.push(ext.spawn_to_registered.as_secs_f64() * 1e3);
                 ready_spawn.push(ext.spawn_to_first_next.as_secs_f64() * 1e3);
                 reg_log.extend(logged_elapsed_us(&env, "extension registered"));
@@ -475,7 +490,8 @@ pub async fn cold(b: &mut Bench) -> Result<()> {
                 let (mem_label, phase) = match j {
                     0 => (MEM_RUST_FN, "cold start (fig. 3)"),
                     1 => (MEM_PY_FN, "cold start (fig. 3)"),
-                    _ => (MEM_DIRECT_FN, "cold start (fig. 3)"),
+                    2 => (MEM_DIRECT_FN, "cold start (fig. 3)"),
+                    _ => (MEM_PY_LAYER_FN, "cold start (fig. 3)"),
                 };
                 record_memory(b, &env, mem_label, phase);
             }
@@ -506,10 +522,11 @@ pub async fn cold(b: &mut Bench) -> Result<()> {
         variants,
     };
     eprintln!(
-        "   first response p50: a {:.1} ms, b {:.1} ms, c {:.1} ms; registered {:.2} ms after spawn",
+        "   first response p50: a {:.1} ms, b {:.1} ms, c {:.1} ms, e {:.1} ms; registered {:.2} ms after spawn",
         cold.variants[0].first_response_ms,
         cold.variants[1].first_response_ms,
         cold.variants[2].first_response_ms,
+        cold.variants[3].first_response_ms,
         cold.ext_spawn_to_registered_ms
     );
     b.report.cold = Some(cold);
