@@ -218,6 +218,9 @@ report_sizes() {
     size_row "$DIST/$EXTENSION-layer-$arch.zip" "$LAYER_ZIP_BUDGET"
     for name in "${FUNCTIONS[@]}"; do size_row "$DIST/$name-$arch.zip" "$FUNCTION_ZIP_BUDGET"; done
   done
+  local sizes
+  sizes="$(python3 "$MKZIP" size "$DIST/$EXTENSION-layer-${ARCHS[0]}.zip" python/)"
+  log "of each layer zip, python/ (the Python client) takes ${sizes% *} bytes (${sizes#* } unzipped)"
   [ "$SIZE_OVER" = 0 ] || die "artifact size budget exceeded (see the table above)"
 }
 

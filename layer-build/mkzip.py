@@ -13,7 +13,8 @@ The bytes also depend on the zlib that Python links; the same machine image give
     mkzip.py pack OUT.zip ARCNAME=SRC [ARCNAME=SRC ...]   write OUT.zip (parent directory entries are added);
                                                           ARCNAME/=DIR/ adds every file under DIR (0644), but
                                                           __pycache__, *.pyc and dot files (/=DIR/: at the root)
-    mkzip.py size ZIP                                     print "<zip bytes> <unzipped bytes>"
+    mkzip.py size ZIP [PREFIX]                            print "<zip bytes> <unzipped bytes>"; with PREFIX,
+                                                          of the entries under it (their headers included)
     mkzip.py unpack ZIP DIR                               extract into DIR with the stored Unix modes, as Lambda
                                                           does (zipfile.extract and busybox unzip drop them)
 """
@@ -94,10 +95,16 @@ def pack(out: str, specs: list[str]) -> None:
     os.replace(tmp, out)
 
 
-def size(path: str) -> None:
+def size(path: str, prefix: str | None = None) -> None:
     with zipfile.ZipFile(path) as zf:
-        unzipped = sum(i.file_size for i in zf.infolist())
-    print(os.path.getsize(path), unzipped)
+        infos = [i for i in zf.infolist() if prefix is None or i.filename.startswith(prefix)]
+    unzipped = sum(i.file_size for i in infos)
+    if prefix is None:
+        print(os.path.getsize(path), unzipped)
+    else:
+        # Local header (30 bytes) + central directory entry (46 bytes) + the name twice + the data: no extra fields
+        # or comments in these zips, so this is exactly what the entries add to the file.
+        print(sum(76 + 2 * len(i.filename.encode()) + i.compress_size for i in infos), unzipped)
 
 
 def unpack(path: str, dest: str) -> None:
@@ -123,8 +130,8 @@ def unpack(path: str, dest: str) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) >= 3 and argv[0] == "pack":
         pack(argv[1], argv[2:])
-    elif len(argv) == 2 and argv[0] == "size":
-        size(argv[1])
+    elif len(argv) in (2, 3) and argv[0] == "size":
+        size(*argv[1:])
     elif len(argv) == 3 and argv[0] == "unpack":
         unpack(argv[1], argv[2])
     else:

@@ -59,7 +59,7 @@ def test_candles_page_back_like_the_rust_collector() -> None:
 
 
 @needs_env
-def test_quotation_calls_answer_what_upbit_answers() -> None:
+def test_quotation_calls_answer_what_upbit_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     markets = mc.upbit.markets()
     assert markets == direct("/v1/market/all?is_details=true")
     assert "market_event" in markets[0]
@@ -67,7 +67,10 @@ def test_quotation_calls_answer_what_upbit_answers() -> None:
     krw = [m["market"] for m in markets if m["market"].startswith("KRW-")]
     tickers = mc.upbit.tickers(krw)
     assert [t["market"] for t in tickers] == krw
-    assert tickers[:100] == direct("/v1/ticker?markets=" + ",".join(krw[:100]))
+    assert tickers == direct("/v1/ticker?markets=" + ",".join(krw))
+    # Split into calls of MAX_MARKETS_PER_TICKER_CALL (100; fewer here, so the simulator's markets need several).
+    monkeypatch.setattr(mc, "MAX_MARKETS_PER_TICKER_CALL", 10)
+    assert len(krw) > 30 and mc.upbit.tickers(krw) == tickers
     assert mc.upbit.orderbook(["KRW-BTC", "KRW-ETH"]) == direct("/v1/orderbook?markets=KRW-BTC,KRW-ETH")
     assert mc.upbit.trades("KRW-BTC", 5) == direct("/v1/trades/ticks?market=KRW-BTC&count=5")
     assert mc.upbit.get("/v1/ticker", markets=["KRW-BTC"]) == direct("/v1/ticker?markets=KRW-BTC")

@@ -369,3 +369,54 @@ async fn python_collector_on_the_layer_stores_what_the_rust_collector_stores() {
     rust.shutdown(SHUTDOWN_BUDGET).await.unwrap();
     py.shutdown(SHUTDOWN_BUDGET).await.unwrap();
 }
+
+/// README's "Moving a Python function onto the layer" handler, as written, under awslambdaric on the layer.
+#[tokio::test]
+async fn readme_moving_a_python_function_block_runs_as_written() {
+    let readme = std::fs::read_to_string(bins::workspace_root().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Moving a Python function onto the layer\n")
+        .nth(1)
+        .expect("README has the section");
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    let block = section
+        .split("```python\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("the section has a ```python block");
+    assert!(block.starts_with("import makenaide_core as mc"), "{block}");
+
+    let backends = backends().await;
+    let collector = backends.start_env(COLLECTOR).await;
+    let out = collector
+        .invoke(json!({"markets": ["KRW-BTC"], "interval": "days", "count": 3}))
+        .await
+        .unwrap();
+    assert_eq!(common::result_of(out.ok().unwrap())["rows_stored"], json!(3));
+    collector.shutdown(SHUTDOWN_BUDGET).await.unwrap();
+
+    let task = tempfile::tempdir().unwrap();
+    std::fs::write(task.path().join("lambda_function.py"), block).unwrap();
+    let layer = UnpackedLayer::with_built_extension().unwrap();
+    let cfg = layer
+        .python_function(&test_python().unwrap(), task.path(), "lambda_function.lambda_handler")
+        .env("MAKENAIDE_DATABASE_URL", backends.db.url())
+        .env("MAKENAIDE_UPBIT_BASE_URL", backends.upbit.base_url());
+    let env = LambdaEnv::start(cfg).await.unwrap();
+    let out = env.invoke(json!({"market": "KRW-BTC"})).await.unwrap();
+    let newest: Value = reqwest_json(&format!(
+        "{}/v1/candles/days?market=KRW-BTC&count=1",
+        backends.upbit.base_url()
+    ))
+    .await;
+    assert_eq!(
+        out.ok().unwrap(),
+        &json!({"newest": newest[0]["candle_date_time_utc"], "stored": 3})
+    );
+    env.shutdown(SHUTDOWN_BUDGET).await.unwrap();
+}
+
+async fn reqwest_json(url: &str) -> Value {
+    lambda_simulator::ensure_default_crypto_provider();
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
