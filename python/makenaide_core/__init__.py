@@ -246,7 +246,9 @@ class Upbit:
 
     def get(self, path: str, **params: Any) -> Any:
         query = urlencode({k: _param(v) for k, v in params.items() if v is not None}, safe=",:")
-        status, source, data = (self._core or core()).request("GET", path + "?" * bool(query) + query)
+        if query:
+            path += ("&" if "?" in path else "?") + query
+        status, source, data = (self._core or core()).request("GET", path)
         reply = _decode(data, status, source or "upbit")
         err = reply.get("error") if isinstance(reply, dict) else None
         if status < 300:

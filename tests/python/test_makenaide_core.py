@@ -74,6 +74,7 @@ def test_quotation_calls_answer_what_upbit_answers(monkeypatch: pytest.MonkeyPat
     assert mc.upbit.orderbook(["KRW-BTC", "KRW-ETH"]) == direct("/v1/orderbook?markets=KRW-BTC,KRW-ETH")
     assert mc.upbit.trades("KRW-BTC", 5) == direct("/v1/trades/ticks?market=KRW-BTC&count=5")
     assert mc.upbit.get("/v1/ticker", markets=["KRW-BTC"]) == direct("/v1/ticker?markets=KRW-BTC")
+    assert mc.upbit.get("/v1/candles/days?market=KRW-BTC", count=2) == direct("/v1/candles/days?market=KRW-BTC&count=2")
 
 
 @needs_env
