@@ -24,7 +24,7 @@ use makenaide_contract::{env, headers, routes, Deadline, ErrorCode};
 use makenaide_pipeline::{deadline, upbit, CoreError};
 use makenaide_tests::lambda_env::{bins, LambdaEnv};
 use makenaide_tests::pg::TestDb;
-use makenaide_tests::python_layer::{test_python, UnpackedLayer, PYTHON_PACKAGE};
+use makenaide_tests::python_layer::{test_python, UnpackedLayer, EXAMPLE_COLLECTOR, PYTHON_PACKAGE};
 use serde_json::{json, Value};
 
 /// Runs `code` with the layer's Python client importable; its stdout as JSON.
@@ -171,6 +171,12 @@ fn python_package_is_typed_stdlib_only_and_small() {
     assert!(
         bytes < 30 * 1024,
         "{PYTHON_PACKAGE} is {bytes} bytes; the budget is 30 KB"
+    );
+    let example = std::fs::read_to_string(root.join(EXAMPLE_COLLECTOR).join("lambda_function.py")).unwrap();
+    assert!(
+        example.lines().count() <= 40,
+        "the collector on the layer is {} lines; at most 40",
+        example.lines().count()
     );
     let python = test_python().unwrap();
     let mypy = Command::new(&python)
