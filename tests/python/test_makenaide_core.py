@@ -146,11 +146,12 @@ def test_token_errors() -> None:
 @needs_env
 def test_deadline_from_the_context_bounds_the_statement() -> None:
     c = mc.Core()
-    sent = c.use_context(Context(1600))
+    sent = c.use_context(Context(3000))
     assert sent is not None
-    # 1.6 s left, 750 ms kept back: the extension stops the 5 s statement at the deadline it was sent.
+    # 3 s left, 750 ms kept back: the extension stops the 30 s statement at the deadline it was sent (without it,
+    # the client would give up first, 250 ms after that deadline, with CoreUnavailable).
     with pytest.raises(mc.DatabaseError) as e:
-        mc.Db(c).query("select pg_sleep(5)")
+        mc.Db(c).query("select pg_sleep(30)")
     assert (e.value.code, e.value.status) == ("db_timeout", 504)
     # An emulator's implausible value (0, a duration taken for a time) sends no deadline at all.
     assert c.use_context(Context(0)) is None and c.deadline_ms is None
