@@ -29,6 +29,10 @@
 #      --schedule an existing schedule is left as it is.
 #   Running it again updates in place: it never creates a second function, layer version, schedule, role,
 #   dashboard or alarm.
+#   With --python-collector it also creates or updates makenaide-data-collector-python: the data collector moved
+#   onto the layer (examples/python/data_collector, zipped reproducibly by layer-build/mkzip.py), runtime python3.13,
+#   handler lambda_function.lambda_handler, the same role, memory, timeout, environment and VPC, the same layer
+#   version attached (its makenaide_core is /opt/python/makenaide_core). It is not smoke-invoked (it writes candles).
 #
 # attach: puts the newest "<layer-name>-<arch>" version on FUNCTION (Rust, Python, any zip runtime), replacing an
 #   older makenaide-core version and keeping every other layer in place. <arch> defaults to the function's own.
@@ -68,6 +72,8 @@
 #   --dist DIR                   MAKENAIDE_DIST_DIR             <repo>/dist
 #   --endpoint-url URL           MAKENAIDE_AWS_ENDPOINT_URL                        passed to every call (tests, LocalStack)
 #   --no-smoke                   MAKENAIDE_NO_SMOKE=1                              skip the smoke invocations
+#   --python-collector           MAKENAIDE_PYTHON_COLLECTOR=1                      also deploy the Python collector
+#                                                                                  on the layer (python3.13)
 #   --schedule EXPR|off          MAKENAIDE_SCHEDULE             (unchanged)        rate(1 hour), cron(0 * * * ? *),
 #                                                                                  at(...); off deletes the schedule
 #   --schedule-timezone TZ       MAKENAIDE_SCHEDULE_TIMEZONE    UTC                for cron() and at(), e.g. Asia/Seoul
@@ -106,6 +112,12 @@ EXTENSION="makenaide-core"
 mapfile -t FUNCTIONS < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$ROOT/functions/FUNCTIONS")   # the one list
 FUNCTION_RUNTIME="provided.al2023"
 FUNCTION_HANDLER="bootstrap"
+# The data collector moved onto the layer (--python-collector): a Python function whose only import beyond the
+# standard library is the layer's makenaide_core.
+PY_COLLECTOR="makenaide-data-collector-python"
+PY_COLLECTOR_SRC="examples/python/data_collector"
+PY_RUNTIME="python3.13"
+PY_HANDLER="lambda_function.lambda_handler"
 # Every runtime the static extension runs in (it needs no libc from the image).
 LAYER_RUNTIMES=(provided.al2023 provided.al2 python3.9 python3.10 python3.11 python3.12 python3.13)
 LAYER_LICENSE="MIT OR Apache-2.0"
@@ -159,6 +171,8 @@ LAYER_NAME="${MAKENAIDE_LAYER_NAME:-$EXTENSION}"
 DIST="${MAKENAIDE_DIST_DIR:-$ROOT/dist}"
 ENDPOINT_URL="${MAKENAIDE_AWS_ENDPOINT_URL:-}"
 NO_SMOKE="${MAKENAIDE_NO_SMOKE:-0}"
+PYTHON_COLLECTOR="${MAKENAIDE_PYTHON_COLLECTOR:-0}"
+case "$PYTHON_COLLECTOR" in 1|true|yes|on) PYTHON_COLLECTOR=1 ;; *) PYTHON_COLLECTOR=0 ;; esac
 WAIT_MODE="${MAKENAIDE_WAIT_MODE:-auto}"
 WAIT_TIMEOUT_S="${MAKENAIDE_WAIT_TIMEOUT_S:-600}"
 SCHEDULE="${MAKENAIDE_SCHEDULE:-}"
@@ -199,6 +213,7 @@ while [ $# -gt 0 ]; do
     --dist) need_value "$1" $#; DIST="$2"; shift 2 ;;
     --endpoint-url) need_value "$1" $#; ENDPOINT_URL="$2"; shift 2 ;;
     --no-smoke) NO_SMOKE=1; shift ;;
+    --python-collector) PYTHON_COLLECTOR=1; shift ;;
     --schedule) need_value "$1" $#; SCHEDULE="$2"; shift 2 ;;
     --schedule-timezone) need_value "$1" $#; SCHEDULE_TZ="$2"; shift 2 ;;
     --scheduler-role-arn) need_value "$1" $#; SCHEDULER_ROLE_ARN="$2"; shift 2 ;;
@@ -289,6 +304,26 @@ dry_note() { [ "$DRY_RUN" = 1 ] && echo "[dry-run] # $*"; return 0; }
 
 # --- helpers -------------------------------------------------------------------------------------------------
 fn_name() { echo "$FUNCTION_PREFIX$1"; }
+
+# What deploy creates or updates, one entry per function: name, runtime, handler, code zip, description.
+DEPLOYED=(); DEPLOYED_RUNTIME=(); DEPLOYED_HANDLER=(); DEPLOYED_ZIP=(); DEPLOYED_DESC=()
+add_deployed() {
+  DEPLOYED+=("$1"); DEPLOYED_RUNTIME+=("$2"); DEPLOYED_HANDLER+=("$3"); DEPLOYED_ZIP+=("$4"); DEPLOYED_DESC+=("$5")
+}
+plan_deployed() {
+  local f
+  for f in "${FUNCTIONS[@]}"; do
+    add_deployed "$f" "$FUNCTION_RUNTIME" "$FUNCTION_HANDLER" "$DIST/$f-$ARCH.zip" "makenaide $f (Rust, makenaide-core layer)"
+  done
+  [ "$PYTHON_COLLECTOR" = 1 ] || return 0
+  have python3 || die "python3 is needed to zip $PY_COLLECTOR_SRC (--python-collector)"
+  local zip="$WORK/$PY_COLLECTOR.zip"
+  # Reproducible (mkzip.py): the same source gives the same CodeSha256, so an unchanged function is not updated.
+  python3 "$ROOT/layer-build/mkzip.py" pack "$zip" "/=$ROOT/$PY_COLLECTOR_SRC/" \
+    || die "could not zip $ROOT/$PY_COLLECTOR_SRC"
+  add_deployed "$PY_COLLECTOR" "$PY_RUNTIME" "$PY_HANDLER" "$zip" \
+    "makenaide data collector (Python on the makenaide-core layer)"
+}
 layer_name() { echo "$LAYER_NAME-$1"; }
 
 # CodeSha256 as Lambda reports it: base64 of the raw SHA-256 digest.
@@ -618,13 +653,13 @@ read_function() {
   fi
 }
 
-# Plan phase (reads only, before any change): the current state of every function, one entry per FUNCTIONS index;
+# Plan phase (reads only, before any change): the current state of every function, one entry per DEPLOYED index;
 # a container-image function or one that would end up with too many layers stops the deploy here.
 PLAN_EXISTS=(); PLAN_SHA=(); PLAN_ARCH=(); PLAN_LAYERS=(); PLAN_SETTLED=()
 plan_functions() {
   local i
-  for i in "${!FUNCTIONS[@]}"; do
-    read_function "$(fn_name "${FUNCTIONS[$i]}")"
+  for i in "${!DEPLOYED[@]}"; do
+    read_function "$(fn_name "${DEPLOYED[$i]}")"
     PLAN_EXISTS[i]="$FN_EXISTS"; PLAN_SHA[i]="$FN_SHA"; PLAN_ARCH[i]="$FN_ARCH"; PLAN_SETTLED[i]="$FN_SETTLED"
     PLAN_LAYERS[i]="${FN_LAYERS[*]:-}"
     # shellcheck disable=SC2086  # layer ARNs hold no spaces or globs
@@ -634,17 +669,17 @@ plan_functions() {
 
 VPC_ARGS=()
 KMS_ARGS=()
-# deploy_function INDEX LAYER_ARN: creates or updates FUNCTIONS[INDEX] as planned.
+# deploy_function INDEX LAYER_ARN: creates or updates DEPLOYED[INDEX] as planned.
 deploy_function() {
   local i="$1" layer_arn="$2" base fn zip sha
-  base="${FUNCTIONS[$i]}"
-  fn="$(fn_name "$base")"; zip="$DIST/$base-$ARCH.zip"; sha="$(code_sha256 "$zip")"
+  base="${DEPLOYED[$i]}"
+  fn="$(fn_name "$base")"; zip="${DEPLOYED_ZIP[$i]}"; sha="$(code_sha256 "$zip")"
   FN_EXISTS="${PLAN_EXISTS[i]}"; FN_SHA="${PLAN_SHA[i]}"; FN_ARCH="${PLAN_ARCH[i]}"; FN_SETTLED="${PLAN_SETTLED[i]}"
   # shellcheck disable=SC2206  # layer ARNs hold no spaces or globs
   FN_LAYERS=(${PLAN_LAYERS[i]})
-  local common=(--role "$ROLE_ARN" --runtime "$FUNCTION_RUNTIME" --handler "$FUNCTION_HANDLER"
+  local common=(--role "$ROLE_ARN" --runtime "${DEPLOYED_RUNTIME[$i]}" --handler "${DEPLOYED_HANDLER[$i]}"
     --memory-size "$MEMORY_MB" --timeout "$TIMEOUT_S" --environment "file://$ENV_FILE"
-    --description "makenaide $base (Rust, makenaide-core layer)"
+    --description "${DEPLOYED_DESC[$i]}"
     ${VPC_ARGS[@]+"${VPC_ARGS[@]}"} ${KMS_ARGS[@]+"${KMS_ARGS[@]}"})
   if [ "$DRY_RUN" = 1 ]; then
     dry_note "$fn exists → update code (unless CodeSha256 is already $sha) and configuration:"
@@ -1174,6 +1209,7 @@ cmd_deploy() {
   resolve_db
   print_db_policy
   write_environment
+  plan_deployed
   plan_functions
   if [ -n "$SUBNET_IDS" ]; then VPC_ARGS=(--vpc-config "SubnetIds=$SUBNET_IDS,SecurityGroupIds=$SECURITY_GROUP_IDS"); fi
   if [ -n "$KMS_KEY_ARN" ]; then KMS_ARGS=(--kms-key-arn "$KMS_KEY_ARN"); fi
@@ -1193,7 +1229,7 @@ cmd_deploy() {
   fi
 
   local i
-  for i in "${!FUNCTIONS[@]}"; do deploy_function "$i" "$fn_layer"; done
+  for i in "${!DEPLOYED[@]}"; do deploy_function "$i" "$fn_layer"; done
 
   apply_log_retention
   if [ "$NO_MONITORING" = 1 ]; then
@@ -1212,7 +1248,7 @@ cmd_deploy() {
   # Last: a deploy whose smoke invocation failed schedules nothing.
   apply_schedule
   if [ "$DRY_RUN" = 1 ]; then log "dry run done: nothing was changed"; return 0; fi
-  log "done: layer $fn_layer on ${#FUNCTIONS[@]} functions ($ARCH)"
+  log "done: layer $fn_layer on ${#DEPLOYED[@]} functions ($ARCH)"
 }
 
 cmd_attach() {

@@ -11,8 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"a": "#2a9d8f", "b": "#e76f51", "c": "#8d99ae", "a-off": "#83c5be", "d": "#264653"}
-SHORT = {"a": "(a) makenaide-core", "b": "(b) Python\nbaseline", "c": "(c) Rust,\nno extension", "a-off": "(a) metrics\noff", "d": "(d) in-process\nfloor"}
+COLORS = {"a": "#2a9d8f", "b": "#e76f51", "c": "#8d99ae", "a-off": "#83c5be", "d": "#264653", "e": "#f4a261"}
+SHORT = {"a": "(a) makenaide-core", "b": "(b) Python\nbaseline", "c": "(c) Rust,\nno extension", "a-off": "(a) metrics\noff",
+         "d": "(d) in-process\nfloor", "e": "(e) Python\non the layer"}
 
 
 def hop_label(name):
@@ -106,10 +107,11 @@ def main(src, dst):
     if peaks:
         labels = [p["process"].replace("function ", "fn\n").replace("extension ", "ext\n")
                   .replace("makenaide-data-collector", "collector").replace("bench-direct-collector", "direct (c)")
-                  .replace("Python baseline", "Python (b)") for p in peaks]
+                  .replace("Python baseline", "Python (b)").replace("Python collector on the layer", "Python (e)")
+                  for p in peaks]
         vals = [p["peak_kib"] / 1024 for p in peaks]
-        cols = [COLORS["b"] if "Python" in p["process"] else COLORS["a"] if "makenaide" in p["process"]
-                else COLORS["c"] for p in peaks]
+        cols = [COLORS["e"] if "on the layer" in p["process"] else COLORS["b"] if "Python" in p["process"]
+                else COLORS["a"] if "makenaide" in p["process"] else COLORS["c"] for p in peaks]
         bars(ax[5], labels, vals, cols, "{:.1f}", "6. Peak RSS (MiB); goals 15 / 8 MiB", "MiB")
         ax[5].axhline(15, color="black", linestyle=":", linewidth=1)
         ax[5].axhline(8, color="black", linestyle="--", linewidth=1)

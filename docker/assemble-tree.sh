@@ -3,6 +3,7 @@
 # script in its unpack stage), so it can be inspected or run without a Docker engine:
 #
 #   <dir>/opt/extensions/makenaide-core      the layer zip unpacked under /opt, as Lambda does
+#   <dir>/opt/python/makenaide_core/         (same zip) the Python client, on sys.path of a python3.x function
 #   <dir>/var/runtime/bootstrap              the function zip's bootstrap (where the provided.al2023 image's
 #                                            entrypoint runs it)
 #   <dir>/functions/<function>/bootstrap     the same file under its function name: not in the image; lets the

@@ -2,6 +2,9 @@
 # Builds the makenaide-core layer and the four function zips into dist/ (the artifact contract of DESIGN.md):
 #
 #   dist/makenaide-core-layer-<arch>.zip   extensions/makenaide-core   (0755)
+#                                          python/makenaide_core/*     (0644; the Python client, from the repo's
+#                                                                       python/makenaide_core/, unpacked by Lambda
+#                                                                       to /opt/python, on sys.path in python3.x)
 #   dist/<function>-<arch>.zip             bootstrap                   (0755)
 #
 # for <arch> in x86_64, arm64 and the four functions below. Binaries are static musl builds (cargo-lambda + zig), so
@@ -31,6 +34,7 @@ FUNCTION_ZIP_BUDGET=$((560 * 1024))     # bytes, each dist/<function>-<arch>.zip
 
 # --- what is built -----------------------------------------------------------------------------------------
 EXTENSION="makenaide-core"               # binary == file under /opt/extensions == registered extension name
+PYTHON_PACKAGE="python/makenaide_core"   # its folder in the repo == its folder in the layer zip (/opt/python/...)
 ALL_ARCHS=(x86_64 arm64)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -185,7 +189,8 @@ package_arch() {
   local arch="$1" bin name
   bin="$(bin_path "$arch" "$EXTENSION")"
   check_static "$bin" "$arch" "$EXTENSION"
-  python3 "$MKZIP" pack "$DIST/$EXTENSION-layer-$arch.zip" "extensions/$EXTENSION=$bin"
+  python3 "$MKZIP" pack "$DIST/$EXTENSION-layer-$arch.zip" "extensions/$EXTENSION=$bin" \
+    "$PYTHON_PACKAGE/=$ROOT/$PYTHON_PACKAGE/"
   for name in "${FUNCTIONS[@]}"; do
     bin="$(bin_path "$arch" "$name")"
     check_static "$bin" "$arch" "$name"
@@ -213,6 +218,9 @@ report_sizes() {
     size_row "$DIST/$EXTENSION-layer-$arch.zip" "$LAYER_ZIP_BUDGET"
     for name in "${FUNCTIONS[@]}"; do size_row "$DIST/$name-$arch.zip" "$FUNCTION_ZIP_BUDGET"; done
   done
+  local sizes
+  sizes="$(python3 "$MKZIP" size "$DIST/$EXTENSION-layer-${ARCHS[0]}.zip" python/)"
+  log "of each layer zip, python/ (the Python client) takes ${sizes% *} bytes (${sizes#* } unzipped)"
   [ "$SIZE_OVER" = 0 ] || die "artifact size budget exceeded (see the table above)"
 }
 

@@ -19,6 +19,8 @@ import pytest
 
 from conftest import ARCHS, EXTENSION, FUNCTIONS, ROOT, fake_elf, run_build, write_fake_bins
 
+PYTHON_PACKAGE = ROOT / "python" / "makenaide_core"
+
 ALL_ZIPS = [f"{EXTENSION}-layer-{a}.zip" for a in ARCHS] + [f"{f}-{a}.zip" for f in FUNCTIONS for a in ARCHS]
 
 
@@ -31,7 +33,15 @@ def test_artifact_layout_and_modes(fake_dist):
     for arch in ARCHS:
         with zipfile.ZipFile(fake_dist / f"{EXTENSION}-layer-{arch}.zip") as zf:
             infos = {i.filename: i for i in zf.infolist()}
-            assert sorted(infos) == ["extensions/", f"extensions/{EXTENSION}"]
+            # The Python client, as in the repo (Lambda unpacks it to /opt/python, on sys.path in python3.x).
+            package = sorted(f"python/makenaide_core/{p.name}" for p in PYTHON_PACKAGE.iterdir()
+                             if p.is_file() and not p.name.endswith(".pyc"))
+            assert "python/makenaide_core/__init__.py" in package and "python/makenaide_core/py.typed" in package
+            assert sorted(infos) == sorted(["extensions/", f"extensions/{EXTENSION}", "python/",
+                                            "python/makenaide_core/", *package])
+            for name in package:
+                assert infos[name].external_attr >> 16 == 0o100644
+                assert zf.read(name) == (ROOT / name).read_bytes()
             ext = infos[f"extensions/{EXTENSION}"]
             assert ext.external_attr >> 16 == 0o100755
             assert ext.create_system == 3  # Unix: the mode bits are honoured when Lambda unpacks the layer
@@ -152,7 +162,8 @@ def test_real_artifacts_are_static(tmp_path):
     for name in ALL_ZIPS:
         arch = "arm64" if name.endswith("-arm64.zip") else "x86_64"
         with zipfile.ZipFile(dist / name) as zf:
-            (member,) = [i for i in zf.infolist() if not i.is_dir()]
+            # The one binary: the extension of a layer zip (beside the Python client), a function's bootstrap.
+            (member,) = [i for i in zf.infolist() if i.filename in (f"extensions/{EXTENSION}", "bootstrap")]
             out = tmp_path / name
             out.write_bytes(zf.read(member))
         header = subprocess.run(["readelf", "-h", str(out)], capture_output=True, text=True).stdout

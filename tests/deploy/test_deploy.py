@@ -455,3 +455,41 @@ def test_help(deploy_env):
     for word in ("--role-arn", "--db-secret-id", "--db-iam-auth", "MAKENAIDE_DATABASE_URL", "attach FUNCTION", "--dry-run",
                  "MAKENAIDE_AWS_ENDPOINT_URL", "--no-smoke"):
         assert word in res.stdout
+
+
+def test_python_collector_on_the_layer(moto, deploy_env, tmp_path):
+    """--python-collector: examples/python/data_collector as a python3.13 function with the layer attached, its zip
+    holding exactly the example's lambda_function.py; a second run leaves its code as it is."""
+    moto.create_role()
+    res = deploy(deploy_env, "--python-collector", "--no-smoke", "--arch", "x86_64", "--layer-archs", "x86_64",
+                 "--memory", "512")
+    assert res.code == 0, res
+    fns = moto.functions()
+    assert sorted(fns) == sorted([*FUNCTIONS, "makenaide-data-collector-python"])
+    cfg = fns["makenaide-data-collector-python"]
+    assert (cfg["Runtime"], cfg["Handler"]) == ("python3.13", "lambda_function.lambda_handler")
+    assert cfg["Architectures"] == ["x86_64"] and cfg["MemorySize"] == 512 and cfg["Role"] == ROLE_ARN
+    assert cfg["Environment"]["Variables"] == {"MAKENAIDE_DATABASE_URL": DB_URL}
+    assert [l["Arn"] for l in cfg["Layers"]] == [layer_arn("x86_64", 1)]
+    assert "python3.13" in moto.lam.get_layer_version(LayerName=f"{EXTENSION}-x86_64", VersionNumber=1)[
+        "CompatibleRuntimes"]
+    # The code Lambda got is the example, as is: the same bytes as mkzip.py's zip of the example folder.
+    import subprocess
+    import zipfile
+    root = Path(__file__).resolve().parents[2]
+    zip_path = tmp_path / "collector.zip"
+    subprocess.run(["python3", str(root / "layer-build/mkzip.py"), "pack", str(zip_path),
+                    f"/={root}/examples/python/data_collector/"], check=True)
+    with zipfile.ZipFile(zip_path) as zf:
+        assert zf.namelist() == ["lambda_function.py"]
+        assert zf.read("lambda_function.py") == (root / "examples/python/data_collector/lambda_function.py").read_bytes()
+    assert cfg["CodeSha256"] == code_sha(zip_path)
+    # The Rust functions are unchanged by the option.
+    assert all(fns[f]["Runtime"] == "provided.al2023" for f in FUNCTIONS)
+
+    # Again: the reproducible zip has the same CodeSha256, so the code is not updated.
+    sha = cfg["CodeSha256"]
+    res = deploy(deploy_env, "--python-collector", "--no-smoke", "--arch", "x86_64", "--layer-archs", "x86_64")
+    assert res.code == 0, res
+    assert "makenaide-data-collector-python: code unchanged" in res.stderr
+    assert moto.lam.get_function_configuration(FunctionName="makenaide-data-collector-python")["CodeSha256"] == sha

@@ -41,9 +41,18 @@ def test_assemble_tree_matches_the_zips(fake_dist, tmp_path):
     with zipfile.ZipFile(fake_dist / "makenaide-scanner-arm64.zip") as zf:
         assert boot.read_bytes() == zf.read("bootstrap") == alias.read_bytes()
 
+    # The layer's Python client lands in /opt/python as on Lambda (0644), byte for byte the repo's.
+    with zipfile.ZipFile(fake_dist / f"{EXTENSION}-layer-arm64.zip") as zf:
+        python_files = sorted(n for n in zf.namelist() if n.startswith("python/") and not n.endswith("/"))
+    assert "python/makenaide_core/__init__.py" in python_files
+    for name in python_files:
+        assert (tree / "opt" / name).read_bytes() == (ROOT / name).read_bytes()
+        assert (tree / "opt" / name).stat().st_mode & 0o777 == 0o644, name
+
     # Nothing else in the image tree (the alias dir is for the harness only).
     files = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file())
-    assert files == ["functions/makenaide-scanner/bootstrap", f"opt/extensions/{EXTENSION}", "var/runtime/bootstrap"]
+    assert files == sorted(["functions/makenaide-scanner/bootstrap", f"opt/extensions/{EXTENSION}",
+                            "var/runtime/bootstrap", *(f"opt/{n}" for n in python_files)])
 
     # A second function into the same directory: its alias is added, the image's bootstrap is now that function.
     res = assemble(fake_dist, tree, "makenaide-db-initializer", "arm64")

@@ -8,6 +8,8 @@ pub mod main_job;
 pub mod moto;
 pub mod pg;
 pub mod proptest_runner;
+/// A Python function on the layer unpacked as Lambda does (/opt/extensions, /opt/python), under awslambdaric.
+pub mod python_layer;
 /// Reliability-report figures: reliability_* tests call `report::record` / `report!` (see the module docs).
 pub mod report;
 pub mod upbit_sim;

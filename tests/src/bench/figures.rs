@@ -94,6 +94,7 @@ pub const LABEL_B: &str = "Python baseline (awslambdaric, requests, psycopg2)";
 pub const LABEL_C: &str = "Rust function, no extension, PG connect per invocation";
 /// Variant (d): the floor any sidecar design is measured against.
 pub const LABEL_D: &str = "Rust function, no extension, warm PG connection kept in-process (the floor)";
+pub const LABEL_E: &str = "Python collector on the layer (awslambdaric, makenaide_core)";
 /// (a) with the extension's metrics (Telemetry API + EMF) switched off: shows what they cost per invocation.
 pub const LABEL_A_OFF: &str = "makenaide-core, MAKENAIDE_METRICS=off";
 /// The extension's switch for its metrics (README "Metrics").
@@ -101,6 +102,7 @@ const METRICS_ENV: &str = "MAKENAIDE_METRICS";
 pub const MEM_RUST_FN: &str = "function makenaide-data-collector";
 pub const MEM_PY_FN: &str = "function Python baseline";
 pub const MEM_DIRECT_FN: &str = "function bench-direct-collector";
+pub const MEM_PY_LAYER_FN: &str = "function Python collector on the layer";
 
 /// Figure 1: warm invocations, 1 market × 3 candles, the three variants interleaved invocation by invocation.
 pub async fn warm(b: &mut Bench) -> Result<()> {
@@ -124,7 +126,14 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             .env(METRICS_ENV, "off"),
     )
     .await?;
-    let envs = [&a, &py, &c, &a_off, &d];
+    let (_layer, e_cfg) = b.python_layer_env(&url)?;
+    let e = LambdaEnv::start(
+        e_cfg
+            .env(ENV_UPBIT_CACHE_TTL_MS, "0")
+            .env(ENV_UPBIT_RATE_PER_SEC, "1000"),
+    )
+    .await?;
+    let envs = [&a, &py, &c, &a_off, &d, &e];
     let event = collect_event(&["KRW-BTC".to_string()], 3);
     for env in envs {
         for _ in 0..WARMUP_COUNT {
@@ -133,9 +142,9 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
         }
     }
     let n = b.opts.warm;
-    let mut samples: [Vec<Duration>; 5] = Default::default();
-    let mut handler: [Vec<Duration>; 5] = Default::default();
-    let mut parts: [[Vec<Duration>; 3]; 5] = Default::default();
+    let mut samples: [Vec<Duration>; 6] = Default::default();
+    let mut handler: [Vec<Duration>; 6] = Default::default();
+    let mut parts: [[Vec<Duration>; 3]; 6] = Default::default();
     for i in 0..n {
         for (k, env) in envs.iter().enumerate() {
             let pending = env.start_invoke(event.clone()).await?;
@@ -157,7 +166,7 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             }
         }
     }
-    let keys = ["a", "b", "c", "a-off", "d"];
+    let keys = ["a", "b", "c", "a-off", "d", "e"];
     let outside: Vec<OutsideHandler> = parts
         .iter()
         .zip(keys)
@@ -168,11 +177,12 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             forward: Summary::of(forward),
         })
         .collect();
-    let [sa, sb, sc, s_off, sd] = samples.map(|s| Summary::of(&s));
-    let [ha, hb, hc, h_off, hd] = handler.map(|s| Summary::of(&s));
+    let [sa, sb, sc, s_off, sd, se] = samples.map(|s| Summary::of(&s));
+    let [ha, hb, hc, h_off, hd, he] = handler.map(|s| Summary::of(&s));
     record_memory(b, &a, MEM_RUST_FN, "warm (fig. 1)");
     record_memory(b, &py, MEM_PY_FN, "warm (fig. 1)");
     record_memory(b, &c, MEM_DIRECT_FN, "warm (fig. 1)");
+    record_memory(b, &e, MEM_PY_LAYER_FN, "warm (fig. 1)");
     let warm = Warm {
         n,
         variants: vec![
@@ -181,6 +191,7 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
             Variant::new("c", LABEL_C, sc, hc),
             Variant::new("a-off", LABEL_A_OFF, s_off, h_off),
             Variant::new("d", LABEL_D, sd, hd),
+            Variant::new("e", LABEL_E, se, he),
         ],
         outside,
         handler_ratio_b_over_a_p50: ratio(hb.p50_us, ha.p50_us),
@@ -190,11 +201,12 @@ pub async fn warm(b: &mut Bench) -> Result<()> {
         ratio_c_over_a_p50: ratio(sc.p50_us, sa.p50_us),
     };
     eprintln!(
-        "   warm p50: a {:.2} ms, b {:.2} ms, c {:.2} ms, d {:.2} ms -> b/a {:.1}x; handler a/d {:.2}x, b/a {:.1}x",
+        "   warm p50: a {:.2} ms, b {:.2} ms, c {:.2} ms, d {:.2} ms, e {:.2} ms -> b/a {:.1}x; handler a/d {:.2}x, b/a {:.1}x",
         sa.p50_ms(),
         sb.p50_ms(),
         sc.p50_ms(),
         sd.p50_ms(),
+        se.p50_ms(),
         warm.ratio_b_over_a_p50,
         warm.handler_ratio_a_over_d_p50,
         warm.handler_ratio_b_over_a_p50
@@ -505,15 +517,17 @@ pub async fn cold(b: &mut Bench) -> Result<()> {
     let sim = free_sim().await?;
     let url = sim.base_url();
     let event = collect_event(&["KRW-ETH".to_string()], 3);
+    let (_layer, e_cfg) = b.python_layer_env(&url)?;
     let cfgs = [
         ("a", LABEL_A, b.core_env(&url)),
         ("b", LABEL_B, b.python_env(&url)),
         ("c", LABEL_C, b.direct_env(&url)),
+        ("e", LABEL_E, e_cfg),
     ];
     let k = b.opts.cold;
-    let mut init: [Vec<f64>; 3] = Default::default();
-    let mut first: [Vec<f64>; 3] = Default::default();
-    let mut total: [Vec<f64>; 3] = Default::default();
+    let mut init: [Vec<f64>; 4] = Default::default();
+    let mut first: [Vec<f64>; 4] = Default::default();
+    let mut total: [Vec<f64>; 4] = Default::default();
     let (mut reg_log, mut ready_log, mut reg_spawn, mut ready_spawn) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..k {
         for (j, (_, label, cfg)) in cfgs.iter().enumerate() {
@@ -526,7 +540,8 @@ pub async fn cold(b: &mut Bench) -> Result<()> {
             init[j].push(init_ms);
             first[j].push(first_ms);
             total[j].push(init_ms + first_ms);
-            if let Some(ext) = rep.extensions.iter().find(|e| e.name == EXTENSION) {
+            // The extension's own start-up figures come from (a) alone, as before (e) was added.
+            if let Some(ext) = rep.extensions.iter().find(|e| e.name == EXTENSION && j == 0) {
                 reg_spawn.push(ext.spawn_to_registered.as_secs_f64() * 1e3);
                 ready_spawn.push(ext.spawn_to_first_next.as_secs_f64() * 1e3);
                 reg_log.extend(logged_elapsed_us(&env, "extension registered"));
@@ -536,7 +551,8 @@ pub async fn cold(b: &mut Bench) -> Result<()> {
                 let (mem_label, phase) = match j {
                     0 => (MEM_RUST_FN, "cold start (fig. 3)"),
                     1 => (MEM_PY_FN, "cold start (fig. 3)"),
-                    _ => (MEM_DIRECT_FN, "cold start (fig. 3)"),
+                    2 => (MEM_DIRECT_FN, "cold start (fig. 3)"),
+                    _ => (MEM_PY_LAYER_FN, "cold start (fig. 3)"),
                 };
                 record_memory(b, &env, mem_label, phase);
             }
@@ -567,10 +583,11 @@ pub async fn cold(b: &mut Bench) -> Result<()> {
         variants,
     };
     eprintln!(
-        "   first response p50: a {:.1} ms, b {:.1} ms, c {:.1} ms; registered {:.2} ms after spawn",
+        "   first response p50: a {:.1} ms, b {:.1} ms, c {:.1} ms, e {:.1} ms; registered {:.2} ms after spawn",
         cold.variants[0].first_response_ms,
         cold.variants[1].first_response_ms,
         cold.variants[2].first_response_ms,
+        cold.variants[3].first_response_ms,
         cold.ext_spawn_to_registered_ms
     );
     b.report.cold = Some(cold);

@@ -10,7 +10,9 @@
 //!
 //! Variants: (a) makenaide-core = the extension + `makenaide-data-collector`; (b) the Python baseline
 //! (`bench/python_baseline`, run by `awslambdaric` from the benchmark venv); (c) `bench-direct-collector`, a
-//! Rust function with no extension that connects to PostgreSQL per invocation.
+//! Rust function with no extension that connects to PostgreSQL per invocation; (e) the data collector moved onto
+//! the layer (`examples/python/data_collector` with the layer's `makenaide_core`, run by `awslambdaric` from the
+//! benchmark venv, the layer unpacked as Lambda does: [`crate::python_layer`]).
 
 pub mod direct;
 pub mod figures;
@@ -23,6 +25,7 @@ use std::time::Duration;
 use crate::error::{HarnessError, Result};
 use crate::lambda_env::{EnvConfig, LambdaEnv};
 use crate::pg::{self, ClusterOptions, PgCluster};
+use crate::python_layer::UnpackedLayer;
 
 pub use report::Report;
 
@@ -238,6 +241,18 @@ impl Bench {
             .timeout(FUNCTION_TIMEOUT);
         cfg.function_name = "makenaide-data-collector-python".into();
         cfg
+    }
+
+    /// (e) the Python data collector on the layer (the extension + `makenaide_core`). The layer directory must
+    /// outlive the environment.
+    pub fn python_layer_env(&self, upbit: &str) -> Result<(UnpackedLayer, EnvConfig)> {
+        let layer = UnpackedLayer::with_built_extension()?;
+        let cfg = layer
+            .example_collector(&self.opts.python)
+            .env(ENV_DATABASE_URL, &self.ext_url)
+            .env(ENV_UPBIT_BASE_URL, upbit)
+            .timeout(FUNCTION_TIMEOUT);
+        Ok((layer, cfg))
     }
 
     /// (c) a Rust function with no extension, connecting to PostgreSQL per invocation.

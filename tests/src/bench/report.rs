@@ -468,10 +468,11 @@ impl Report {
                 s,
                 "## 1. Warm invocation\n\nData collector, 1 market × 3 day candles, upsert; simulated Upbit with no \
                  added latency and no enforced limit; the extension's quotation cache off (every invocation reaches \
-                 Upbit). {} invocations per variant after {} warm-up ones, interleaved a, b, c, a-off, d, a, … Time = \
-                 invoke → the runtime's response at the emulated Runtime API (so it includes the Runtime API \
-                 round trip and the thaw, the same for all three); \"handler\" is the function's own \
-                 `execution_time` from its result envelope.\n",
+                 Upbit). {} invocations per variant after {} warm-up ones, interleaved a, b, c, a-off, d, e, a, b, … Time \
+                 = invoke → the runtime's response at the emulated Runtime API (so it includes the Runtime API \
+                 round trip and the thaw, the same for every variant); \"handler\" is the function's own \
+                 `execution_time` from its result envelope. (e) is (b)'s job moved onto the layer: \
+                 examples/python/data_collector with the layer's makenaide_core, same interpreter as (b).\n",
                 w.n,
                 super::figures::WARMUP_COUNT
             );
