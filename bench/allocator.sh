@@ -38,7 +38,7 @@ fi
 
 # The function next to each extension (the harness runs both from MAKENAIDE_BIN_DIR); the probe test itself.
 cargo build -q -p makenaide-data-collector
-cargo build -q -p makenaide-tests --test hostile_http
+cargo build -q -p makenaide-tests --test reliability_hostile_http
 echo
 printf '%-10s %12s %12s %14s\n' variant binary layer_zip zip_vs_musl
 base_zip=
@@ -53,6 +53,6 @@ done
 echo
 for v in "${VARIANTS[@]}"; do
   MAKENAIDE_ALLOCATOR_LABEL=$v MAKENAIDE_BIN_DIR=$OUT/$v \
-    cargo nextest run -p makenaide-tests --test hostile_http --run-ignored only -E 'test(rss_after_large_responses)' \
+    cargo nextest run -p makenaide-tests --test reliability_hostile_http --run-ignored only -E 'test(rss_after_large_responses)' \
     --no-capture 2>&1 | grep '^rss ' || echo "$v: probe failed (rerun with --no-capture to see why)"
 done

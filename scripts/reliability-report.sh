@@ -31,6 +31,8 @@ title_of() {
     reliability_scale) echo "7. Many environments" ;;
     reliability_lmi) echo "8. Lambda Managed Instances" ;;
     reliability_exactly_once) echo "9. Exactly once" ;;
+    reliability_hostile_sql) echo "10. Hostile SQL" ;;
+    reliability_hostile_http) echo "11. Hostile HTTP" ;;
     *) echo "$1" ;;
   esac
 }
@@ -71,7 +73,13 @@ for stem in "${STEMS[@]}"; do
     RESULT[$stem]=FAIL; COUNTS[$stem]="missing"; SECS[$stem]=0
     continue
   fi
-  run_section "$stem" "-p makenaide-tests --test $stem -- --nocapture"
+  case "$stem" in
+    # Hostile SQL: the session cases against the real extension, and the value cases of the extension's own
+    # db_values tests (a real PostgreSQL; they record into the same section).
+    reliability_hostile_sql)
+      run_section "$stem" "-p makenaide-tests --test $stem -- --nocapture" "-p makenaide-core --test db_values -- --nocapture" ;;
+    *) run_section "$stem" "-p makenaide-tests --test $stem -- --nocapture" ;;
+  esac
 done
 # Property tests live in the crates that own the parsers; both append to proptest_parsers.md.
 run_section proptest_parsers \

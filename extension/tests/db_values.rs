@@ -16,6 +16,9 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use std::time::Duration;
 
+/// The reliability report's section these figures belong to (`scripts/reliability-report.sh`).
+const REPORT_SECTION: &str = "reliability_hostile_sql";
+
 struct Reply {
     status: u16,
     body: String,
@@ -209,6 +212,7 @@ async fn issue_examples_are_stored_as_postgresql_reads_them_or_refused() {
     }
 
     // Refused, naming the parameter and the type, and nothing stored.
+    let mut refused = 0;
     for (col, param, needles) in [
         ("i8", "-9223372036854775809", &["$1", "int8", "out of range"][..]),
         ("i8", "9223372036854775808", &["$1", "int8", "out of range"]),
@@ -223,7 +227,17 @@ async fn issue_examples_are_stored_as_postgresql_reads_them_or_refused() {
             )
             .await;
         r.assert_error(ErrorCode::InvalidParam, needles);
+        refused += 1;
     }
+    makenaide_tests::report::record(
+        REPORT_SECTION,
+        &format!(
+            "- the issue's value examples: {} stored exactly as PostgreSQL reads them (checked with `::text` on a \
+             separate connection) and returned as PostgreSQL prints them; {refused} refused with 400 \
+             `invalid_param` naming `$1` and the type, nothing stored",
+            cases.len()
+        ),
+    );
     assert_eq!(
         env.pg_text("select count(*)::text from v where id = 1000")
             .await
@@ -399,6 +413,14 @@ async fn json_output_round_trips_to_the_same_value() {
         }
     }
     assert!(tried > 60, "{tried}");
+    makenaide_tests::report::record(
+        REPORT_SECTION,
+        &format!(
+            "- round trips: {tried} values of {} types (arrays included) out of the extension and back in as \
+             parameters: every one equal to the original in PostgreSQL's own text",
+            cases.len()
+        ),
+    );
 }
 
 #[tokio::test]

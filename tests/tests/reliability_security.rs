@@ -273,7 +273,7 @@ async fn ping_on_new_connection(port: u16) -> (TcpStream, u16) {
 /// `MAKENAIDE_MAX_CONNECTIONS=4`: four held keep-alive connections fill the cap; each further connection is
 /// served and the longest-idle held one is closed to make room (so held connections can never lock the function
 /// out); the connections still held keep working, and the function still works. (Every connection busy → 429:
-/// `hostile_http`.)
+/// `reliability_hostile_http`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_closes_the_longest_idle_connection() {
     const CAP: usize = 4;

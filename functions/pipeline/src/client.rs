@@ -4,8 +4,9 @@
 //! - keep-alive: one pooled loopback connection is reused across invocations (the client lives for the whole
 //!   environment, created once in `main`);
 //! - short retries on connection refused (the very first invoke can race the extension's listener in local
-//!   emulators) and on a reset/closed pooled socket (a keep-alive socket can die while Lambda has the
-//!   environment frozen between invocations);
+//!   emulators) and, for reads, on a reset/closed pooled socket (a keep-alive socket can die while Lambda has the
+//!   environment frozen between invocations); a write whose socket broke is `CoreOutcomeUnknown`, never resent
+//!   here (exactly once: only the idempotent writes resend, in `db`);
 //! - the `X-Makenaide-Deadline-Ms` header, so the extension never works past the Lambda deadline;
 //! - turning the extension's and Upbit's error bodies into typed [`PipelineError`]s.
 //!
@@ -232,10 +233,19 @@ impl CoreClient {
                 TransportFailure::Refused => {
                     started.elapsed() + backoff(attempt) < CONNECT_RETRY_BUDGET && self.time_left() > backoff(attempt)
                 }
-                // A pooled keep-alive socket that died during a freeze: one immediate retry on a fresh connection.
-                TransportFailure::Stale if !stale_retry_used => {
+                // A pooled keep-alive socket that died during a freeze: one immediate retry on a fresh connection,
+                // for reads only. A write may already have reached the extension before the socket broke (hyper
+                // itself resends only requests it never wrote: `retry_canceled_requests`), so resending it here
+                // could apply it twice: its outcome is unknown, which only the idempotent writes may resend.
+                TransportFailure::Stale if !stale_retry_used && method == Method::GET => {
                     stale_retry_used = true;
                     true
+                }
+                TransportFailure::Stale => {
+                    return Err(PipelineError::CoreOutcomeUnknown(format!(
+                        "{method} {path}: the connection to the extension broke after the request may have been \
+                         sent ({detail}): it may or may not have been applied (not resent)"
+                    )))
                 }
                 _ => false,
             };

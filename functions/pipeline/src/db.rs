@@ -65,7 +65,11 @@ pub async fn transaction(
 /// `COMMIT` was written; every other error means it was not applied, or says why it cannot be), and only when the
 /// caller declared it idempotent ([`query_idempotent`], [`transaction_idempotent`]).
 pub fn may_resend(err: &PipelineError) -> bool {
-    matches!(err, PipelineError::Core(e) if e.kind() == Some(ErrorCode::DbOutcomeUnknown))
+    match err {
+        PipelineError::Core(e) => e.kind() == Some(ErrorCode::DbOutcomeUnknown),
+        PipelineError::CoreOutcomeUnknown(_) => true,
+        _ => false,
+    }
 }
 
 /// Runs `send`, and once more when its outcome is unknown ([`may_resend`]).
@@ -125,6 +129,9 @@ mod tests {
             assert!(!may_resend(&core(*code)), "{code}");
         }
         assert!(!may_resend(&PipelineError::CoreUnavailable("no answer".into())));
+        assert!(may_resend(&PipelineError::CoreOutcomeUnknown(
+            "reset after the request was sent".into()
+        )));
     }
 
     #[test]

@@ -114,6 +114,11 @@ pub enum PipelineError {
     /// The extension could not be reached or did not answer in time (transport-level failure).
     #[error("makenaide-core extension unavailable: {0}")]
     CoreUnavailable(String),
+    /// A write's connection to the extension broke after the request may have been sent: the extension may or may
+    /// not have run it. Never resent by the client itself; the idempotent writes (`db::query_idempotent`, ...)
+    /// resend it once, as for the extension's own `db_outcome_unknown`.
+    #[error("makenaide-core: outcome unknown: {0}")]
+    CoreOutcomeUnknown(String),
     /// The extension answered with one of its own error bodies.
     #[error("makenaide-core: {0}")]
     Core(CoreError),
@@ -147,7 +152,7 @@ impl PipelineError {
     pub fn error_type(&self) -> &'static str {
         match self {
             Self::InvalidEvent(_) => error_type::INVALID_EVENT,
-            Self::CoreUnavailable(_) => error_type::CORE_UNAVAILABLE,
+            Self::CoreUnavailable(_) | Self::CoreOutcomeUnknown(_) => error_type::CORE_UNAVAILABLE,
             Self::Core(e) => e.error_type(),
             Self::Upbit { .. } => error_type::UPSTREAM_ERROR,
             Self::BadReply {
@@ -166,7 +171,9 @@ impl PipelineError {
                 source_name: "upbit", ..
             } => true,
             Self::Core(e) => e.is_upstream(),
-            Self::InvalidEvent(_) | Self::CoreUnavailable(_) | Self::BadReply { .. } => false,
+            Self::InvalidEvent(_) | Self::CoreUnavailable(_) | Self::CoreOutcomeUnknown(_) | Self::BadReply { .. } => {
+                false
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 //! `Forwarded:` get the contract's JSON error body; pool saturation is 503 `db_busy` with `Retry-After`; 1,100
 //! distinct candle GETs within the cache TTL leave the cache within its byte bound. `rss_after_large_responses`
 //! (ignored; run by `bench/allocator.sh`) prints the extension's RSS around a 1M-row result and those GETs.
-//! Figures go to the reliability report (`hostile_http`).
+//! Figures go to the reliability report (`reliability_hostile_http`).
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const STEM: &str = "hostile_http";
+const STEM: &str = "reliability_hostile_http";
 
 /// Reads until the extension closes the connection (bounded), returning everything it sent.
 async fn read_to_close(conn: &mut TcpStream) -> String {

@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use common::*;
 use makenaide_contract::ErrorCode;
-use makenaide_tests::lambda_env::{bins, CoreClient, LambdaEnv};
+use makenaide_tests::lambda_env::{bins, CoreClient, LambdaEnv, EXTENSION};
 use makenaide_tests::pg::{self, TestDb};
 use serde_json::{json, Value};
 
-const STEM: &str = "hostile_sql_session";
+const STEM: &str = "reliability_hostile_sql";
 const POOL_SIZE: usize = 1;
 /// Bound for the server to show a closed or finished backend (polled, not slept).
 const SETTLE: Duration = Duration::from_secs(5);
@@ -452,12 +452,20 @@ async fn hostile_sql_leaves_no_session_state_and_no_backend_behind() {
     .await;
 
     let cases = std::mem::take(&mut h.cases);
+    let refused = cases.iter().filter(|c| !c.ends_with(" ok")).count();
+    let peak_kib = env
+        .extension(EXTENSION)
+        .and_then(makenaide_tests::lambda_env::Proc::peak_rss_kib)
+        .unwrap_or(0);
     report(STEM, "Hostile SQL: session state and backends", &{
         let mut lines = vec![format!(
-            "{} cases against the release path (pool size {POOL_SIZE}); after each: backends of the database \
-             <= pool size, none idle in transaction or running, no advisory lock, next request's session = a fresh \
-             connection's",
-            cases.len()
+            "{} cases against the release path (pool size {POOL_SIZE}): {refused} refused with a stable code, {} \
+             served; backends left over after every case: 0 (none idle in transaction or running, at most the pool \
+             size, no advisory lock, and the next request's session = a fresh connection's); extension peak RSS \
+             {:.1} MiB",
+            cases.len(),
+            cases.len() - refused,
+            peak_kib as f64 / 1024.0
         )];
         lines.extend(cases);
         lines
