@@ -7,6 +7,7 @@
 #
 #   bench/allocator.sh              build the variants (x86_64 musl, ~3-5 min each on 2 cores), then measure
 #   bench/allocator.sh --no-build   measure the binaries of the last build (bench-out/allocator/<variant>/)
+#   ALLOCATOR_VARIANTS="musl" bench/allocator.sh   only these variants
 #
 # Needs what layer-build/build.sh needs (cargo-lambda + zig in .venv-build: scripts/setup.sh or
 # `layer-build/build.sh --install-only`) and the local PostgreSQL the tests use. It prints figures; it never fails
@@ -17,7 +18,7 @@ ROOT=$PWD
 OUT=$ROOT/bench-out/allocator
 TRIPLE=x86_64-unknown-linux-musl
 LAMBDA_TARGET=${CARGO_TARGET_DIR:-$ROOT/target-lambda}
-VARIANTS=(musl mimalloc mimalloc-v2 dlmalloc)
+read -r -a VARIANTS <<<"${ALLOCATOR_VARIANTS:-musl mimalloc mimalloc-v2 dlmalloc}"
 BUILD=1
 [ "${1:-}" = "--no-build" ] && BUILD=0
 

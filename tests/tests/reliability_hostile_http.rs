@@ -424,7 +424,7 @@ async fn rss_after_large_responses() {
         .post_json(
             makenaide_contract::routes::DB_QUERY,
             &json!({"sql": "select g as n, 'row number ' || g as label from generate_series(1, 1000000) g",
-                    "timeout_ms": 120000}),
+                    "timeout_ms": 120000, "max_rows": 1_000_000, "max_response_bytes": 268_435_456_u64}),
         )
         .await
         .unwrap();
