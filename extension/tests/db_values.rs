@@ -490,3 +490,27 @@ async fn row_and_size_caps_answer_their_codes_and_leave_the_environment_clean() 
     let r = env.query("insert into t values ($1) returning i", "[7]").await;
     assert_eq!(r.first_row_raw(), ["7"], "the environment still serves writes");
 }
+
+#[tokio::test]
+async fn flat_arrays_sent_binary_are_stored_as_postgresql_reads_them() {
+    let env = Env::start(|_| {}).await;
+    let r = env
+        .query(
+            "select $1::int8[]::text, $2::text[]::text, $3::float8[]::text, $4::bool[]::text, $5::int4[]::text",
+            r#"[[1, null, -3], ["a", "c\"\\{x,y}", null], [], [true, null, false], [2147483647]]"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["rows"][0],
+        serde_json::json!([
+            "{1,NULL,-3}",
+            r#"{a,"c\"\\{x,y}",NULL}"#,
+            "{}",
+            "{t,NULL,f}",
+            "{2147483647}"
+        ])
+    );
+    let r = env.query("select $1::int4[]", "[[2147483648]]").await;
+    r.assert_error(ErrorCode::InvalidParam, &["$1", "element [0]", "int4"]);
+}
