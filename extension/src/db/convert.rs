@@ -695,7 +695,8 @@ fn push_date(s: &mut String, days_since_2000: i64) -> bool {
     bc
 }
 
-fn format_date(days: i32) -> String {
+/// A `date` as PostgreSQL prints it (also its text output, for `/sql`).
+pub(super) fn format_date(days: i32) -> String {
     match days {
         i32::MAX => "infinity".into(),
         i32::MIN => "-infinity".into(),
@@ -710,14 +711,14 @@ fn format_date(days: i32) -> String {
 }
 
 /// `HH:MM:SS[.ffffff]`, trailing zeros of the fraction dropped, as PostgreSQL prints (`24:00:00` included).
-fn push_time(s: &mut String, us: i64) {
+pub(super) fn push_time(s: &mut String, us: i64) {
     let (h, rem) = (us / 3_600_000_000, us % 3_600_000_000);
     let (m, rem) = (rem / 60_000_000, rem % 60_000_000);
     let _ = std::fmt::Write::write_fmt(s, format_args!("{h:02}:{m:02}:{:02}", rem / 1_000_000));
     push_fraction(s, rem % 1_000_000);
 }
 
-fn push_fraction(s: &mut String, micros: i64) {
+pub(super) fn push_fraction(s: &mut String, micros: i64) {
     if micros != 0 {
         let f = format!(".{:06}", micros.abs());
         s.push_str(f.trim_end_matches('0'));
@@ -738,6 +739,12 @@ fn push_offset(s: &mut String, east: i64) {
 /// timestamptz in UTC with `+00:00`; BC years as PostgreSQL writes them (`4714-11-24T00:00:00 BC`), which its input
 /// reads back; `infinity`/`-infinity`.
 fn format_timestamp(us: i64, tz: bool) -> String {
+    format_timestamp_with(us, 'T', if tz { "+00:00" } else { "" })
+}
+
+/// A timestamp over PostgreSQL's whole range with `sep` between date and time and `zone` after the time:
+/// [`format_timestamp`]'s ISO 8601 (`'T'`, `+00:00`) or PostgreSQL's own text output (`' '`, `+00`, for `/sql`).
+pub(super) fn format_timestamp_with(us: i64, sep: char, zone: &str) -> String {
     match us {
         i64::MAX => return "infinity".into(),
         i64::MIN => return "-infinity".into(),
@@ -745,11 +752,9 @@ fn format_timestamp(us: i64, tz: bool) -> String {
     }
     let mut s = String::with_capacity(32);
     let bc = push_date(&mut s, us.div_euclid(USECS_PER_DAY));
-    s.push('T');
+    s.push(sep);
     push_time(&mut s, us.rem_euclid(USECS_PER_DAY));
-    if tz {
-        s.push_str("+00:00");
-    }
+    s.push_str(zone);
     if bc {
         s.push_str(" BC");
     }

@@ -8,14 +8,10 @@
 //! fails like `/db/*` does, asking for a cast (`x::text`).
 
 use super::convert;
-use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike};
 use serde_json::Value;
 use std::error::Error as StdError;
 use std::fmt::Write;
 use tokio_postgres::types::{FromSql, Kind, Type};
-
-/// PostgreSQL's epoch (2000-01-01) in Unix seconds.
-const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
 
 /// A result cell as PostgreSQL's text output (`Neon-Raw-Text-Output: true`); NULL is JSON null.
 pub struct TextCell(pub Value);
@@ -161,22 +157,10 @@ pub fn text(ty: &Type, raw: &[u8]) -> Result<String, String> {
             }
             s
         }
-        Type::DATE => match i32::from_be_bytes(be(raw)?) {
-            i32::MAX => "infinity".into(),
-            i32::MIN => "-infinity".into(),
-            days => {
-                let d = NaiveDate::from_ymd_opt(2000, 1, 1)
-                    .and_then(|e| e.checked_add_signed(chrono::Duration::days(i64::from(days))))
-                    .ok_or("date out of range")?;
-                let (year, bc) = year(d.year());
-                format!("{year:04}-{:02}-{:02}{bc}", d.month(), d.day())
-            }
-        },
-        Type::TIMESTAMP | Type::TIMESTAMPTZ => match i64::from_be_bytes(be(raw)?) {
-            i64::MAX => "infinity".into(),
-            i64::MIN => "-infinity".into(),
-            us => timestamp(us, *ty == Type::TIMESTAMPTZ)?,
-        },
+        // Dates, timestamps and times print as in the JSON results, with PostgreSQL's own separator and zone.
+        Type::DATE => convert::format_date(i32::from_be_bytes(be(raw)?)),
+        Type::TIMESTAMP => convert::format_timestamp_with(i64::from_be_bytes(be(raw)?), ' ', ""),
+        Type::TIMESTAMPTZ => convert::format_timestamp_with(i64::from_be_bytes(be(raw)?), ' ', "+00"),
         Type::TIME => time_of_day(i64::from_be_bytes(be(raw)?)),
         Type::TIMETZ => {
             let us = i64::from_be_bytes(be(raw)?);
@@ -260,52 +244,11 @@ fn float(nan: bool, inf: bool, negative: bool, sci: &str, fixed_below: i32) -> S
     format!("{sign}{first}{dot}{rest}e{esign}{:02}", exp.unsigned_abs())
 }
 
-/// ISO year and era suffix: year 0 is 1 BC.
-fn year(y: i32) -> (i32, &'static str) {
-    if y <= 0 {
-        (1 - y, " BC")
-    } else {
-        (y, "")
-    }
-}
-
-/// `.ffffff` without trailing zeros, empty for whole seconds.
-fn fraction(us: i64) -> String {
-    if us == 0 {
-        return String::new();
-    }
-    format!(".{us:06}").trim_end_matches('0').to_owned()
-}
-
-fn timestamp(us: i64, with_tz: bool) -> Result<String, String> {
-    let secs = us.div_euclid(1_000_000) + PG_EPOCH_UNIX_SECS;
-    let sub = us.rem_euclid(1_000_000);
-    let t: NaiveDateTime = DateTime::from_timestamp(secs, 0)
-        .ok_or("timestamp out of range")?
-        .naive_utc();
-    let (year, bc) = year(t.year());
-    Ok(format!(
-        "{year:04}-{:02}-{:02} {:02}:{:02}:{:02}{}{}{bc}",
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        fraction(sub),
-        if with_tz { "+00" } else { "" }
-    ))
-}
-
 /// `HH:MM:SS[.ffffff]` (24:00:00 is a valid time).
 fn time_of_day(us: i64) -> String {
-    let secs = us / 1_000_000;
-    format!(
-        "{:02}:{:02}:{:02}{}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        fraction(us % 1_000_000)
-    )
+    let mut s = String::with_capacity(15);
+    convert::push_time(&mut s, us);
+    s
 }
 
 /// `+05:30`, `-08`, `+00`: a UTC offset in seconds east, as PostgreSQL prints it.
@@ -355,7 +298,11 @@ fn interval(months: i32, days: i32, us: i64) -> String {
             secs / 3600,
             secs / 60 % 60,
             secs % 60,
-            fraction(i64::try_from(a % 1_000_000).unwrap_or(0))
+            {
+                let mut f = String::new();
+                convert::push_fraction(&mut f, i64::try_from(a % 1_000_000).unwrap_or(0));
+                f
+            }
         );
     }
     out
