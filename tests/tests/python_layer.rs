@@ -18,7 +18,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use chrono::TimeZone;
 use common::{Backends, COLLECTOR, SHUTDOWN_BUDGET};
 use makenaide_contract::{env, headers, routes, Deadline, ErrorCode};
 use makenaide_pipeline::{deadline, upbit, CoreError};
@@ -211,10 +210,7 @@ fn python_package_is_typed_stdlib_only_and_small() {
 /// The database and the simulated Upbit with its clock fixed (so direct calls answer the same bytes), schema applied.
 async fn backends() -> Backends {
     let backends = Backends::start().await;
-    backends
-        .upbit
-        .sim()
-        .set_now(Some(chrono::Utc.with_ymd_and_hms(2025, 3, 14, 6, 30, 0).unwrap()));
+    backends.upbit.fix_clock();
     backends.init_schema().await;
     backends
 }

@@ -21,7 +21,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::TimeZone;
 use common::{Backends, Upbit, COLLECTOR, SHUTDOWN_BUDGET};
 use makenaide_tests::lambda_env::{bins, CoreToken, EnvConfig, LambdaEnv};
 use serde_json::{json, Value};
@@ -52,10 +51,7 @@ async fn readme_localhost_api_curl_examples_work_as_written() {
     // Backends: a test database with the schema and 3 daily KRW-BTC candles in `ohlcv` (so the select returns
     // rows), collected from the simulated Upbit with its clock fixed (so a direct call answers the same bytes).
     let backends = Backends::start().await;
-    backends
-        .upbit
-        .sim()
-        .set_now(Some(chrono::Utc.with_ymd_and_hms(2025, 3, 14, 6, 30, 0).unwrap()));
+    backends.upbit.fix_clock();
     backends.init_schema().await;
     let env = backends.start_env(COLLECTOR).await;
     let out = env
@@ -163,9 +159,7 @@ async fn readme_python_snippet_works_under_awslambdaric() {
     let path = snippet_candles_path(&snippet);
     let python = venv_python();
     let upbit = Upbit::start().await;
-    upbit
-        .sim()
-        .set_now(Some(chrono::Utc.with_ymd_and_hms(2025, 3, 14, 6, 30, 0).unwrap()));
+    upbit.fix_clock();
     // reqwest is built without a default crypto provider in this workspace (the extension brings ring itself).
     lambda_simulator::ensure_default_crypto_provider();
     let expected: Value = reqwest::get(format!("{}{path}", upbit.base_url()))

@@ -183,6 +183,18 @@ impl Upbit {
         self.inner.base_url()
     }
 
+    /// Fixes the simulator's clock (2025-03-14 06:30 UTC), so two calls for the same candles answer the same bytes
+    /// (a direct call to compare with, a README example's output).
+    pub fn fix_clock(&self) {
+        use chrono::TimeZone;
+        self.inner.set_now(Some(
+            chrono::Utc
+                .with_ymd_and_hms(2025, 3, 14, 6, 30, 0)
+                .single()
+                .expect("a valid time"),
+        ));
+    }
+
     /// TCP connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.inner.connections()
