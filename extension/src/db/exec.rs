@@ -52,7 +52,7 @@ use super::text::{self, TextCell, TypedCell};
 use super::{ColumnMeta, Limits, QueryResult, StatementRequest, TxOptions, Values};
 use crate::error::{Error, PgReport};
 use bytes::{BufMut, BytesMut};
-use futures_util::future::{join, join_all, try_join_all};
+use futures_util::future::{join, join_all, try_join_all, Either};
 use futures_util::TryStreamExt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +74,33 @@ pub(super) struct Options {
 }
 
 impl Options {
+    /// Whether the request's transaction is `READ ONLY` (configured, asked for, or a plain read: see `db::sql`):
+    /// then it cannot have written anything, whatever happened to the connection.
+    fn read_only_tx(&self, tx: TxOptions) -> bool {
+        self.read_only || tx.read_only == Some(true)
+    }
+
+    /// The `statement_timeout` every pooled connection gets when it opens (`None`: it is set per request), so that
+    /// `SET LOCAL` is sent only when a request needs another one. With the statement cache off (PgBouncer's
+    /// transaction pooling) a session setting would land on whichever server connection PgBouncer picked.
+    pub fn session_timeout(&self) -> Option<Duration> {
+        self.cache.then_some(self.default_timeout)
+    }
+
+    /// The `SET LOCAL statement_timeout` a request with `left` until its deadline (`None`: no deadline) needs, if
+    /// any: none when the connection's own setting already stops a statement before the extension's cancel would.
+    fn local_timeout(&self, left: Option<Duration>) -> Option<Duration> {
+        let Some(session) = self.session_timeout() else {
+            return Some(left.unwrap_or(Duration::ZERO));
+        };
+        match left {
+            None if session.is_zero() => None,
+            None => Some(Duration::ZERO),
+            Some(l) if !session.is_zero() && l <= session && l + CANCEL_SLACK >= session => None,
+            Some(l) => Some(l),
+        }
+    }
+
     /// How long the first reply (to `BEGIN`) may take on a pooled connection before it is presumed dead: half the
     /// connect timeout, leaving the other half for the retry on a fresh connection.
     fn begin_bound(&self) -> Duration {
@@ -123,7 +150,7 @@ pub(super) async fn execute(
     if let Outcome::Done(Err(e @ Error::DbOutcomeUnknown { .. })) = outcome {
         // A READ ONLY transaction applied nothing, so losing its COMMIT reply is safe to retry like a stale
         // connection; any other request whose COMMIT was written is never resent (exactly once).
-        outcome = if opts.read_only {
+        outcome = if opts.read_only_tx(tx) {
             Outcome::Stale(e)
         } else {
             Outcome::Done(Err(e))
@@ -205,7 +232,7 @@ async fn bounded(
 ) -> Outcome {
     let Some(at) = bound else {
         // MAKENAIDE_DB_STATEMENT_TIMEOUT_MS=0 and no deadline: no limit, as configured.
-        return attempt(conn, stmts, Duration::ZERO, opts, tx).await;
+        return attempt(conn, stmts, Duration::ZERO, opts.local_timeout(None), opts, tx).await;
     };
     let left = at.saturating_duration_since(tokio::time::Instant::now());
     if left < MIN_TIMEOUT {
@@ -216,7 +243,7 @@ async fn bounded(
     }
     let canceller = conn.canceller();
     let (finished, cancel) = {
-        let work = attempt(conn, stmts, left, opts, tx);
+        let work = attempt(conn, stmts, left, opts.local_timeout(Some(left)), opts, tx);
         tokio::pin!(work);
         tokio::select! {
             out = &mut work => return out,
@@ -240,7 +267,15 @@ async fn bounded(
         ),
         statement_index: None,
     };
-    if conn.commit_sent && !matches!(finished, Some(Outcome::Done(Ok(_)))) {
+    // With COMMIT in its own round trip, any end but success inside it is unknown; pipelined behind the statements,
+    // only an abandoned one is (an answer that arrived says how it ended: a failed statement turns COMMIT into
+    // ROLLBACK). A READ ONLY transaction wrote nothing either way.
+    let unknown = if conn.commit_early {
+        finished.is_none()
+    } else {
+        !matches!(finished, Some(Outcome::Done(Ok(_))))
+    };
+    if conn.commit_sent && unknown && !opts.read_only_tx(tx) {
         // The deadline caught the request inside its COMMIT round trip: PostgreSQL may have committed already, so
         // "rolled back" would be a lie (exactly once: the caller must not blindly resend).
         conn.broken = true;
@@ -727,14 +762,13 @@ enum StmtError {
     Skipped,
 }
 
-/// `BEGIN [ISOLATION LEVEL ..., READ ONLY, DEFERRABLE]; SET LOCAL statement_timeout = n[; SELECT 1]`.
-fn begin_sql(timeout: Duration, opts: Options, tx: TxOptions) -> String {
-    let timeout_ms = timeout.as_millis().min(i32::MAX as u128);
+/// `BEGIN [ISOLATION LEVEL ..., READ ONLY, DEFERRABLE][; SET LOCAL statement_timeout = n][; SELECT 1]`.
+fn begin_sql(local_timeout: Option<Duration>, opts: Options, tx: TxOptions) -> String {
     let mut modes = Vec::new();
     if let Some(level) = tx.isolation {
         modes.push(format!("ISOLATION LEVEL {}", level.sql()));
     }
-    if opts.read_only || tx.read_only == Some(true) {
+    if opts.read_only_tx(tx) {
         modes.push("READ ONLY".to_owned());
     }
     if tx.deferrable {
@@ -743,23 +777,89 @@ fn begin_sql(timeout: Duration, opts: Options, tx: TxOptions) -> String {
     // Read-only by configuration: the trailing `SELECT 1` takes the transaction's first snapshot, after which
     // PostgreSQL refuses `SET TRANSACTION READ WRITE` (and `SET transaction_read_only = off`) with 25001: without
     // it, a request could switch its own transaction back to read-write before its first query.
-    format!(
-        "BEGIN{}{}; SET LOCAL statement_timeout = {timeout_ms}{}",
-        if modes.is_empty() { "" } else { " " },
-        modes.join(", "),
-        if opts.read_only { "; SELECT 1" } else { "" }
-    )
+    let mut sql = String::with_capacity(64);
+    sql.push_str("BEGIN");
+    if !modes.is_empty() {
+        sql.push(' ');
+        sql.push_str(&modes.join(", "));
+    }
+    if let Some(t) = local_timeout {
+        let _ = std::fmt::Write::write_fmt(
+            &mut sql,
+            format_args!("; SET LOCAL statement_timeout = {}", t.as_millis().min(i32::MAX as u128)),
+        );
+    }
+    if opts.read_only {
+        sql.push_str("; SELECT 1");
+    }
+    sql
+}
+
+/// Whether `COMMIT` can go in the same round trip as the statements, i.e. nothing the extension does after
+/// PostgreSQL ran them can make the request a failure that must not have committed: a `READ ONLY` transaction
+/// (nothing to commit), or statements that return no rows (no row or size cap to cross, no cell to convert). A
+/// statement returning rows in a read-write transaction (`INSERT ... RETURNING`, a `SELECT` calling a function
+/// that may write) keeps `COMMIT` in a round trip of its own, so that a result refused by a cap rolls back. Not
+/// with the statement cache off either: the statements' `Close` must reach the server before `COMMIT` (PgBouncer's
+/// transaction pooling).
+fn commit_early(statements: &[Statement], opts: Options, tx: TxOptions) -> bool {
+    opts.cache && (opts.read_only_tx(tx) || statements.iter().all(|s| s.columns().is_empty()))
+}
+
+/// The statements' replies, and `COMMIT`'s when it was pipelined behind them (`None`: not pipelined, or not
+/// waited for because a cap abandoned the statements, whose connection is then dropped).
+type Pipelined = (Vec<Result<QueryResult, StmtError>>, Option<Result<(), tokio_postgres::Error>>);
+
+/// Runs the statements and, when `commit`, `COMMIT` right behind them (queued after their messages, so in the same
+/// round trip). A failed statement aborts the transaction, so PostgreSQL answers that `COMMIT` as a `ROLLBACK`.
+async fn run_pipeline(
+    client: &Client,
+    statements: &[Statement],
+    encoded: &[Vec<Param>],
+    limits: Limits,
+    values: Values,
+    commit: bool,
+) -> Pipelined {
+    let run = run_all(client, statements, encoded, limits, values);
+    if !commit {
+        return (run.await, None);
+    }
+    let commit = client.batch_execute("COMMIT");
+    futures_util::pin_mut!(run, commit);
+    // `select` polls `run` first, so COMMIT is queued after every statement's messages.
+    match futures_util::future::select(run, commit).await {
+        Either::Left((results, commit)) => {
+            if results.iter().any(|r| matches!(r, Err(StmtError::Limit(_)))) {
+                return (results, None);
+            }
+            (results, Some(commit.await))
+        }
+        Either::Right((reply, run)) => (run.await, Some(reply)),
+    }
+}
+
+/// `db_outcome_unknown` for a request whose connection failed after its `COMMIT` was written.
+fn outcome_unknown(why: &str) -> Error {
+    Error::DbOutcomeUnknown {
+        message: format!(
+            "connection to PostgreSQL lost after COMMIT was sent and before its reply: the statements may or may not \
+             have been applied (not resent; resend only if they are idempotent) ({why})"
+        ),
+    }
 }
 
 async fn attempt(
     conn: &mut PgConn,
     stmts: &[StatementRequest],
     timeout: Duration,
+    local_timeout: Option<Duration>,
     opts: Options,
     tx: TxOptions,
 ) -> Outcome {
     conn.commit_sent = false;
-    let begin_sql = begin_sql(timeout, opts, tx);
+    conn.commit_early = false;
+    let begin_sql = begin_sql(local_timeout, opts, tx);
+    let read_only = opts.read_only_tx(tx);
     let cached: Vec<Option<Statement>> = stmts
         .iter()
         .map(|s| {
@@ -772,17 +872,25 @@ async fn attempt(
         .collect();
 
     let client = &conn.client;
-    let stale = |f: BeginFailure| match f {
-        BeginFailure::Db(e) if is_connection_level(&e) => Outcome::Stale(map_error(&e, timeout, opts.cache)),
-        BeginFailure::Db(e) => Outcome::Done(Err(map_error(&e, timeout, opts.cache))),
-        BeginFailure::Timeout => Outcome::Stale(Error::DbUnavailable {
-            message: format!("PostgreSQL did not answer within {} ms", opts.begin_bound().as_millis()),
-            sqlstate: None,
-        }),
+    // BEGIN failed or went unanswered: nothing ran unless COMMIT was pipelined too (then only READ ONLY is safe).
+    let stale = |f: BeginFailure, early: bool| {
+        let lost = match f {
+            BeginFailure::Db(e) if is_connection_level(&e) => map_error(&e, timeout, opts.cache),
+            BeginFailure::Db(e) => return Outcome::Done(Err(map_error(&e, timeout, opts.cache))),
+            BeginFailure::Timeout => Error::DbUnavailable {
+                message: format!("PostgreSQL did not answer within {} ms", opts.begin_bound().as_millis()),
+                sqlstate: None,
+            },
+        };
+        if early && !read_only {
+            Outcome::Done(Err(outcome_unknown(&lost.to_string())))
+        } else {
+            Outcome::Stale(lost)
+        }
     };
 
     // Round trip 1 (cache misses only): BEGIN + Parse/Describe of the statements we have not prepared yet.
-    let (statements, results) = if cached.iter().all(Option::is_some) {
+    let (statements, (results, commit_reply), early) = if cached.iter().all(Option::is_some) {
         let statements: Vec<Statement> = cached.iter().flatten().cloned().collect();
         let encoded = match encode_all(stmts, &statements, tx.values) {
             Ok(e) => e,
@@ -790,12 +898,16 @@ async fn attempt(
             Err(e) if opts.cache => return Outcome::Recache(e),
             Err(e) => return Outcome::Done(Err(e)),
         };
-        // Hot path: BEGIN and every Execute in one round trip.
-        let work = run_all(client, &statements, &encoded, opts.limits, tx.values);
+        // Hot path: BEGIN, every Execute and (when safe) COMMIT in one round trip.
+        let early = commit_early(&statements, opts, tx);
+        conn.commit_sent = early;
+        conn.commit_early = early;
+        let client = &conn.client;
+        let work = run_pipeline(client, &statements, &encoded, opts.limits, tx.values, early);
         match with_begin(client, &begin_sql, opts.begin_bound(), work).await {
-            Ok(results) => (statements, results),
+            Ok(results) => (statements, results, early),
             Err(f) => {
-                let outcome = stale(f);
+                let outcome = stale(f, early);
                 // BEGIN failed: whatever was pipelined behind it was abandoned mid-flight; never reuse this
                 // connection (it may even sit in an open transaction).
                 conn.broken = true;
@@ -812,7 +924,7 @@ async fn attempt(
         let prepared = match with_begin(client, &begin_sql, opts.begin_bound(), prepares).await {
             Ok(p) => p,
             Err(f) => {
-                let outcome = stale(f);
+                let outcome = stale(f, false);
                 // BEGIN failed: whatever was pipelined behind it was abandoned mid-flight; never reuse this
                 // connection (it may even sit in an open transaction).
                 conn.broken = true;
@@ -833,7 +945,6 @@ async fn attempt(
                 conn.cache_statement(&req.sql, st.clone());
             }
         }
-        let client = &conn.client;
         if let Some((i, e)) = first_err {
             if is_connection_level(&e) {
                 conn.broken = true;
@@ -860,10 +971,13 @@ async fn attempt(
                 };
             }
         };
-        // Round trip 2: every Execute, pipelined.
+        // Round trip 2: every Execute and (when safe) COMMIT, pipelined.
+        let early = commit_early(&statements, opts, tx);
+        conn.commit_sent = early;
+        conn.commit_early = early;
         crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
-        let results = run_all(client, &statements, &encoded, opts.limits, tx.values).await;
-        (statements, results)
+        let results = run_pipeline(&conn.client, &statements, &encoded, opts.limits, tx.values, early).await;
+        (statements, results, early)
     };
 
     let mut out = Vec::with_capacity(results.len());
@@ -874,6 +988,11 @@ async fn attempt(
             Err(_) if failure.is_some() => {}
             Err(StmtError::Pg(e)) if cached[i].is_some() && is_stale_cache(&e) => {
                 failure = Some(Err(map_error(&e, timeout, opts.cache).at_statement(i)))
+            }
+            Err(StmtError::Pg(e)) if early && is_connection_level(&e) => {
+                // Everything was written, COMMIT included: PostgreSQL may have run it all.
+                conn.broken = true;
+                failure = Some(Ok(outcome_unknown(&ConnectError::from_ref(&e))));
             }
             Err(StmtError::Pg(e)) => failure = Some(Ok(map_error(&e, timeout, opts.cache).at_statement(i))),
             Err(StmtError::Decode(m)) => {
@@ -891,6 +1010,29 @@ async fn attempt(
             }
             Err(StmtError::Skipped) => {}
         }
+    }
+    if early {
+        // COMMIT was pipelined: the transaction has already ended, so nothing is left to send.
+        drop(statements);
+        if !matches!(commit_reply, Some(Ok(()))) {
+            conn.broken = true;
+        }
+        return match (failure, commit_reply) {
+            (Some(Err(e)), _) => Outcome::Recache(e),
+            // A statement failed: PostgreSQL ended the transaction with a ROLLBACK (or the connection went with it).
+            (Some(Ok(err)), _) => Outcome::Done(Err(err)),
+            (None, Some(Ok(()))) => Outcome::Done(Ok(out)),
+            (None, Some(Err(e))) if is_connection_level(&e) => {
+                Outcome::Done(Err(outcome_unknown(&ConnectError::from_ref(&e))))
+            }
+            // A cancel that reached COMMIT itself could have come after the commit was durable.
+            (None, Some(Err(e))) if e.code() == Some(&SqlState::QUERY_CANCELED) => {
+                Outcome::Done(Err(outcome_unknown("COMMIT was canceled")))
+            }
+            // Deferred constraints and serialization failures fail at COMMIT, which then rolls back.
+            (None, Some(Err(e))) => Outcome::Done(Err(map_error(&e, Duration::ZERO, false))),
+            (None, None) => Outcome::Done(Err(Error::Internal("COMMIT reply not read".into()))),
+        };
     }
     match failure {
         Some(Err(e)) => {

@@ -288,7 +288,23 @@ impl Db {
         };
         let live = Arc::new(LiveConnections::default());
         let (kill, kill_rx) = watch::channel(false);
-        let manager = Manager::new(source, config.db_connect_timeout, live.clone(), kill_rx);
+        let opts = exec::Options {
+            read_only: config.db_read_only,
+            cache: config.db_statement_cache,
+            connect_timeout: config.db_connect_timeout,
+            default_timeout: config.db_statement_timeout,
+            limits: Limits {
+                max_rows: config.db_max_rows,
+                max_response_bytes: config.db_max_response_bytes,
+            },
+        };
+        let manager = Manager::new(
+            source,
+            config.db_connect_timeout,
+            opts.session_timeout(),
+            live.clone(),
+            kill_rx,
+        );
         let last_error = Arc::new(Mutex::new(None));
         let pool = Pool::builder()
             .max_size(config.db_pool_size)
@@ -310,16 +326,7 @@ impl Db {
                 reconnecting: AtomicBool::new(false),
                 live,
                 kill,
-                opts: exec::Options {
-                    read_only: config.db_read_only,
-                    cache: config.db_statement_cache,
-                    connect_timeout: config.db_connect_timeout,
-                    default_timeout: config.db_statement_timeout,
-                    limits: Limits {
-                        max_rows: config.db_max_rows,
-                        max_response_bytes: config.db_max_response_bytes,
-                    },
-                },
+                opts,
                 pool_size: config.db_pool_size,
                 target,
                 secret,
@@ -460,9 +467,13 @@ impl Db {
         }
         // Refused before anything is sent: what would change the session beyond the request (see `sql`).
         let mut opaque = false;
+        let mut plain_reads = true;
         for (i, s) in stmts.iter().enumerate() {
             match sql::check(&s.sql, inner.opts.read_only) {
-                Ok(effect) => opaque |= effect.opaque,
+                Ok(effect) => {
+                    opaque |= effect.opaque;
+                    plain_reads &= effect.plain_read;
+                }
                 Err(sql::Refusal::NotSupported(message)) => {
                     return Err(Error::StatementNotSupported {
                         message,
@@ -505,7 +516,22 @@ impl Db {
         if let Some(limits) = limits {
             opts.limits = limits;
         }
-        let result = exec::execute(conn, &pool, &stmts, bound, opaque, opts, tx).await;
+        // Plain reads run READ ONLY unless the caller chose (`read_only: false`): PostgreSQL then guarantees they
+        // wrote nothing, so they take one round trip and a lost connection can be retried (see `exec`).
+        let mut tx = tx;
+        let auto_read_only = plain_reads && tx.read_only.is_none() && !inner.opts.read_only;
+        if auto_read_only {
+            tx.read_only = Some(true);
+        }
+        let mut result = exec::execute(conn, &pool, &stmts, bound, opaque, opts, tx).await;
+        if auto_read_only {
+            if let Err(Error::ReadOnly { message, .. }) = &mut result {
+                message.push_str(
+                    " (the extension ran this request READ ONLY because it looked like a plain read; to call \
+                     something that writes, send it to /db/transaction with \"read_only\": false)",
+                );
+            }
+        }
         match &result {
             Ok(_) => inner.status.store(ST_READY, Ordering::SeqCst),
             Err(Error::DbUnavailable { .. } | Error::DbOutcomeUnknown { .. }) => inner.mark_unavailable(),

@@ -136,6 +136,8 @@ pub struct PgConn {
     /// Set once the request's `COMMIT` has been handed to the connection: from then on an abandoned or failed
     /// request's outcome is unknown (`db_outcome_unknown`), never "rolled back".
     pub commit_sent: bool,
+    /// Set when that `COMMIT` was pipelined behind the statements (one round trip, see `db::exec`).
+    pub commit_early: bool,
     probe: SessionProbe,
     /// Dropping the socket of a broken connection (see [`Drop`]).
     drop_socket: Option<oneshot::Sender<()>>,
@@ -187,6 +189,7 @@ impl PgConn {
             retire: false,
             in_request: false,
             commit_sent: false,
+            commit_early: false,
             probe,
             drop_socket: Some(drop_socket),
             cancel_tls,
@@ -290,6 +293,8 @@ pub fn adjust(pg: &mut tokio_postgres::Config, connect_timeout: Duration) {
 pub struct Manager {
     source: Source,
     connect_timeout: Duration,
+    /// `statement_timeout` set on each new connection (`None`: left to each request's `SET LOCAL`).
+    session_timeout: Option<Duration>,
     live: Arc<LiveConnections>,
     /// Flipped to `true` at shutdown: connection tasks still alive after the grace period drop their sockets.
     kill: watch::Receiver<bool>,
@@ -302,12 +307,14 @@ impl Manager {
     pub fn new(
         source: Source,
         connect_timeout: Duration,
+        session_timeout: Option<Duration>,
         live: Arc<LiveConnections>,
         kill: watch::Receiver<bool>,
     ) -> Self {
         Self {
             source,
             connect_timeout,
+            session_timeout,
             live,
             kill,
         }
@@ -325,18 +332,27 @@ impl Manager {
         };
         // tokio-postgres' connect_timeout covers the TCP connect only; this bounds TLS + auth too.
         let attempt = async {
-            match &target.tls {
+            let conn = match &target.tls {
                 Tls::Disabled => {
                     let (client, connection) = pg.connect(NoTls).await?;
                     let (probe, drop_socket) = self.spawn_connection(connection);
-                    Ok::<_, tokio_postgres::Error>(PgConn::new(client, probe, drop_socket, None))
+                    PgConn::new(client, probe, drop_socket, None)
                 }
                 Tls::Rustls(make) => {
                     let (client, connection) = pg.connect(make.clone()).await?;
                     let (probe, drop_socket) = self.spawn_connection(connection);
-                    Ok(PgConn::new(client, probe, drop_socket, Some(make.clone())))
+                    PgConn::new(client, probe, drop_socket, Some(make.clone()))
                 }
+            };
+            if let Some(t) = self.session_timeout {
+                // Once per connection, so that a request sends `SET LOCAL` only when it needs another timeout.
+                // Not a reported parameter: the session probe is unaffected.
+                crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
+                conn.client
+                    .batch_execute(&format!("SET statement_timeout = {}", t.as_millis().min(i32::MAX as u128)))
+                    .await?;
             }
+            Ok::<_, tokio_postgres::Error>(conn)
         };
         Ok(tokio::time::timeout(self.connect_timeout, attempt)
             .await

@@ -12,6 +12,11 @@
 //! no parser: text inside strings, dollar quotes (function bodies) and comments is data. What runs inside `DO`
 //! blocks and procedures cannot be seen, so such statements are reported as opaque ([`Effect::opaque`]) and the
 //! connection is retired after the request (`db::exec`).
+//!
+//! It also recognises plain reads ([`Effect::plain_read`]): a `SELECT` / `VALUES` / `TABLE` / `WITH` with no
+//! data-modifying keyword, no row lock and no call to anything but a known side-effect-free built-in. A request
+//! made only of those runs as a `READ ONLY` transaction (PostgreSQL enforces it), which is what lets it take one
+//! round trip and be resent after a lost connection (`db::exec`).
 
 /// One token; words are lower-cased (SQL folds unquoted identifiers and keywords), quoted identifiers are kept.
 #[derive(Debug, PartialEq)]
@@ -204,6 +209,8 @@ pub(crate) enum Refusal {
 pub(crate) struct Effect {
     /// `DO` or `CALL`: procedural code whose session changes cannot be seen; the connection is retired afterwards.
     pub opaque: bool,
+    /// A plain read (see the module docs): running it `READ ONLY` changes nothing but the guarantee.
+    pub plain_read: bool,
 }
 
 /// Session advisory locks (held until the session ends or an explicit unlock).
@@ -413,7 +420,60 @@ pub(crate) fn check(sql: &str, read_only_mode: bool) -> Result<Effect, Refusal> 
             }
         }
     }
+    effect.plain_read = plain_read(body);
     Ok(effect)
+}
+
+/// Words that make a statement more than a read: data-modifying CTEs and `SELECT INTO` (a new table), row locks
+/// (`FOR UPDATE` / `FOR [KEY] SHARE`, refused in a `READ ONLY` transaction).
+const WRITE_WORDS: &[&str] = &["insert", "update", "delete", "merge", "into", "share", "lock", "truncate"];
+/// Keywords and type names that precede a parenthesis without being a function call.
+const PAREN_KEYWORDS: &[&str] = &[
+    "all", "and", "any", "array", "as", "between", "bit", "by", "case", "cast", "char", "character", "collate",
+    "decimal", "distinct", "else", "except", "exists", "extract", "filter", "float", "from", "group", "having",
+    "ilike", "in", "intersect", "interval", "is", "join", "lateral", "like", "limit", "materialized", "not",
+    "numeric", "offset", "on", "or", "order", "over", "overlay", "partition", "position", "precision", "recursive",
+    "row", "rows", "select", "similar", "some", "substring", "then", "time", "timestamp", "trim", "union",
+    "using", "values", "varchar", "when", "where", "with", "within", "zone",
+];
+/// Built-in functions without side effects that reads commonly call (anything else, or anything
+/// schema-qualified or quoted, could be a function that writes).
+const PURE_FUNCTIONS: &[&str] = &[
+    "abs", "age", "array_agg", "array_append", "array_cat", "array_length", "array_position", "array_remove",
+    "array_to_string", "avg", "bool_and", "bool_or", "btrim", "cardinality", "ceil", "ceiling", "char_length",
+    "clock_timestamp", "coalesce", "concat", "concat_ws", "count", "cume_dist", "current_database",
+    "current_schema", "current_setting", "date_bin", "date_part", "date_trunc", "dense_rank", "every", "exp",
+    "first_value", "floor", "format", "generate_series", "greatest", "isfinite", "json_agg", "json_array_elements",
+    "json_build_array", "json_build_object", "json_each", "json_object_agg", "jsonb_agg", "jsonb_array_elements",
+    "jsonb_array_length", "jsonb_build_array", "jsonb_build_object", "jsonb_each", "jsonb_extract_path",
+    "jsonb_object_agg", "jsonb_set", "jsonb_typeof", "lag", "last_value", "lead", "least", "left", "length", "ln",
+    "log", "lower", "lpad", "ltrim", "make_date", "make_interval", "make_timestamp", "make_timestamptz", "max",
+    "md5", "min", "mod", "now", "nth_value", "ntile", "nullif", "octet_length", "percent_rank", "percentile_cont",
+    "percentile_disc", "pg_sleep", "power", "random", "rank", "regexp_match", "regexp_replace", "replace", "right",
+    "round", "row_number", "row_to_json", "rpad", "rtrim", "sign", "split_part", "sqrt", "statement_timestamp",
+    "stddev", "stddev_pop", "stddev_samp", "string_agg", "strpos", "sum", "timezone", "to_char", "to_date",
+    "to_json", "to_jsonb", "to_number", "to_timestamp", "transaction_timestamp", "trunc", "unnest", "upper",
+    "var_pop", "var_samp", "variance", "version", "width_bucket",
+];
+
+/// Whether `body` is a plain read (see the module docs). Conservative: a statement it cannot vouch for is not one
+/// (it then simply runs read-write, in two round trips).
+fn plain_read(body: &[Tok]) -> bool {
+    if !body
+        .first()
+        .is_some_and(|t| t.is_word("select") || t.is_word("values") || t.is_word("table") || t.is_word("with"))
+    {
+        return false;
+    }
+    body.iter().enumerate().all(|(i, t)| match t {
+        Tok::Word(w) if WRITE_WORDS.contains(&w.as_str()) => false,
+        Tok::Word(w) if body.get(i + 1) == Some(&Tok::Punct(b'(')) => {
+            let qualified = i > 0 && body[i - 1] == Tok::Punct(b'.');
+            !qualified && (PAREN_KEYWORDS.contains(&w.as_str()) || PURE_FUNCTIONS.contains(&w.as_str()))
+        }
+        Tok::Quoted(_) => body.get(i + 1) != Some(&Tok::Punct(b'(')),
+        _ => true,
+    })
 }
 
 /// The top-level arguments of a call whose `(` was just consumed, up to the matching `)`.
@@ -540,9 +600,58 @@ mod tests {
         ] {
             assert!(!refused(sql, false), "{sql}");
         }
-        assert_eq!(check("do $$ begin null; end $$", false), Ok(Effect { opaque: true }));
-        assert_eq!(check("call p()", false), Ok(Effect { opaque: true }));
-        assert_eq!(check("select 1", false), Ok(Effect { opaque: false }));
+        let opaque = Effect {
+            opaque: true,
+            plain_read: false,
+        };
+        assert_eq!(check("do $$ begin null; end $$", false), Ok(opaque));
+        assert_eq!(
+            check("call p()", false),
+            Ok(Effect {
+                opaque: true,
+                plain_read: false
+            })
+        );
+        assert_eq!(
+            check("select 1", false),
+            Ok(Effect {
+                opaque: false,
+                plain_read: true
+            })
+        );
+    }
+
+    #[test]
+    fn plain_reads_are_recognised_conservatively() {
+        let read = |sql: &str| check(sql, false).is_ok_and(|e| e.plain_read);
+        for sql in [
+            "select 1",
+            "SELECT market, count(*) FROM candles WHERE market = any($1) AND ts >= $2::timestamptz GROUP BY 1",
+            "with x as (select * from t) select coalesce(max(a), 0)::numeric(10,2) from x",
+            "values (1), (2)",
+            "table candles",
+            "select 'insert into t values (1)' as s -- update\n",
+            "select pg_sleep(0.1)",
+            "select * from t where exists (select 1 from u where u.id = t.id) order by a limit 10",
+        ] {
+            assert!(read(sql), "{sql}");
+        }
+        for sql in [
+            "insert into t values (1)",
+            "with d as (delete from t returning *) select * from d",
+            "select * from t for update",
+            "select * from t for key share",
+            "select 1 into t2",
+            "select nextval('s')",
+            "select my_fn($1)",
+            "select public.count(1)",
+            "select \"count\"(1)",
+            "explain analyze select 1",
+            "show search_path",
+            "update t set a = 1",
+        ] {
+            assert!(!read(sql), "{sql}");
+        }
     }
 
     #[test]
