@@ -50,20 +50,24 @@ pub enum Error {
         statement_index: Option<usize>,
     },
     /// 400 `row_limit_exceeded`: the result grew past the request's row cap (found while reading the rows).
-    #[error("the result has more than {limit} rows (max_rows, default MAKENAIDE_DB_MAX_ROWS): nothing was committed; add a LIMIT or page, or raise max_rows (at most {hard})")]
+    #[error("the result has more than {limit} rows (max_rows, default MAKENAIDE_DB_MAX_ROWS): {}; add a LIMIT or page, or raise max_rows (at most {hard})", outcome(*.committed))]
     RowLimitExceeded {
         /// The cap in force.
         limit: u64,
+        /// The statements were applied all the same (see [`outcome`]).
+        committed: bool,
         /// The most a request may ask for.
         hard: u64,
         /// Index in `statements` for transactions.
         statement_index: Option<usize>,
     },
     /// 400 `response_too_large`: the rows' JSON grew past the request's size cap (found while reading the rows).
-    #[error("the result's rows take more than {limit} bytes of JSON (max_response_bytes, default MAKENAIDE_DB_MAX_RESPONSE_BYTES): nothing was committed; select fewer rows or columns, or raise max_response_bytes (at most {hard})")]
+    #[error("the result's rows take more than {limit} bytes of JSON (max_response_bytes, default MAKENAIDE_DB_MAX_RESPONSE_BYTES): {}; select fewer rows or columns, or raise max_response_bytes (at most {hard})", outcome(*.committed))]
     ResponseTooLarge {
         /// The cap in force.
         limit: u64,
+        /// The statements were applied all the same (see [`outcome`]).
+        committed: bool,
         /// The most a request may ask for.
         hard: u64,
         /// Index in `statements` for transactions.
@@ -239,6 +243,24 @@ macro_rules! with_statement_index {
 }
 
 impl Error {
+    /// A cap error whose statements were applied all the same (`committed`); other errors unchanged.
+    #[must_use]
+    pub fn applied(mut self, applied: bool) -> Self {
+        if let Self::RowLimitExceeded { committed, .. } | Self::ResponseTooLarge { committed, .. } = &mut self {
+            *committed = applied;
+        }
+        self
+    }
+
+    /// A cap error whose statements were applied (see [`Error::applied`]).
+    #[must_use]
+    pub fn was_applied(&self) -> bool {
+        matches!(
+            self,
+            Self::RowLimitExceeded { committed: true, .. } | Self::ResponseTooLarge { committed: true, .. }
+        )
+    }
+
     /// The stable machine-readable code (the contract's enum).
     #[must_use]
     pub fn kind(&self) -> ErrorCode {
@@ -359,6 +381,18 @@ impl Error {
     #[must_use]
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self.to_body()).unwrap_or(Value::Null)
+    }
+}
+
+/// What a cap error says of the transaction. `COMMIT` travels with the statements (one round trip), so when a
+/// write's result crosses a cap the extension cancels the statement; only if it had already finished does the
+/// transaction commit, and the answer says so (so that a caller never takes a 4xx for "nothing happened" wrongly).
+fn outcome(committed: bool) -> &'static str {
+    if committed {
+        "the statements WERE applied and committed (the statement had finished before the extension could cancel \
+         it); only their result is refused, do not resend them"
+    } else {
+        "nothing was committed"
     }
 }
 

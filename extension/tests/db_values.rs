@@ -459,7 +459,9 @@ async fn row_and_size_caps_answer_their_codes_and_leave_the_environment_clean() 
         .await;
     r.assert_error(ErrorCode::ResponseTooLarge, &["10000 bytes", "max_response_bytes"]);
 
-    // Over a cap in a write with RETURNING: nothing committed, the failing statement named.
+    // Over a cap in a write with RETURNING: COMMIT travels with the statements (one round trip), so the extension
+    // cancels the statement; if it had already finished, the transaction commits and the answer says so. Either
+    // way the answer matches the table, and the failing statement is named.
     let r = env
         .post(
             "/db/transaction",
@@ -470,6 +472,24 @@ async fn row_and_size_caps_answer_their_codes_and_leave_the_environment_clean() 
         .await;
     let e = r.assert_error(ErrorCode::RowLimitExceeded, &["100 rows"]);
     assert_eq!(e["statement_index"], 1);
+    let message = e["message"].as_str().unwrap_or_default().to_owned();
+    let stored = env.pg_text("select count(*)::text from t").await;
+    if message.contains("WERE applied") {
+        assert_eq!(stored.as_deref(), Some("5001"), "{message}");
+        env.pg_text("delete from t returning 1").await;
+    } else {
+        assert!(message.contains("nothing was committed"), "{message}");
+        assert_eq!(stored.as_deref(), Some("0"), "{message}");
+    }
+    // A read over a cap: READ ONLY, nothing to commit.
+    let r = env
+        .post(
+            "/db/query",
+            r#"{"sql": "select generate_series(1, 5000)", "max_rows": 100}"#.into(),
+        )
+        .await;
+    let e = r.assert_error(ErrorCode::RowLimitExceeded, &["100 rows", "nothing was committed"]);
+    assert!(e["statement_index"].is_null() || e["statement_index"] == 0, "{e}");
     // The caps count all statements of a request together.
     let r = env
         .post(

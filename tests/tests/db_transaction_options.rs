@@ -45,8 +45,17 @@ async fn db_transaction_applies_isolation_read_only_and_deferrable() {
     let settings = [Statement::sql(SETTINGS)];
     let rows = |v: Value| v["results"][0]["rows"][0].clone();
 
+    // A plain read runs READ ONLY unless the request says otherwise (one round trip, safe to resend).
     let r = core
         .post_json(routes::DB_TRANSACTION, &request(&settings, |_| {}))
+        .await
+        .unwrap();
+    assert_eq!(rows(r.json()), json!(["read committed", "on", "off"]));
+    let r = core
+        .post_json(
+            routes::DB_TRANSACTION,
+            &request(&settings, |t| t.read_only = Some(false)),
+        )
         .await
         .unwrap();
     assert_eq!(rows(r.json()), json!(["read committed", "off", "off"]));
@@ -70,7 +79,10 @@ async fn db_transaction_applies_isolation_read_only_and_deferrable() {
         let r = core
             .post_json(
                 routes::DB_TRANSACTION,
-                &request(&settings, |t| t.isolation = Some(level)),
+                &request(&settings, |t| {
+                    t.isolation = Some(level);
+                    t.read_only = Some(false);
+                }),
             )
             .await
             .unwrap();

@@ -33,6 +33,7 @@ const STEM: &str = "reliability_exactly_once";
 /// No unique constraint on purpose: a request applied twice would show as two rows.
 const TABLE: &str = "create table exactly_once (marker text not null)";
 const INSERT: &str = "insert into exactly_once (marker) values ($1)";
+const INSERT_RETURNING: &str = "insert into exactly_once (marker) values ($1) returning marker";
 const KILL_CYCLES: usize = 10;
 
 /// The port of a `postgres://user@host:port/db` URL.
@@ -98,163 +99,178 @@ async fn a_write_cut_at_every_byte_boundary_is_applied_once_or_not_at_all_and_th
             r.get::<_, i64>(0)
         }
     };
-    // A warm connection with the INSERT prepared on it, so the next request takes the hot path.
-    let warm = |n: usize| {
-        let core = core.clone();
-        async move {
-            let r = core.query_raw(INSERT, json!([marker('w', n)])).await.unwrap();
-            assert_eq!(r.status, 200, "warm-up {n}: {}", String::from_utf8_lossy(&r.body));
-        }
-    };
-
-    // --- record the exchange once (no cut) ---
-    warm(0).await;
-    warm(1).await;
-    proxy.arm(None);
-    let r = core.query_raw(INSERT, json!([marker('r', 0)])).await.unwrap();
-    let recorded = proxy.disarm();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(rows(marker('r', 0)).await, 1);
-    let up = pg_messages(&recorded.up);
-    let down = pg_messages(&recorded.down);
-    assert_eq!(
-        up.iter().map(|(_, _, l)| l).sum::<usize>(),
-        recorded.up.len(),
-        "the recorded client stream is not whole messages: {recorded:?}"
-    );
-    assert_eq!(down.iter().map(|(_, _, l)| l).sum::<usize>(), recorded.down.len());
-    let commit = up.iter().rposition(|(t, _, _)| *t == 'Q').unwrap();
-    assert!(
-        recorded.up[up[commit].1 + 5..].starts_with(b"COMMIT"),
-        "the exchange does not end with COMMIT: {recorded:?}"
-    );
-    assert!(
-        !up.iter().any(|(t, _, _)| *t == 'P'),
-        "not the hot path (a Parse was sent): {recorded:?}"
-    );
-    let (up_turns, down_turns) = (turns(&recorded, Flow::Up), turns(&recorded, Flow::Down));
-    let shape = format!(
-        "client → server {} bytes: {}; server → client {} bytes: {}",
-        recorded.up.len(),
-        describe(&recorded.up, &up_turns),
-        recorded.down.len(),
-        describe(&recorded.down, &down_turns)
-    );
-    println!("recorded exchange: {shape}");
-
-    // --- every cut: before byte `at` of message `m`, each direction ---
-    let mut cuts: Vec<Option<Cut>> = vec![None];
-    for (flow, msgs) in [(Flow::Up, &up), (Flow::Down, &down)] {
-        for (m, (_, _, len)) in msgs.iter().enumerate() {
-            for at in 0..*len {
-                cuts.push(Some(Cut { flow, message: m, at }));
-            }
-        }
-    }
-    let (mut ok, mut retried, mut unknown_applied, mut unknown_not, mut refused) = (0, 0, 0, 0, 0);
-    let mut refused_codes: BTreeMap<String, usize> = BTreeMap::new();
-    // (flow, round trip) → outcomes, for the report.
-    let mut by_place: BTreeMap<(String, usize), BTreeMap<&'static str, usize>> = BTreeMap::new();
-    let started = std::time::Instant::now();
-    for (i, cut) in cuts.iter().enumerate() {
-        warm(i + 2).await;
-        let m = marker('m', i);
-        proxy.arm(*cut);
-        let r = core.query_raw(INSERT, json!([m])).await.unwrap();
-        let ex = proxy.disarm();
-        let n = rows(m.clone()).await;
-        let body = r.json();
-        let what = format!("case {i} cut {cut:?}: HTTP {} {body}, {n} row(s)", r.status);
-        assert!(n <= 1, "APPLIED TWICE: {what}");
-        assert_eq!(
-            ex.cut,
-            cut.is_some(),
-            "the cut did not happen where planned: {what}; {ex:?}"
-        );
-        let outcome = match (r.status, r.error_code()) {
-            (200, _) => {
-                assert_eq!(n, 1, "200 but not applied: {what}");
-                assert_eq!(body["row_count"], json!(1), "{what}");
-                ok += 1;
-                if cut.is_some() {
-                    retried += 1;
-                }
-                "ok"
-            }
-            (503, Some(code)) if code == ErrorCode::DbOutcomeUnknown.as_str() => {
-                let msg = body["error"]["message"].as_str().unwrap_or_default();
-                assert!(msg.contains("may or may not have been applied"), "{what}");
-                if n == 1 {
-                    unknown_applied += 1;
-                    "unknown (applied)"
-                } else {
-                    unknown_not += 1;
-                    "unknown (not applied)"
-                }
-            }
-            (_, code) => {
-                assert_eq!(n, 0, "an error that is not db_outcome_unknown, yet applied: {what}");
-                assert!(code.is_some(), "an error reply outside the contract: {what}");
-                *refused_codes.entry(code.unwrap()).or_default() += 1;
-                refused += 1;
-                "refused"
+    let mut lines = Vec::new();
+    // Both take one round trip: BEGIN, Bind/Execute/Sync and COMMIT pipelined (the second with result rows).
+    for (sql, round_trips, kinds, what_path) in [
+        (INSERT, 1, ['w', 'r', 'm'], "no result rows"),
+        (INSERT_RETURNING, 1, ['W', 'R', 'M'], "with result rows"),
+    ] {
+        // A warm connection with the INSERT prepared on it, so the next request takes the hot path.
+        let warm = |n: usize| {
+            let core = core.clone();
+            async move {
+                let r = core.query_raw(sql, json!([marker(kinds[0], n)])).await.unwrap();
+                assert_eq!(r.status, 200, "warm-up {n}: {}", String::from_utf8_lossy(&r.body));
             }
         };
-        if let Some(c) = cut {
-            let (bytes, t) = match c.flow {
-                Flow::Up => (&recorded.up, &up_turns),
-                Flow::Down => (&recorded.down, &down_turns),
-            };
-            let off = pg_messages(bytes)[c.message].1;
-            let rt = t.iter().filter(|s| **s <= off).count();
-            *by_place
-                .entry((format!("{:?}", c.flow), rt))
-                .or_default()
-                .entry(outcome)
-                .or_default() += 1;
-        }
-    }
-    let elapsed = started.elapsed();
-    let total = cuts.len();
-    let unknown = unknown_applied + unknown_not;
-    assert_eq!(ok + unknown + refused, total);
-    // The test exercises every kind of answer (a proxy that never cut would give only 200s).
-    assert!(
-        unknown_applied > 0 && unknown_not > 0 && refused + retried > 0,
-        "ok {ok}, unknown {unknown_applied}+{unknown_not}, refused {refused}"
-    );
-    let summary = format!(
-        "exactly once: {total} cases, ok {ok}, unknown {unknown}, refused {refused}, applied twice 0 \
-         (ok after a transparent retry on a fresh connection: {retried}; unknown and applied: {unknown_applied}, \
-         unknown and not applied: {unknown_not}; refused with {refused_codes:?}) in {:.1} s",
-        elapsed.as_secs_f64()
-    );
-    println!("{summary}");
-    let places: Vec<String> = by_place
-        .iter()
-        .map(|((flow, rt), o)| {
-            format!(
-                "cut in the {} stream, round trip {rt}: {o:?}",
-                if flow == "Up" {
-                    "client → server"
-                } else {
-                    "server → client"
-                }
-            )
-        })
-        .collect();
-    let mut lines = vec![
-        summary,
-        format!("the write (`/db/query` `{INSERT}`, hot path), as recorded through the proxy: {shape}"),
-        format!(
-            "cases: one without a cut, then one per byte boundary of each message of each direction (before byte k of \
-             message m, k = 0 .. len-1; the boundary after the last reply byte is the uncut case): {} client → server + {} \
-             server → client",
+
+        // --- record the exchange once (no cut) ---
+        warm(0).await;
+        warm(1).await;
+        proxy.arm(None);
+        let r = core.query_raw(sql, json!([marker(kinds[1], 0)])).await.unwrap();
+        let recorded = proxy.disarm();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(rows(marker(kinds[1], 0)).await, 1);
+        let up = pg_messages(&recorded.up);
+        let down = pg_messages(&recorded.down);
+        assert_eq!(
+            up.iter().map(|(_, _, l)| l).sum::<usize>(),
             recorded.up.len(),
-            recorded.down.len()
-        ),
-    ];
-    lines.extend(places);
+            "the recorded client stream is not whole messages: {recorded:?}"
+        );
+        assert_eq!(down.iter().map(|(_, _, l)| l).sum::<usize>(), recorded.down.len());
+        let commit = up.iter().rposition(|(t, _, _)| *t == 'Q').unwrap();
+        assert!(
+            recorded.up[up[commit].1 + 5..].starts_with(b"COMMIT"),
+            "the exchange does not end with COMMIT: {recorded:?}"
+        );
+        assert!(
+            !up.iter().any(|(t, _, _)| *t == 'P'),
+            "not the hot path (a Parse was sent): {recorded:?}"
+        );
+        let (up_turns, down_turns) = (turns(&recorded, Flow::Up), turns(&recorded, Flow::Down));
+        let shape = format!(
+            "client → server {} bytes: {}; server → client {} bytes: {}",
+            recorded.up.len(),
+            describe(&recorded.up, &up_turns),
+            recorded.down.len(),
+            describe(&recorded.down, &down_turns)
+        );
+        println!("recorded exchange: {shape}");
+
+        // --- every cut: before byte `at` of message `m`, each direction ---
+        let mut cuts: Vec<Option<Cut>> = vec![None];
+        for (flow, msgs) in [(Flow::Up, &up), (Flow::Down, &down)] {
+            for (m, (_, _, len)) in msgs.iter().enumerate() {
+                for at in 0..*len {
+                    cuts.push(Some(Cut { flow, message: m, at }));
+                }
+            }
+        }
+        let (mut ok, mut retried, mut unknown_applied, mut unknown_not, mut refused) = (0, 0, 0, 0, 0);
+        let mut refused_codes: BTreeMap<String, usize> = BTreeMap::new();
+        // (flow, round trip) → outcomes, for the report.
+        let mut by_place: BTreeMap<(String, usize), BTreeMap<&'static str, usize>> = BTreeMap::new();
+        let started = std::time::Instant::now();
+        for (i, cut) in cuts.iter().enumerate() {
+            warm(i + 2).await;
+            let m = marker(kinds[2], i);
+            proxy.arm(*cut);
+            let r = core.query_raw(sql, json!([m])).await.unwrap();
+            let ex = proxy.disarm();
+            let n = rows(m.clone()).await;
+            let body = r.json();
+            let what = format!("case {i} cut {cut:?}: HTTP {} {body}, {n} row(s)", r.status);
+            assert!(n <= 1, "APPLIED TWICE: {what}");
+            assert_eq!(
+                ex.cut,
+                cut.is_some(),
+                "the cut did not happen where planned: {what}; {ex:?}"
+            );
+            let outcome = match (r.status, r.error_code()) {
+                (200, _) => {
+                    assert_eq!(n, 1, "200 but not applied: {what}");
+                    assert_eq!(body["row_count"], json!(1), "{what}");
+                    ok += 1;
+                    if cut.is_some() {
+                        retried += 1;
+                    }
+                    "ok"
+                }
+                (503, Some(code)) if code == ErrorCode::DbOutcomeUnknown.as_str() => {
+                    let msg = body["error"]["message"].as_str().unwrap_or_default();
+                    assert!(msg.contains("may or may not have been applied"), "{what}");
+                    if n == 1 {
+                        unknown_applied += 1;
+                        "unknown (applied)"
+                    } else {
+                        unknown_not += 1;
+                        "unknown (not applied)"
+                    }
+                }
+                (_, code) => {
+                    assert_eq!(n, 0, "an error that is not db_outcome_unknown, yet applied: {what}");
+                    assert!(code.is_some(), "an error reply outside the contract: {what}");
+                    *refused_codes.entry(code.unwrap()).or_default() += 1;
+                    refused += 1;
+                    "refused"
+                }
+            };
+            if let Some(c) = cut {
+                let (bytes, t) = match c.flow {
+                    Flow::Up => (&recorded.up, &up_turns),
+                    Flow::Down => (&recorded.down, &down_turns),
+                };
+                let off = pg_messages(bytes)[c.message].1;
+                let rt = t.iter().filter(|s| **s <= off).count();
+                *by_place
+                    .entry((format!("{:?}", c.flow), rt))
+                    .or_default()
+                    .entry(outcome)
+                    .or_default() += 1;
+            }
+        }
+        let elapsed = started.elapsed();
+        let total = cuts.len();
+        let unknown = unknown_applied + unknown_not;
+        assert_eq!(ok + unknown + refused, total);
+        // The test exercises every kind of answer (a proxy that never cut would give only 200s).
+        assert!(
+            unknown_applied > 0 && unknown_not > 0,
+            "ok {ok}, unknown {unknown_applied}+{unknown_not}, refused {refused}"
+        );
+        // COMMIT in a round trip of its own: a cut in the first one provably applied nothing (refused, or retried
+        // on a fresh connection). Pipelined: every cut after the request was written is unknown.
+        assert_eq!(up_turns.len(), round_trips, "client turns of `{sql}`: {shape}");
+        if round_trips == 2 {
+            assert!(refused + retried > 0, "ok {ok}, refused {refused}, retried {retried}");
+        } else {
+            assert_eq!((ok, refused), (1, 0), "{sql}: only the uncut case succeeds");
+        }
+        let summary = format!(
+            "exactly once: {total} cases, ok {ok}, unknown {unknown}, refused {refused}, applied twice 0 \
+             (ok after a transparent retry on a fresh connection: {retried}; unknown and applied: {unknown_applied}, \
+             unknown and not applied: {unknown_not}; refused with {refused_codes:?}) in {:.1} s",
+            elapsed.as_secs_f64()
+        );
+        println!("{summary}");
+        let places: Vec<String> = by_place
+            .iter()
+            .map(|((flow, rt), o)| {
+                format!(
+                    "cut in the {} stream, round trip {rt}: {o:?}",
+                    if flow == "Up" {
+                        "client → server"
+                    } else {
+                        "server → client"
+                    }
+                )
+            })
+            .collect();
+        lines.extend([
+            format!("`{sql}` ({what_path}): {summary}"),
+            format!("the write (`/db/query` `{sql}`, hot path), as recorded through the proxy: {shape}"),
+            format!(
+                "cases: one without a cut, then one per byte boundary of each message of each direction (before byte k of \
+                 message m, k = 0 .. len-1; the boundary after the last reply byte is the uncut case): {} client → server + {} \
+                 server → client",
+                recorded.up.len(),
+                recorded.down.len()
+            ),
+        ]);
+        lines.extend(places);
+    }
     report(STEM, "A write cut at every byte boundary", &lines);
     drop(_thawed);
     env.shutdown(SHUTDOWN_BUDGET).await.unwrap();

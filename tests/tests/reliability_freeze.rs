@@ -108,6 +108,11 @@ async fn invocation_succeeds_after_every_connection_died_during_a_freeze_100_tim
         "more than one extended-protocol sync per request: {normal_traffic:?}"
     );
     assert_eq!(normal_traffic.count('Q'), 2 * begins, "{normal_traffic:?}");
+    // BEGIN, the upsert and COMMIT pipelined: one client turn per request.
+    assert_eq!(
+        normal_traffic.round_trips, begins,
+        "more than one round trip per request: {normal_traffic:?}"
+    );
 
     // --- 100 cycles: freeze, kill every connection, thaw, invoke ---
     let log_mark = env.logs().len();
@@ -223,12 +228,13 @@ async fn invocation_succeeds_after_every_connection_died_during_a_freeze_100_tim
                 "how the dead connection was detected over the {KILL_CYCLES} cycles: {at_checkout} at checkout (`Client::is_closed()`, zero round trips), {by_retry} by a failed first round trip and retried once on a fresh connection (the request raced the connection task)"
             ),
             format!(
-                "normal path traffic per request (counting proxy, {begins} requests): simple queries {} (only `BEGIN…; SET LOCAL statement_timeout` and `COMMIT`), Bind {}, Execute {}, Sync {}, Parse {} → 2 round trips, **no validation round trip**, no new connection",
+                "normal path traffic per request (counting proxy, {begins} requests): simple queries {} (only `BEGIN` and `COMMIT`: the statement timeout is the connection's own setting), Bind {}, Execute {}, Sync {}, Parse {} → **{} round trip(s)**, no validation round trip, no new connection",
                 per(normal_traffic.count('Q'), begins),
                 per(normal_traffic.count('B'), begins),
                 per(normal_traffic.count('E'), begins),
                 per(normal_traffic.count('S'), begins),
                 normal_traffic.count('P'),
+                per(normal_traffic.round_trips, begins),
             ),
             format!(
                 "after-kill traffic per cycle: {} new PostgreSQL connection(s), Parse {}, Sync {}; Upbit reconnections {}",

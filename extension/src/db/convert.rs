@@ -577,6 +577,45 @@ fn write_float(out: &mut Vec<u8>, f: f64, shortest: impl std::fmt::Display + std
 ///
 /// # Errors
 /// The type has no JSON conversion (the caller names the column and suggests a cast), or the value is malformed.
+/// Whether [`write_value`] has a JSON conversion for `ty` (known before anything runs, from the statement's
+/// columns).
+#[must_use]
+pub fn writable(ty: &Type) -> bool {
+    match ty.kind() {
+        Kind::Domain(base) => writable(base),
+        Kind::Enum(_) => true,
+        Kind::Array(elem) => writable(elem),
+        _ => matches!(
+            ty.oid(),
+            oid::VOID
+                | oid::BOOL
+                | oid::INT2
+                | oid::INT4
+                | oid::INT8
+                | oid::OID
+                | oid::FLOAT4
+                | oid::FLOAT8
+                | oid::NUMERIC
+                | oid::TEXT
+                | oid::VARCHAR
+                | oid::BPCHAR
+                | oid::NAME
+                | oid::UNKNOWN
+                | oid::CHAR
+                | oid::JSON
+                | oid::JSONB
+                | oid::TIMESTAMP
+                | oid::TIMESTAMPTZ
+                | oid::DATE
+                | oid::TIME
+                | oid::TIMETZ
+                | oid::INTERVAL
+                | oid::UUID
+                | oid::BYTEA
+        ),
+    }
+}
+
 pub fn write_value(ty: &Type, raw: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     match ty.kind() {
         Kind::Domain(base) => return write_value(base, raw, out),
@@ -905,6 +944,25 @@ fn write_dims(elem: &Type, dims: &[usize], r: &mut Reader<'_>, out: &mut Vec<u8>
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// `writable` answers exactly where `write_value` has a conversion (every built-in type, arrays included).
+    #[test]
+    fn writable_matches_write_value() {
+        let mut checked = 0;
+        for oid in 0..10_000 {
+            let Some(ty) = Type::from_oid(oid) else { continue };
+            let scalar = match ty.kind() {
+                Kind::Array(elem) => elem.clone(),
+                _ => ty.clone(),
+            };
+            let mut out = Vec::new();
+            let converts =
+                !write_value(&scalar, &[0u8; 64], &mut out).is_err_and(|e| e.contains("has no JSON conversion"));
+            assert_eq!(writable(&ty), converts, "{}", ty.name());
+            checked += 1;
+        }
+        assert!(checked > 150, "{checked}");
+    }
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()

@@ -582,12 +582,17 @@ impl Budget {
 
 /// Runs one statement and writes its rows as JSON while they stream in (decoding happens before COMMIT: a result
 /// we cannot return rolls back). The row and size caps are checked per row, so a result over a cap is never held.
+///
+/// `drain`: COMMIT is already queued behind a read-write request. A cap crossed then cannot simply drop the
+/// connection (PostgreSQL might finish and commit anyway): the statement is canceled and the rest of its rows read
+/// and discarded, so the request's answer can say whether it was applied (`committed`: it had finished first).
 async fn run_statement(
     client: &Client,
     st: &Statement,
     params: &[Param],
     budget: &Budget,
     values: Values,
+    drain: Option<&Canceller>,
 ) -> Result<QueryResult, StmtError> {
     // `/sql` keeps PostgreSQL's own error (its SQLSTATE is the Neon error body's `code`, as the drivers expect).
     let param_error = |e: tokio_postgres::Error| match values {
@@ -620,11 +625,17 @@ async fn run_statement(
         count += 1;
         let rows = budget.rows.fetch_add(1, Ordering::Relaxed) + 1;
         if rows > budget.limits.max_rows {
-            return Err(StmtError::Limit(Error::RowLimitExceeded {
-                limit: budget.limits.max_rows,
-                hard: crate::config::HARD_MAX_ROWS,
-                statement_index: None,
-            }));
+            return Err(over_cap(
+                stream.as_mut(),
+                drain,
+                Error::RowLimitExceeded {
+                    limit: budget.limits.max_rows,
+                    committed: false,
+                    hard: crate::config::HARD_MAX_ROWS,
+                    statement_index: None,
+                },
+            )
+            .await);
         }
         out.push(b'[');
         for (i, col) in st.columns().iter().enumerate() {
@@ -666,11 +677,17 @@ async fn run_statement(
         let added = (out.len() - before) as u64;
         let bytes = budget.bytes.fetch_add(added, Ordering::Relaxed) + added;
         if bytes > budget.limits.max_response_bytes {
-            return Err(StmtError::Limit(Error::ResponseTooLarge {
-                limit: budget.limits.max_response_bytes,
-                hard: crate::config::HARD_MAX_RESPONSE_BYTES,
-                statement_index: None,
-            }));
+            return Err(over_cap(
+                stream.as_mut(),
+                drain,
+                Error::ResponseTooLarge {
+                    limit: budget.limits.max_response_bytes,
+                    committed: false,
+                    hard: crate::config::HARD_MAX_RESPONSE_BYTES,
+                    statement_index: None,
+                },
+            )
+            .await);
         }
     }
     out.push(b']');
@@ -696,6 +713,29 @@ async fn run_statement(
     })
 }
 
+/// A cap crossed (see [`run_statement`]'s `drain`): with COMMIT queued behind a read-write request, the statement
+/// is canceled and the rest of its rows read and discarded; it applied if it finished before the cancel landed.
+async fn over_cap(
+    mut stream: std::pin::Pin<&mut tokio_postgres::RowStream>,
+    drain: Option<&Canceller>,
+    e: Error,
+) -> StmtError {
+    let Some(canceller) = drain else {
+        return StmtError::Limit(e);
+    };
+    if tokio::time::timeout(CANCEL_GRACE, canceller.cancel()).await.is_err() {
+        tracing::warn!("the cancel request for a result over its cap got no answer");
+    }
+    let finished = loop {
+        match stream.try_next().await {
+            Ok(Some(_)) => {}
+            Ok(None) => break true,
+            Err(_) => break false,
+        }
+    };
+    StmtError::Limit(e.applied(finished))
+}
+
 /// A PostgreSQL error raised while reading a parameter (its input function refused the text we sent: 22P02,
 /// 22003, 22007, 22008, a domain's check...) becomes `invalid_param` naming `$n` and the type. PostgreSQL (13+)
 /// puts "unnamed portal parameter $n" in the error's context for exactly those errors.
@@ -718,24 +758,35 @@ fn param_error(e: &tokio_postgres::Error, st: &Statement) -> Option<StmtError> {
 }
 
 /// Runs the statements pipelined (each sends its messages when first polled, in order). A cap crossed by one
-/// abandons all at once (the rest of the rows are never read: the connection is then retired); every other
-/// outcome waits for all, so the first error reported is the first statement's.
+/// abandons all at once (the rest of the rows are never read: the connection is then retired), unless `drain`
+/// (see [`run_statement`]): then every statement's end is read, since the request's outcome depends on all of them;
+/// every other outcome waits for all, so the first error reported is the first statement's.
 async fn run_all(
     client: &Client,
     statements: &[Statement],
     encoded: &[Vec<Param>],
     limits: Limits,
     values: Values,
+    drain: Option<&Canceller>,
 ) -> Vec<Result<QueryResult, StmtError>> {
     let budget = Budget::new(limits);
     let budget = &budget;
+    if drain.is_some() {
+        return join_all(
+            statements
+                .iter()
+                .zip(encoded)
+                .map(|(st, p)| run_statement(client, st, p, budget, values, drain)),
+        )
+        .await;
+    }
     let all = try_join_all(
         statements
             .iter()
             .zip(encoded)
             .enumerate()
             .map(|(i, (st, p))| async move {
-                match run_statement(client, st, p, budget, values).await {
+                match run_statement(client, st, p, budget, values, None).await {
                     Err(StmtError::Limit(e)) => Err((i, e)),
                     other => Ok(other),
                 }
@@ -786,7 +837,10 @@ fn begin_sql(local_timeout: Option<Duration>, opts: Options, tx: TxOptions) -> S
     if let Some(t) = local_timeout {
         let _ = std::fmt::Write::write_fmt(
             &mut sql,
-            format_args!("; SET LOCAL statement_timeout = {}", t.as_millis().min(i32::MAX as u128)),
+            format_args!(
+                "; SET LOCAL statement_timeout = {}",
+                t.as_millis().min(i32::MAX as u128)
+            ),
         );
     }
     if opts.read_only {
@@ -795,20 +849,27 @@ fn begin_sql(local_timeout: Option<Duration>, opts: Options, tx: TxOptions) -> S
     sql
 }
 
-/// Whether `COMMIT` can go in the same round trip as the statements, i.e. nothing the extension does after
-/// PostgreSQL ran them can make the request a failure that must not have committed: a `READ ONLY` transaction
-/// (nothing to commit), or statements that return no rows (no row or size cap to cross, no cell to convert). A
-/// statement returning rows in a read-write transaction (`INSERT ... RETURNING`, a `SELECT` calling a function
-/// that may write) keeps `COMMIT` in a round trip of its own, so that a result refused by a cap rolls back. Not
-/// with the statement cache off either: the statements' `Close` must reach the server before `COMMIT` (PgBouncer's
+/// Whether `COMMIT` can go in the same round trip as the statements: a `READ ONLY` transaction (nothing to
+/// commit), or statements whose every result column converts to JSON (known from the prepared statement), so
+/// that no cell can fail after PostgreSQL ran them. A row or size cap crossed by a read-write request is then
+/// handled by canceling the statement ([`run_statement`]'s `drain`). Otherwise (`/sql`'s text rendering, a type
+/// without a JSON conversion) `COMMIT` keeps a round trip of its own, after the results are known good. Not with
+/// the statement cache off either: the statements' `Close` must reach the server before `COMMIT` (PgBouncer's
 /// transaction pooling).
 fn commit_early(statements: &[Statement], opts: Options, tx: TxOptions) -> bool {
-    opts.cache && (opts.read_only_tx(tx) || statements.iter().all(|s| s.columns().is_empty()))
+    let convertible = |st: &Statement| {
+        st.columns().is_empty()
+            || (tx.values == Values::Json && st.columns().iter().all(|c| super::convert::writable(c.type_())))
+    };
+    opts.cache && (opts.read_only_tx(tx) || statements.iter().all(convertible))
 }
 
 /// The statements' replies, and `COMMIT`'s when it was pipelined behind them (`None`: not pipelined, or not
 /// waited for because a cap abandoned the statements, whose connection is then dropped).
-type Pipelined = (Vec<Result<QueryResult, StmtError>>, Option<Result<(), tokio_postgres::Error>>);
+type Pipelined = (
+    Vec<Result<QueryResult, StmtError>>,
+    Option<Result<(), tokio_postgres::Error>>,
+);
 
 /// Runs the statements and, when `commit`, `COMMIT` right behind them (queued after their messages, so in the same
 /// round trip). A failed statement aborts the transaction, so PostgreSQL answers that `COMMIT` as a `ROLLBACK`.
@@ -819,8 +880,9 @@ async fn run_pipeline(
     limits: Limits,
     values: Values,
     commit: bool,
+    drain: Option<&Canceller>,
 ) -> Pipelined {
-    let run = run_all(client, statements, encoded, limits, values);
+    let run = run_all(client, statements, encoded, limits, values, drain);
     if !commit {
         return (run.await, None);
     }
@@ -829,7 +891,7 @@ async fn run_pipeline(
     // `select` polls `run` first, so COMMIT is queued after every statement's messages.
     match futures_util::future::select(run, commit).await {
         Either::Left((results, commit)) => {
-            if results.iter().any(|r| matches!(r, Err(StmtError::Limit(_)))) {
+            if drain.is_none() && results.iter().any(|r| matches!(r, Err(StmtError::Limit(_)))) {
                 return (results, None);
             }
             (results, Some(commit.await))
@@ -902,8 +964,17 @@ async fn attempt(
         let early = commit_early(&statements, opts, tx);
         conn.commit_sent = early;
         conn.commit_early = early;
+        let canceller = (early && !read_only).then(|| conn.canceller());
         let client = &conn.client;
-        let work = run_pipeline(client, &statements, &encoded, opts.limits, tx.values, early);
+        let work = run_pipeline(
+            client,
+            &statements,
+            &encoded,
+            opts.limits,
+            tx.values,
+            early,
+            canceller.as_ref(),
+        );
         match with_begin(client, &begin_sql, opts.begin_bound(), work).await {
             Ok(results) => (statements, results, early),
             Err(f) => {
@@ -975,11 +1046,26 @@ async fn attempt(
         let early = commit_early(&statements, opts, tx);
         conn.commit_sent = early;
         conn.commit_early = early;
+        let canceller = (early && !read_only).then(|| conn.canceller());
         crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
-        let results = run_pipeline(&conn.client, &statements, &encoded, opts.limits, tx.values, early).await;
+        let results = run_pipeline(
+            &conn.client,
+            &statements,
+            &encoded,
+            opts.limits,
+            tx.values,
+            early,
+            canceller.as_ref(),
+        )
+        .await;
         (statements, results, early)
     };
 
+    // A statement PostgreSQL refused aborts the transaction (COMMIT then rolls back).
+    let aborted = results.iter().any(|r| {
+        matches!(r, Err(StmtError::Pg(e)) if !is_connection_level(e)) || matches!(r, Err(StmtError::Param(_)))
+    });
+    let drained = early && !read_only;
     let mut out = Vec::with_capacity(results.len());
     let mut failure = None;
     for (i, r) in results.into_iter().enumerate() {
@@ -1002,6 +1088,11 @@ async fn attempt(
                 }))
             }
             Err(StmtError::Param(e)) => failure = Some(Ok(e.at_statement(i))),
+            Err(StmtError::Limit(e)) if drained => {
+                // Read to the end, but the cancel sent may still land on a later request's statement.
+                conn.retire = true;
+                failure = Some(Ok(e.at_statement(i)));
+            }
             Err(StmtError::Limit(e)) => {
                 // Rows are still on their way: never reuse this connection (dropping it ends the server's
                 // transaction, which rolls back).
@@ -1019,6 +1110,15 @@ async fn attempt(
         }
         return match (failure, commit_reply) {
             (Some(Err(e)), _) => Outcome::Recache(e),
+            // A cap crossed after the statement had finished (see `over_cap`): applied if nothing else failed and
+            // COMMIT succeeded.
+            (Some(Ok(err)), reply) if err.was_applied() => match reply {
+                Some(Ok(())) if !aborted => Outcome::Done(Err(err)),
+                Some(Err(e)) if is_connection_level(&e) || e.code() == Some(&SqlState::QUERY_CANCELED) => {
+                    Outcome::Done(Err(outcome_unknown(&ConnectError::from_ref(&e))))
+                }
+                _ => Outcome::Done(Err(err.applied(false))),
+            },
             // A statement failed: PostgreSQL ended the transaction with a ROLLBACK (or the connection went with it).
             (Some(Ok(err)), _) => Outcome::Done(Err(err)),
             (None, Some(Ok(()))) => Outcome::Done(Ok(out)),
@@ -1112,7 +1212,7 @@ async fn sequential(
             }
         };
         crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
-        let result = run_statement(&conn.client, &st, &encoded, &budget, values).await;
+        let result = run_statement(&conn.client, &st, &encoded, &budget, values, None).await;
         statements.push(st);
         match result {
             Ok(q) => out.push(q),

@@ -349,7 +349,10 @@ impl Manager {
                 // Not a reported parameter: the session probe is unaffected.
                 crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
                 conn.client
-                    .batch_execute(&format!("SET statement_timeout = {}", t.as_millis().min(i32::MAX as u128)))
+                    .batch_execute(&format!(
+                        "SET statement_timeout = {}",
+                        t.as_millis().min(i32::MAX as u128)
+                    ))
                     .await?;
             }
             Ok::<_, tokio_postgres::Error>(conn)
