@@ -1,18 +1,26 @@
 //! One request = one transaction, in as few round trips as is safe.
 //!
-//! Hot path (every statement already prepared on this connection):
-//! 1. `BEGIN [READ ONLY]; SET LOCAL statement_timeout = n` pipelined with Bind/Execute of every statement;
-//! 2. `COMMIT` (or `ROLLBACK` after an error).
+//! Hot path (every statement already prepared on this connection): one round trip. `BEGIN [READ ONLY]` (plus
+//! `SET LOCAL statement_timeout` only when the request needs another timeout than the connection's own setting,
+//! made once at connect), every statement's Bind/Execute/Sync, and `COMMIT`, queued together. A statement that
+//! fails aborts the transaction, so PostgreSQL answers that `COMMIT` as a `ROLLBACK`; later statements fail with
+//! 25P02 and the first error is the one reported.
 //!
 //! A statement not yet in the connection's cache costs one more round trip first (Parse/Describe, pipelined with
 //! `BEGIN`): we need the parameter types PostgreSQL infers to convert the JSON values.
 //!
-//! `COMMIT` deliberately gets its own round trip: until it is sent, nothing of the request can be durable, so when
-//! the first round trip fails at the connection level (typically a backend killed while Lambda had us frozen, or a
-//! middlebox that forgot the flow) the whole request is retried once on a *fresh* connection, transparently and
-//! without any risk of applying it twice. Pipelining `COMMIT` into the first round trip would save one round trip
-//! but could not give that guarantee. Statement errors abort the transaction, so later pipelined statements fail
-//! with 25P02 and the first error is the one reported.
+//! `COMMIT` is pipelined only when nothing the extension does after PostgreSQL ran the statements can turn the
+//! request into a failure that must not commit ([`commit_early`]): a `READ ONLY` transaction, or results whose
+//! every column converts to JSON. A row or size cap crossed by a read-write result then cancels the statement and
+//! reads the rest of the reply, and the answer says whether the statements were applied (they were if the statement
+//! had finished first). Otherwise (`/sql` rows in a read-write transaction, a column type without a JSON
+//! conversion, statement cache off) `COMMIT` gets a round trip of its own after the results.
+//!
+//! Exactly once: once `COMMIT` is written (with the statements, or on its own), a connection failure before its
+//! reply is `db_outcome_unknown`, never resent, except for a `READ ONLY` transaction (configured, requested, or a
+//! plain read: `db::sql`), which is retried once on a fresh connection. Before anything is written, a dead pooled
+//! connection is found at checkout (zero round trips, `pool`), and a failure of a round trip without `COMMIT` is
+//! retried once on a fresh connection.
 //!
 //! The first reply (to `BEGIN`) must arrive within half the connect timeout: PostgreSQL flushes it at once
 //! (ReadyForQuery), so waiting longer only means the socket is dead (e.g. black-holed): the connection is
@@ -36,11 +44,9 @@
 //! reports); a changed one, or opaque code (`DO`, `CALL`), retires the connection (see `db::sql` for the
 //! statements refused up front).
 //!
-//! Exactly once: the statements of a request run inside the extension's own `BEGIN` (statements that end or
-//! start a transaction are refused up front, `db::sql::transaction_control`, and PostgreSQL refuses `COMMIT`
-//! inside procedures and `DO` blocks called from a transaction block), so only our `COMMIT` can make anything
-//! durable. A connection failure before `COMMIT` is written leaves nothing applied (retried or `db_unavailable`);
-//! one after it is written and before its reply is `db_outcome_unknown`, never resent (except in read-only mode).
+//! Only our `COMMIT` can make anything durable: statements that end or start a transaction are refused up front
+//! (`db::sql::transaction_control`), and PostgreSQL refuses `COMMIT` inside procedures and `DO` blocks called from
+//! a transaction block.
 //!
 //! With the statement cache off (`MAKENAIDE_DB_STATEMENT_CACHE=false`, for PgBouncer transaction pooling before
 //! 1.21) statements are prepared per request and closed (and tokio-postgres' type-info statements flushed) before
