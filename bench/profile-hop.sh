@@ -19,15 +19,16 @@ done
 MAKENAIDE_BIN_DIR=$BIN "$ROOT/target/release/makenaide-bench" --python "$ROOT/bench-out/venv/bin/python" \
   --out "$OUT" --docs "$OUT" --only 2 --hop 20000 > "$OUT/bench.txt" 2> "$OUT/bench-err.txt" &
 BENCH=$!
+sleep 4   # past the hop figure's warm-up (the bench may start and stop other extension processes before it)
 EXT=
 for _ in $(seq 100); do
-  EXT=$(pgrep -P "$BENCH" -x makenaide-core || true)
-  [ -n "$EXT" ] && break
+  # The oldest extension still running: the one serving figure 2's first rows.
+  EXT=$(pgrep -o -P "$BENCH" -x makenaide-core || true)
+  [ -n "$EXT" ] && kill -0 "$EXT" 2> /dev/null && break
   sleep 0.1
 done
 [ -n "$EXT" ] || { echo "extension not found"; kill "$BENCH"; exit 1; }
-sleep 4   # past the hop figure's warm-up
-perf record -e cpu-clock -F 2999 --call-graph dwarf,16384 -p "$EXT" -o "$OUT/perf.data" -- sleep 3 2> /dev/null
+perf record -e cpu-clock -F 2999 --call-graph dwarf,16384 -p "$EXT" -o "$OUT/perf.data" -- sleep 3 2> "$OUT/perf-record.txt" || { echo "perf record failed:"; cat "$OUT/perf-record.txt"; }
 timeout 3 strace -f -c -p "$EXT" -o "$OUT/strace-summary.txt" || true
 timeout 1 strace -f -tt -p "$EXT" -o "$OUT/strace-trace.txt" || true
 wait "$BENCH" || true
