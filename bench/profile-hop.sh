@@ -2,7 +2,8 @@
 # Profile of figure 2 (the localhost hop): where the extension spends a `/db/query select 1`.
 # Builds a symbolized release extension (same profile, not stripped) into bench-out/prof-target, runs
 # `makenaide-bench --only 2` with it, and while it runs records the extension with perf (cpu-clock: this VM has no
-# hardware counters) and counts its syscalls with strace. Output: bench-out/profile/{perf-*.txt,strace-*.txt}.
+# hardware counters) and counts its syscalls with strace, then traces the client's syscalls (the bench process:
+# the functions' CoreClient). Output: bench-out/profile/{perf-*.txt,strace-*.txt}.
 # Run ./bench.sh once first (release binaries, venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,8 @@ done
 perf record -e cpu-clock -F 2999 --call-graph dwarf,16384 -p "$EXT" -o "$OUT/perf.data" -- sleep 3 2> "$OUT/perf-record.txt" || { echo "perf record failed:"; cat "$OUT/perf-record.txt"; }
 timeout 3 strace -f -c -p "$EXT" -o "$OUT/strace-summary.txt" || true
 timeout 1 strace -f -tt -p "$EXT" -o "$OUT/strace-trace.txt" || true
+# The client side (the bench process runs the functions' client, CoreClient, on one current-thread runtime).
+timeout 1 strace -f -tt -p "$BENCH" -o "$OUT/strace-client.txt" || true
 wait "$BENCH" || true
 perf report -i "$OUT/perf.data" --no-children --sort dso --stdio > "$OUT/perf-dso.txt" 2> /dev/null
 perf report -i "$OUT/perf.data" --no-children --sort sym --stdio -g none > "$OUT/perf-sym.txt" 2> /dev/null
