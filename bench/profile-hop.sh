@@ -39,4 +39,23 @@ perf report -i "$OUT/perf.data" --no-children --sort dso --stdio > "$OUT/perf-ds
 perf report -i "$OUT/perf.data" --no-children --sort sym --stdio -g none > "$OUT/perf-sym.txt" 2> /dev/null
 perf report -i "$OUT/perf.data" --children --sort sym --stdio -g none > "$OUT/perf-children.txt" 2> /dev/null
 grep -E "select 1|ping|direct" "$OUT/bench.txt" | head -8
-echo "wrote $OUT"
+
+# The Upbit mirror path: a short run (hop 10 per row, so figure 2's component table of 300 candle GETs and 300
+# upserts through the extension is most of what its extension serves), the whole bench traced (-f follows the
+# extension processes it spawns). Per extension process: the candle GETs it read and its syscalls.
+MAKENAIDE_BIN_DIR=$BIN strace -f -o "$OUT/strace-upbit.txt" "$ROOT/target/release/makenaide-bench" --python "$ROOT/bench-out/venv/bin/python" \
+  --out "$OUT/upbit" --docs "$OUT/upbit" --only 2 --hop 10 > "$OUT/bench-upbit.txt" 2>&1 || true
+for pid in $(grep 'execve(".*/makenaide-core"' "$OUT/strace-upbit.txt" | awk '{print $1}'); do
+  gets=$(grep -c "^$pid .*recvfrom.*\"GET /[a-z0-9/]*candles" "$OUT/strace-upbit.txt" || true)
+  [ "$gets" -gt 0 ] || continue
+  echo "upbit mirror path: extension $pid read $gets candle GETs; its syscalls (all requests of the run):"
+  grep "^$pid " "$OUT/strace-upbit.txt" | awk '{print $2}' | sed 's/(.*//' | sort | uniq -c | sort -rn | head -8
+  echo "one candle GET (the 100th), syscall by syscall, up to its reply to the function:"
+  grep "^$pid " "$OUT/strace-upbit.txt" | grep -v "unfinished \.\.\.>" \
+    | awk -v n=100 '/"GET \/[a-z0-9\/]*candles/ && !/writev/ { k++ } k == n { print; if (/writev/ && /HTTP\/1.1 200/) exit }' \
+    | cut -c1-110
+  echo "a /db/query (the 100th POST), syscall by syscall, up to its reply:"
+  grep "^$pid " "$OUT/strace-upbit.txt" | grep -v "unfinished \.\.\.>" \
+    | awk -v n=100 '/"POST \/db\/query/ { k++ } k == n { print; if (/writev/ && /HTTP\/1.1 200/) exit }' \
+    | cut -c1-110
+done
