@@ -870,6 +870,16 @@ fn commit_early(statements: &[Statement], opts: Options, tx: TxOptions) -> bool 
     opts.cache && (opts.read_only_tx(tx) || statements.iter().all(convertible))
 }
 
+/// Decides whether this attempt pipelines `COMMIT` ([`commit_early`]) and records it on the connection (the
+/// deadline path reads it); with the `Canceller` a read-write request needs to cancel a statement whose result
+/// crosses a cap ([`run_statement`]'s `drain`).
+fn plan_commit(conn: &mut PgConn, statements: &[Statement], opts: Options, tx: TxOptions) -> (bool, Option<Canceller>) {
+    let early = commit_early(statements, opts, tx);
+    conn.commit_sent = early;
+    conn.commit_early = early;
+    (early, (early && !opts.read_only_tx(tx)).then(|| conn.canceller()))
+}
+
 /// The statements' replies, and `COMMIT`'s when it was pipelined behind them (`None`: not pipelined, or not
 /// waited for because a cap abandoned the statements, whose connection is then dropped).
 type Pipelined = (
@@ -967,10 +977,7 @@ async fn attempt(
             Err(e) => return Outcome::Done(Err(e)),
         };
         // Hot path: BEGIN, every Execute and (when safe) COMMIT in one round trip.
-        let early = commit_early(&statements, opts, tx);
-        conn.commit_sent = early;
-        conn.commit_early = early;
-        let canceller = (early && !read_only).then(|| conn.canceller());
+        let (early, canceller) = plan_commit(conn, &statements, opts, tx);
         let client = &conn.client;
         let work = run_pipeline(
             client,
@@ -1049,10 +1056,7 @@ async fn attempt(
             }
         };
         // Round trip 2: every Execute and (when safe) COMMIT, pipelined.
-        let early = commit_early(&statements, opts, tx);
-        conn.commit_sent = early;
-        conn.commit_early = early;
-        let canceller = (early && !read_only).then(|| conn.canceller());
+        let (early, canceller) = plan_commit(conn, &statements, opts, tx);
         crate::metrics::inc(crate::metrics::Counter::DbRoundTrips);
         let results = run_pipeline(
             &conn.client,
